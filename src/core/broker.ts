@@ -1,0 +1,249 @@
+/**
+ * The core's façade: what every protocol front end calls. It speaks in topics,
+ * payloads, message ids and acknowledgements; it knows no wire format.
+ *
+ * Inbound QoS 2: {@link Broker.acceptPublish} stores a message as pending and returns
+ * its id (the front end answers PUBREC); {@link Broker.releasePublish} appends it to its
+ * topic, removing the pending entry in the same atomic, exactly once also after a
+ * restart (the front end answers PUBCOMP).
+ *
+ * @module
+ */
+import { getLogger } from "../log.ts";
+import type { RestartPolicy } from "../supervisor.ts";
+import { Supervisor } from "../supervisor.ts";
+import type { BrokerStore, PayloadFormat, PendingPublish } from "../store/store.ts";
+import { type DeadLetter, deadLetterBody } from "./dead_letters.ts";
+import type { RetryOptions } from "./delivery.ts";
+import { IdAllocator } from "./ids.ts";
+import { DEAD_LETTER_TOPIC, topicError } from "./names.ts";
+import { ConsumerSession, type SessionSink } from "./consumer_session.ts";
+import { Topic, type TopicHooks } from "./topic.ts";
+
+/** Core settings. */
+export interface BrokerOptions {
+  retry: RetryOptions;
+  /** Dead letters kept; older ones are deleted. */
+  deadLetterMax: number;
+  /** How often retention deletes messages every subscription is past. */
+  retentionIntervalMs?: number;
+  /** Test hooks for topics (failure injection). */
+  topicHooks?: TopicHooks;
+  /** Restart policy of the topic supervisor. */
+  supervisorPolicy?: Partial<RestartPolicy>;
+}
+
+/** A request the core refuses, with a message fit to show the client. */
+export class BrokerError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "BrokerError";
+  }
+}
+
+/** Result of a release: the first one publishes, repeats only confirm. */
+export type ReleaseResult = "released" | "already-released";
+
+const encoder = new TextEncoder();
+const log = getLogger("core");
+
+/** The broker core. Create with {@link Broker.start}. */
+export class Broker {
+  readonly store: BrokerStore;
+  readonly options: BrokerOptions;
+  readonly topicSupervisor: Supervisor;
+  #ids: IdAllocator;
+  #topics = new Map<string, Promise<Topic>>();
+  #started = new Map<string, Topic>();
+  #pending = new Map<number, PendingPublish>();
+  #releasing = new Map<number, Promise<ReleaseResult>>();
+  #sessions = new Map<string, ConsumerSession>();
+  #retentionTimer: ReturnType<typeof setInterval> | undefined;
+  #retentionRunning: Promise<void> | null = null;
+  #closed = false;
+
+  private constructor(store: BrokerStore, options: BrokerOptions) {
+    this.store = store;
+    this.options = options;
+    this.#ids = new IdAllocator(store);
+    this.topicSupervisor = new Supervisor(
+      "TopicSupervisor",
+      getLogger("supervisor"),
+      options.supervisorPolicy,
+    );
+  }
+
+  /** Loads durable state (pending PUBs, the dead letter topic) and starts the core. */
+  static async start(store: BrokerStore, options: BrokerOptions): Promise<Broker> {
+    const b = new Broker(store, options);
+    for (const p of await store.loadPending()) b.#pending.set(p.id, p);
+    await b.topic(DEAD_LETTER_TOPIC);
+    const interval = options.retentionIntervalMs ?? 5_000;
+    b.#retentionTimer = setInterval(() => b.#sweep(), interval);
+    log.info("Broker core started: {pending} PUBs awaiting PUBREL", {
+      pending: b.#pending.size,
+    });
+    return b;
+  }
+
+  /** Number of PUBs awaiting PUBREL. */
+  get pendingCount(): number {
+    return this.#pending.size;
+  }
+
+  /** Names of topics whose actors run. */
+  get topicNames(): string[] {
+    return [...this.#started.keys()];
+  }
+
+  /** The topic actor for `name`, started (and its topic created) on first use. */
+  topic(name: string): Promise<Topic> {
+    let t = this.#topics.get(name);
+    if (!t) {
+      t = Topic.start(name, this.store, this.topicSupervisor, this.options.topicHooks);
+      this.#topics.set(name, t);
+      t.then((topic) => {
+        this.#started.set(name, topic);
+        log.info('Topic "{topic}" is created...', { topic: name });
+      }, () => this.#topics.delete(name));
+    }
+    return t;
+  }
+
+  // --- publishers -------------------------------------------------------------------
+
+  /**
+   * Stores a message awaiting its release and returns its new id (QoS 2 step 1).
+   * @throws BrokerError for a bad topic name.
+   */
+  async acceptPublish(
+    topic: string,
+    payload: Uint8Array,
+    format: PayloadFormat,
+    origin: string,
+  ): Promise<number> {
+    const bad = topicError(topic);
+    if (bad) throw new BrokerError(bad);
+    if (topic === DEAD_LETTER_TOPIC) {
+      throw new BrokerError(`topic "${DEAD_LETTER_TOPIC}" is written by the broker only`);
+    }
+    const id = await this.#ids.next();
+    const p: PendingPublish = { id, topic, payload, format, receivedAt: Date.now(), origin };
+    await this.store.savePending(p);
+    this.#pending.set(id, p);
+    return id;
+  }
+
+  /**
+   * Releases a pending message to its topic (QoS 2 step 2). Repeating it answers
+   * "already-released" without publishing again.
+   * @throws BrokerError when no message with that id was accepted.
+   */
+  releasePublish(id: number): Promise<ReleaseResult> {
+    const p = this.#pending.get(id);
+    if (p) {
+      // Claimed synchronously, so a second PUBREL racing this one waits for it below.
+      this.#pending.delete(id);
+      const release = this.topic(p.topic)
+        .then((t) => t.append({ id, payload: p.payload, format: p.format, releasedId: id }))
+        .then(() => "released" as const, (err) => {
+          this.#pending.set(id, p); // nothing was written: it can be released again
+          throw err;
+        })
+        .finally(() => this.#releasing.delete(id));
+      this.#releasing.set(id, release);
+      return release;
+    }
+    const inProgress = this.#releasing.get(id);
+    if (inProgress) return inProgress.then(() => "already-released" as const);
+    return this.store.getReleased(id).then((r) => {
+      if (r) return "already-released" as const;
+      throw new BrokerError(`unknown msgId ${id}: no PUB with this id is awaiting PUBREL`);
+    });
+  }
+
+  // --- dead letters -----------------------------------------------------------------
+
+  /** Appends a dead letter to {@link DEAD_LETTER_TOPIC}; failures are only logged. */
+  async deadLetter(d: DeadLetter): Promise<void> {
+    try {
+      const payload = encoder.encode(JSON.stringify(deadLetterBody(d)));
+      const [id, topic] = await Promise.all([this.#ids.next(), this.topic(DEAD_LETTER_TOPIC)]);
+      await topic.append({ id, payload, format: "json" });
+    } catch (err) {
+      log.error("Could not store a dead letter ({reason}): {error}", {
+        reason: d.reason,
+        error: String(err),
+      });
+    }
+  }
+
+  // --- consumers --------------------------------------------------------------------
+
+  /**
+   * Opens the session of a logged-in consumer, or returns null when that name already
+   * has a live session (the first one keeps working).
+   */
+  openSession(subscriber: string, sink: SessionSink): ConsumerSession | null {
+    if (this.#closed || this.#sessions.has(subscriber)) return null;
+    const s = new ConsumerSession(this, subscriber, sink, () => {
+      if (this.#sessions.get(subscriber) === s) this.#sessions.delete(subscriber);
+    });
+    this.#sessions.set(subscriber, s);
+    return s;
+  }
+
+  /** Names of consumers with a live session. */
+  get sessionNames(): string[] {
+    return [...this.#sessions.keys()];
+  }
+
+  /**
+   * Where a new subscription to `topic` starts: at the topic's end (seed behaviour),
+   * except on the dead letter channel, which starts at its oldest kept entry.
+   */
+  startPosition(topic: Topic): number {
+    if (topic.topic !== DEAD_LETTER_TOPIC) return topic.nextSeq;
+    return Math.max(1, topic.nextSeq - this.options.deadLetterMax);
+  }
+
+  // --- retention --------------------------------------------------------------------
+
+  #sweep(): void {
+    this.#retentionRunning ??= this.#retain().catch((err) =>
+      log.warning("Retention failed: {error}", { error: String(err) })
+    ).finally(() => this.#retentionRunning = null);
+  }
+
+  /** Deletes messages that no subscription needs any more; runs on a timer. */
+  async runRetention(): Promise<void> {
+    for (const topic of this.#started.values()) {
+      // Dead letters are kept by count, read or not, so that a new subscriber of the
+      // channel finds the recent ones; other topics keep what a subscription needs.
+      const floor = topic.topic === DEAD_LETTER_TOPIC
+        ? topic.nextSeq - this.options.deadLetterMax
+        : topic.retentionFloor();
+      if (floor > topic.trimmedTo) {
+        await this.store.trimLog(topic.topic, topic.trimmedTo, floor);
+        topic.trimmedTo = floor;
+      }
+    }
+  }
+
+  async #retain(): Promise<void> {
+    if (!this.#closed) await this.runRetention();
+  }
+
+  /** Stops the core: sessions end, timers stop, in-flight writes settle. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#retentionTimer);
+    for (const s of [...this.#sessions.values()]) s.close();
+    await this.#retentionRunning;
+    await Promise.allSettled(this.#releasing.values());
+    await this.store.flush();
+    this.topicSupervisor.close();
+    for (const t of this.#started.values()) t.stop();
+  }
+}

@@ -1,0 +1,247 @@
+/**
+ * Delivery of one topic to one subscriber, QoS 2 outbound, one message in flight.
+ *
+ * The state machine, per message (seed diagrams "QoS2" and "QoS2Retrial"):
+ *
+ *   message sent ──PUBREC──► (position saved with `received`) ──► release sent
+ *   release sent ──PUBCOMP─► (position saved past the message) ──► next message
+ *
+ * Each send arms one timer; without the expected acknowledgement the same packet is
+ * sent again every `retryIntervalMs`, `retryLimit` sends in all, after which the
+ * delivery suspends itself: it stops, and the subscription keeps its durable position
+ * so that subscribing again (or logging in again) resumes with the same message.
+ * Acknowledgements are answered only after the position they move is durable.
+ *
+ * @module
+ */
+import type { BrokerStore, StoredMessage, SubscriptionRecord } from "../store/store.ts";
+import type { Topic, Wakeable } from "./topic.ts";
+
+/** The protocol side of a delivery: how to put a message or a release on the wire. */
+export interface DeliverySink {
+  /** Sends `message`; `attempt` counts sends of it from 1. */
+  sendMessage(message: StoredMessage, attempt: number): void;
+  /** Sends the release (PUBREL) of message `id` of `topic`. */
+  sendRelease(id: number, topic: string, attempt: number): void;
+}
+
+/** Retry timing. */
+export interface RetryOptions {
+  /** Time between sends of an unacknowledged message or release. */
+  retryIntervalMs: number;
+  /** Sends in all before the delivery suspends itself. */
+  retryLimit: number;
+}
+
+/** What the subscriber last received without completing it, for the exhaustion report. */
+export interface Exhausted {
+  id: number;
+  seq: number;
+  phase: "message" | "release";
+  sends: number;
+}
+
+interface InFlight {
+  id: number;
+  seq: number;
+  /** Absent when resuming a release after a restart: only the id is needed then. */
+  message: StoredMessage | null;
+  phase: "message" | "receiving" | "release" | "completing";
+  sends: number;
+}
+
+/**
+ * One subscriber's delivery from one topic.
+ *
+ * Acknowledgement methods return null on success (after calling `accepted`, so that
+ * the protocol's reply goes out before anything the delivery sends next) or an error
+ * text that says why the acknowledgement does not fit.
+ */
+export class Delivery implements Wakeable {
+  readonly topic: Topic;
+  #record: SubscriptionRecord;
+  #store: BrokerStore;
+  #sink: DeliverySink;
+  #retry: RetryOptions;
+  #onExhausted: (d: Delivery, what: Exhausted) => void;
+  #inflight: InFlight | null = null;
+  #reading = false;
+  #wakeAgain = false;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #stopped = false;
+
+  constructor(
+    topic: Topic,
+    record: SubscriptionRecord,
+    store: BrokerStore,
+    sink: DeliverySink,
+    retry: RetryOptions,
+    onExhausted: (d: Delivery, what: Exhausted) => void,
+  ) {
+    this.topic = topic;
+    this.#record = record;
+    this.#store = store;
+    this.#sink = sink;
+    this.#retry = retry;
+    this.#onExhausted = onExhausted;
+  }
+
+  /** The durable position: the lowest sequence number not yet completed. */
+  get position(): number {
+    return this.#record.position;
+  }
+
+  /** The message id in flight, if any. */
+  get inflightId(): number | null {
+    return this.#inflight?.id ?? null;
+  }
+
+  /** Starts delivering: resumes a pending release, or sends the next message. */
+  start(): void {
+    this.topic.attach(this);
+    const r = this.#record.received;
+    if (r) {
+      this.#inflight = { id: r.id, seq: r.seq, message: null, phase: "release", sends: 0 };
+      this.#send();
+    } else {
+      this.wake();
+    }
+  }
+
+  /** Called by the topic when a message became readable. */
+  wake(): void {
+    if (this.#stopped || this.#inflight) return;
+    if (this.#reading) {
+      this.#wakeAgain = true;
+      return;
+    }
+    const next = this.topic.read(this.#record.position);
+    if (next === null || !(next instanceof Promise)) {
+      this.#begin(next);
+      return;
+    }
+    this.#reading = true;
+    next.then((m) => {
+      this.#reading = false;
+      this.#begin(m);
+    }, () => {
+      // A failed read is retried on the next wake or by the retry timer below.
+      this.#reading = false;
+      this.#timer ??= setTimeout(() => {
+        this.#timer = undefined;
+        this.wake();
+      }, this.#retry.retryIntervalMs);
+    });
+  }
+
+  #begin(message: StoredMessage | null): void {
+    if (this.#stopped || this.#inflight) return;
+    if (!message) {
+      if (this.#wakeAgain) {
+        this.#wakeAgain = false;
+        this.wake();
+      }
+      return;
+    }
+    this.#wakeAgain = false;
+    this.#inflight = { id: message.id, seq: message.seq, message, phase: "message", sends: 0 };
+    this.#send();
+  }
+
+  #send(): void {
+    const f = this.#inflight;
+    if (!f || this.#stopped) return;
+    f.sends++;
+    if (f.phase === "message") this.#sink.sendMessage(f.message as StoredMessage, f.sends);
+    else this.#sink.sendRelease(f.id, this.topic.topic, f.sends);
+    this.#arm();
+  }
+
+  #arm(): void {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.#onTimeout(), this.#retry.retryIntervalMs);
+  }
+
+  #onTimeout(): void {
+    this.#timer = undefined;
+    const f = this.#inflight;
+    if (!f || this.#stopped) return;
+    if (f.phase !== "message" && f.phase !== "release") return; // a commit is under way
+    if (f.sends >= this.#retry.retryLimit) {
+      this.stop();
+      this.#onExhausted(this, { id: f.id, seq: f.seq, phase: f.phase, sends: f.sends });
+      return;
+    }
+    this.#send();
+  }
+
+  /** PUBREC: the subscriber has the message. */
+  async received(id: number, accepted: () => void): Promise<string | null> {
+    const f = this.#inflight;
+    if (f?.id === id && f.phase === "release") {
+      // A repeated PUBREC: our release may have been lost, send it again.
+      accepted();
+      this.#send();
+      return null;
+    }
+    if (f?.id !== id || f.phase !== "message") {
+      return `no message with msgId ${id} is awaiting PUBREC on topic "${this.topic.topic}"`;
+    }
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    f.phase = "receiving";
+    const next = { ...this.#record, received: { seq: f.seq, id: f.id } };
+    try {
+      await this.#store.savePosition(next);
+    } catch (err) {
+      f.phase = "message";
+      if (!this.#stopped) this.#arm();
+      return `could not store the acknowledgement (${errorMessage(err)}); send PUBREC again`;
+    }
+    this.#record = next;
+    if (this.#stopped) return null;
+    accepted();
+    f.phase = "release";
+    f.sends = 0;
+    this.#send();
+    return null;
+  }
+
+  /** PUBCOMP: the exchange of the message is complete; move past it. */
+  async completed(id: number, accepted: () => void): Promise<string | null> {
+    const f = this.#inflight;
+    if (f?.id !== id || f.phase !== "release") {
+      return `no message with msgId ${id} is awaiting PUBCOMP on topic "${this.topic.topic}"`;
+    }
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    f.phase = "completing";
+    const next = { ...this.#record, position: f.seq + 1, received: null };
+    try {
+      await this.#store.savePosition(next);
+    } catch (err) {
+      f.phase = "release";
+      if (!this.#stopped) this.#arm();
+      return `could not store the acknowledgement (${errorMessage(err)}); send PUBCOMP again`;
+    }
+    this.#record = next;
+    this.#inflight = null;
+    this.topic.trackPosition(next.subscriber, next.position);
+    if (this.#stopped) return null;
+    accepted();
+    this.wake();
+    return null;
+  }
+
+  /** Stops sending and cancels the timer; the durable position stays as it is. */
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.topic.detach(this);
+  }
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

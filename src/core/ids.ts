@@ -1,0 +1,53 @@
+/**
+ * Message ids: broker-wide integers that are never handed out twice, also across
+ * crashes. Ids are reserved from the store in blocks, so no message waits on a counter
+ * commit; a crash skips the rest of its block instead of reusing it.
+ *
+ * @module
+ */
+import type { BrokerStore } from "../store/store.ts";
+
+/** Ids reserved per store commit. */
+const BLOCK = 1000;
+/** Reserve the next block when this few ids are left, before anyone has to wait. */
+const LOW_WATER = 200;
+
+/** Hands out message ids from reserved blocks. */
+export class IdAllocator {
+  #store: BrokerStore;
+  /** Reserved ranges [first, end), oldest first; ids come from the first. */
+  #blocks: [number, number][] = [];
+  #refill: Promise<void> | null = null;
+
+  constructor(store: BrokerStore) {
+    this.#store = store;
+  }
+
+  /** The next fresh id. */
+  async next(): Promise<number> {
+    for (;;) {
+      const block = this.#blocks[0];
+      if (block && block[0] < block[1]) {
+        const id = block[0]++;
+        if (block[0] === block[1]) this.#blocks.shift();
+        if (this.#available() <= LOW_WATER) this.#reserve().catch(() => {});
+        return id;
+      }
+      this.#blocks.shift();
+      await this.#reserve();
+    }
+  }
+
+  #available(): number {
+    let n = 0;
+    for (const [first, end] of this.#blocks) n += end - first;
+    return n;
+  }
+
+  #reserve(): Promise<void> {
+    this.#refill ??= this.#store.reserveIds(BLOCK)
+      .then((first) => void this.#blocks.push([first, first + BLOCK]))
+      .finally(() => this.#refill = null);
+    return this.#refill;
+  }
+}

@@ -1,0 +1,275 @@
+/**
+ * A topic: a durable, append-only log of messages, run as an actor.
+ *
+ * Appends go through the topic's mailbox, which hands out sequence numbers in arrival
+ * order and submits each append to the store's group commit without waiting for it;
+ * the commits land in submission order, and subscribers are woken only after the
+ * commit that made a message durable. The newest messages stay in memory so that live
+ * subscribers read them without touching the store.
+ *
+ * On failure the topic waits until every write it started has settled, reloads its head
+ * from the store and carries on; appends posted meanwhile are held and replayed.
+ *
+ * @module
+ */
+import type { Restartable, Supervisor } from "../supervisor.ts";
+import type { BrokerStore, PayloadFormat, StoredMessage, TopicRecord } from "../store/store.ts";
+import { Mailbox } from "./mailbox.ts";
+
+/** What an append needs; the topic adds the sequence number and time. */
+export interface AppendInput {
+  id: number;
+  payload: Uint8Array;
+  format: PayloadFormat;
+  /** The pending PUB this append releases, removed in the same atomic. */
+  releasedId?: number;
+}
+
+/** Something to wake when a message becomes readable (a delivery). */
+export interface Wakeable {
+  wake(): void;
+}
+
+/** Test and diagnostics hooks; production code passes none. */
+export interface TopicHooks {
+  /** Called in the mailbox before each append; a throw is a topic failure. */
+  beforeAppend?(topic: string): void;
+}
+
+/** Raised to callers of a topic that its supervisor gave up on. */
+export class TopicUnavailableError extends Error {
+  constructor(topic: string) {
+    super(`topic "${topic}" is unavailable after repeated failures`);
+    this.name = "TopicUnavailableError";
+  }
+}
+
+interface AppendMsg {
+  input: AppendInput;
+  resolve: (m: StoredMessage) => void;
+  reject: (err: unknown) => void;
+}
+
+/** How many recent messages a topic keeps in memory for live subscribers. */
+const CACHE_MESSAGES = 1024;
+/** ...and how many payload bytes at most. */
+const CACHE_BYTES = 8 * 1024 * 1024;
+
+/** One topic actor. Create with {@link Topic.start}. */
+export class Topic implements Restartable {
+  readonly topic: string;
+  #store: BrokerStore;
+  #supervisor: Supervisor;
+  #hooks: TopicHooks;
+  #mailbox: Mailbox<AppendMsg>;
+  #state: "running" | "restarting" | "down" | "stopped" = "running";
+  #held: AppendMsg[] = [];
+  #epoch = 0;
+  #nextSeq = 1;
+  #createdAt = 0;
+  #cache: StoredMessage[] = [];
+  #cacheBytes = 0;
+  /** Every committed message with `seq >= #cacheFrom` is in the cache. */
+  #cacheFrom = 1;
+  #subscribers = new Set<Wakeable>();
+  /** Durable positions of every subscription to this topic, for retention. */
+  #positions = new Map<string, number>();
+  /** Log entries below this were deleted by retention. */
+  trimmedTo = 0;
+
+  private constructor(name: string, store: BrokerStore, supervisor: Supervisor, hooks: TopicHooks) {
+    this.topic = name;
+    this.#store = store;
+    this.#supervisor = supervisor;
+    this.#hooks = hooks;
+    this.#mailbox = new Mailbox((m) => this.#handle(m), (err, m) => {
+      m.reject(err);
+      this.#fail(err);
+    });
+  }
+
+  /** Loads (or creates) the topic's durable state and starts its actor. */
+  static async start(
+    name: string,
+    store: BrokerStore,
+    supervisor: Supervisor,
+    hooks: TopicHooks = {},
+  ): Promise<Topic> {
+    const t = new Topic(name, store, supervisor, hooks);
+    await t.#load(true);
+    return t;
+  }
+
+  /** Name for supervisor logs. */
+  get name(): string {
+    return `topic "${this.topic}"`;
+  }
+
+  /** The sequence number the next message will get. */
+  get nextSeq(): number {
+    return this.#nextSeq;
+  }
+
+  /** Live subscribers attached. */
+  get subscriberCount(): number {
+    return this.#subscribers.size;
+  }
+
+  async #load(create: boolean): Promise<void> {
+    let rec = await this.#store.loadTopic(this.topic);
+    if (!rec && create) {
+      rec = { name: this.topic, nextSeq: 1, createdAt: Date.now() };
+      await this.#store.ensureTopic(rec);
+    }
+    this.#nextSeq = rec?.nextSeq ?? 1;
+    this.#createdAt = rec?.createdAt ?? Date.now();
+    this.#cache = [];
+    this.#cacheBytes = 0;
+    this.#cacheFrom = this.#nextSeq;
+    this.#positions.clear();
+    for (const s of await this.#store.loadTopicSubscriptions(this.topic)) {
+      this.#positions.set(s.subscriber, s.position);
+    }
+  }
+
+  /** Appends a message; resolves with it once it is durable. */
+  append(input: AppendInput): Promise<StoredMessage> {
+    if (this.#state === "down" || this.#state === "stopped") {
+      return Promise.reject(new TopicUnavailableError(this.topic));
+    }
+    const { promise, resolve, reject } = Promise.withResolvers<StoredMessage>();
+    this.#mailbox.post({ input, resolve, reject });
+    return promise;
+  }
+
+  #handle(m: AppendMsg): void {
+    if (this.#state === "restarting") {
+      this.#held.push(m);
+      return;
+    }
+    if (this.#state !== "running") {
+      m.reject(new TopicUnavailableError(this.topic));
+      return;
+    }
+    this.#hooks.beforeAppend?.(this.topic);
+    const message: StoredMessage = {
+      id: m.input.id,
+      seq: this.#nextSeq++,
+      topic: this.topic,
+      payload: m.input.payload,
+      format: m.input.format,
+      publishedAt: Date.now(),
+    };
+    const head: TopicRecord = {
+      name: this.topic,
+      nextSeq: this.#nextSeq,
+      createdAt: this.#createdAt,
+    };
+    const epoch = this.#epoch;
+    this.#store.append(message, head, m.input.releasedId).then(() => {
+      m.resolve(message);
+      if (epoch !== this.#epoch) return; // a restart reloaded the state since
+      this.#remember(message);
+      for (const s of this.#subscribers) s.wake();
+    }, (err) => {
+      m.reject(err);
+      this.#fail(err);
+    });
+  }
+
+  #remember(message: StoredMessage): void {
+    this.#cache.push(message);
+    this.#cacheBytes += message.payload.byteLength;
+    while (this.#cache.length > CACHE_MESSAGES || this.#cacheBytes > CACHE_BYTES) {
+      const old = this.#cache.shift() as StoredMessage;
+      this.#cacheBytes -= old.payload.byteLength;
+      this.#cacheFrom = old.seq + 1;
+    }
+  }
+
+  /** The first committed message with `seq >= fromSeq`, or null if there is none yet. */
+  read(fromSeq: number): StoredMessage | null | Promise<StoredMessage | null> {
+    if (fromSeq >= this.#cacheFrom) {
+      if (fromSeq >= this.#nextSeq || this.#cache.length === 0) return null;
+      // Binary search: the cache is sorted by seq but may have gaps.
+      let lo = 0;
+      let hi = this.#cache.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if ((this.#cache[mid] as StoredMessage).seq < fromSeq) lo = mid + 1;
+        else hi = mid;
+      }
+      return this.#cache[lo] ?? null;
+    }
+    return this.#store.readLog(this.topic, fromSeq, 1).then((ms) => ms[0] ?? null);
+  }
+
+  /** Registers a live subscriber to wake on new messages. */
+  attach(s: Wakeable): void {
+    this.#subscribers.add(s);
+  }
+
+  /** Unregisters a live subscriber. */
+  detach(s: Wakeable): void {
+    this.#subscribers.delete(s);
+  }
+
+  /**
+   * Records a subscription's durable position, for retention. Called before the
+   * position is committed, so retention never deletes what a new subscription needs.
+   */
+  trackPosition(subscriber: string, position: number): void {
+    this.#positions.set(subscriber, position);
+  }
+
+  /** Forgets a removed subscription. */
+  untrackPosition(subscriber: string): void {
+    this.#positions.delete(subscriber);
+  }
+
+  /** Messages below this sequence number can be deleted: no subscription needs them. */
+  retentionFloor(): number {
+    let floor = this.#nextSeq;
+    for (const p of this.#positions.values()) if (p < floor) floor = p;
+    return floor;
+  }
+
+  #fail(err: unknown): void {
+    if (this.#state !== "running") return;
+    this.#state = "restarting";
+    this.#supervisor.childFailed(this, err, { topic: this.topic });
+  }
+
+  /** Supervisor callback: rebuild from the store once every write in flight settled. */
+  async restart(): Promise<void> {
+    this.#epoch++;
+    // Writes already submitted may still commit: read the head only after them, or a
+    // sequence number could be handed out twice.
+    await this.#store.flush();
+    await this.#load(false);
+    this.#state = "running";
+    const held = this.#held;
+    this.#held = [];
+    for (const m of held) this.#mailbox.post(m);
+    for (const s of this.#subscribers) s.wake();
+  }
+
+  /** Supervisor callback: the topic stays down; everything waiting is refused. */
+  giveUp(_err: unknown): void {
+    this.#state = "down";
+    this.#rejectWaiting(new TopicUnavailableError(this.topic));
+  }
+
+  /** Stops the actor for shutdown; appends still waiting are refused. */
+  stop(): void {
+    this.#state = "stopped";
+    this.#supervisor.remove(this);
+    this.#rejectWaiting(new Error(`topic "${this.topic}" is stopping`));
+    this.#subscribers.clear();
+  }
+
+  #rejectWaiting(err: Error): void {
+    for (const m of [...this.#held, ...this.#mailbox.takeAll()]) m.reject(err);
+    this.#held = [];
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * The JSON-line protocol's codec: an input line becomes a typed command or a precise
+ * error; replies are encoded here too (keys in the seed's order, which is alphabetical).
+ *
+ * @module
+ */
+import { z } from "zod";
+import type { DeadLetterReason } from "../../core/dead_letters.ts";
+
+const msgId = z.number({ error: "must be a positive integer" })
+  .int({ error: "must be a positive integer" })
+  .positive({ error: "must be a positive integer" })
+  .max(Number.MAX_SAFE_INTEGER, { error: "is too large" });
+const topic = z.string({ error: "must be a string" });
+
+const sub = z.object({ type: z.literal("SUB"), topic });
+const unsub = z.object({ type: z.literal("UNSUB"), topic });
+const pubrec = z.object({ type: z.literal("PUBREC"), msgId, topic: topic.optional() });
+const pubcomp = z.object({ type: z.literal("PUBCOMP"), msgId, topic: topic.optional() });
+const pub = z.object({ type: z.literal("PUB"), topic, msg: z.unknown() });
+const pubrel = z.object({ type: z.literal("PUBREL"), msgId });
+
+/** Commands of the consumer port (4040). */
+export type ConsumerCommand =
+  | z.infer<typeof sub>
+  | z.infer<typeof unsub>
+  | z.infer<typeof pubrec>
+  | z.infer<typeof pubcomp>;
+
+/** Commands of the publisher port (4041). */
+export type PublisherCommand = z.infer<typeof pub> | z.infer<typeof pubrel>;
+
+/** A decoded line: a command, or what to answer and why it was rejected. */
+export type Decoded<C> =
+  | { ok: true; command: C }
+  | { ok: false; reason: DeadLetterReason; reply: string; detail: string };
+
+const CONSUMER_SCHEMAS: Record<string, z.ZodType> = {
+  SUB: sub,
+  UNSUB: unsub,
+  PUBREC: pubrec,
+  PUBCOMP: pubcomp,
+};
+const PUBLISHER_SCHEMAS: Record<string, z.ZodType> = { PUB: pub, PUBREL: pubrel };
+
+/** Decodes a line received on the consumer port. */
+export function decodeConsumer(line: string): Decoded<ConsumerCommand> {
+  return decode(line, CONSUMER_SCHEMAS, PUBLISHER_SCHEMAS, "publisher") as Decoded<
+    ConsumerCommand
+  >;
+}
+
+/** Decodes a line received on the publisher port. */
+export function decodePublisher(line: string): Decoded<PublisherCommand> {
+  return decode(line, PUBLISHER_SCHEMAS, CONSUMER_SCHEMAS, "consumer") as Decoded<
+    PublisherCommand
+  >;
+}
+
+function decode(
+  line: string,
+  schemas: Record<string, z.ZodType>,
+  otherPort: Record<string, z.ZodType>,
+  otherName: string,
+): Decoded<unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(line);
+  } catch (err) {
+    return { ok: false, reason: "invalid-json", reply: "INVALID JSON", detail: String(err) };
+  }
+  const type = typeof value === "object" && value !== null && !Array.isArray(value)
+    ? (value as Record<string, unknown>).type
+    : undefined;
+  if (typeof type !== "string" || !Object.hasOwn(schemas, type)) {
+    if (typeof type === "string" && Object.hasOwn(otherPort, type)) {
+      const detail = `${type} is a ${otherName} command: send it to the ${otherName} port`;
+      return { ok: false, reason: "wrong-port", reply: `ERROR: ${detail}`, detail };
+    }
+    const detail = typeof type === "string"
+      ? `unknown command type ${JSON.stringify(type.slice(0, 40))}`
+      : 'a command is a JSON object with a string "type"';
+    return { ok: false, reason: "unknown-command", reply: "UNKNOWN COMMAND", detail };
+  }
+  const parsed = (schemas[type] as z.ZodType).safeParse(value, { reportInput: true });
+  if (!parsed.success) {
+    const detail = `invalid ${type}: ${describeIssue(parsed.error.issues[0])}`;
+    return { ok: false, reason: "invalid-command", reply: `ERROR: ${detail}`, detail };
+  }
+  if (type === "PUB" && (parsed.data as { msg: unknown }).msg === undefined) {
+    const detail = 'invalid PUB: "msg" is missing';
+    return { ok: false, reason: "invalid-command", reply: `ERROR: ${detail}`, detail };
+  }
+  return { ok: true, command: parsed.data };
+}
+
+function describeIssue(issue: z.core.$ZodIssue | undefined): string {
+  if (!issue) return "invalid command";
+  const field = JSON.stringify(issue.path.join("."));
+  if (issue.code === "invalid_type" && issue.input === undefined) return `${field} is missing`;
+  const got = issue.input === undefined ? "" : `, got ${preview(issue.input)}`;
+  return `${field} ${issue.message}${got}`;
+}
+
+function preview(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 40 ? s.slice(0, 37) + "..." : s;
+}
+
+// --- replies --------------------------------------------------------------------------
+
+/** `{"msgId":N,"type":"PUBREC"}`, `PUBCOMP` or `PUBREL`, as the seed writes them. */
+export function ackLine(type: "PUBREC" | "PUBCOMP" | "PUBREL", id: number): string {
+  return `{"msgId":${id},"type":"${type}"}`;
+}
+
+/**
+ * A delivery line `{"msg":…,"msgId":N,"topic":"t","type":"PUB"}`; `msgJson` is the
+ * already-encoded JSON of the message body.
+ */
+export function pubLine(msgJson: string, id: number, topicName: string): string {
+  return `{"msg":${msgJson},"msgId":${id},"topic":${JSON.stringify(topicName)},"type":"PUB"}`;
+}

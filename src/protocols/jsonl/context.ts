@@ -1,0 +1,56 @@
+/**
+ * What the JSON-line front ends share: the core, their limits, and how rejected input
+ * is answered and dead-lettered.
+ *
+ * @module
+ */
+import type { Broker } from "../../core/broker.ts";
+import type { DeadLetterReason } from "../../core/dead_letters.ts";
+import type { LineConnection } from "../../transport/tcp.ts";
+
+/** Test hooks for the connection handlers; production code passes none. */
+export interface JsonlHooks {
+  /** Called before each decoded command is handled; a throw is a handler failure. */
+  beforeCommand?(port: "consumer" | "publisher", type: string): void;
+}
+
+/** Settings and collaborators of the JSON-line front ends. */
+export interface JsonlContext {
+  broker: Broker;
+  /** Failed logins (or lines before a login) before a consumer is disconnected. */
+  loginAttempts: number;
+  /** Largest message body in UTF-8 bytes. */
+  maxMessageBytes: number;
+  hooks?: JsonlHooks;
+}
+
+/** Stores a rejected input line as a dead letter (the caller answers it). */
+export function deadLetterInput(
+  ctx: JsonlContext,
+  conn: LineConnection,
+  port: "consumer" | "publisher",
+  user: string | undefined,
+  rejected: { reason: DeadLetterReason; detail: string },
+  raw: string | undefined,
+): void {
+  void ctx.broker.deadLetter({
+    reason: rejected.reason,
+    detail: rejected.detail,
+    raw,
+    port,
+    remote: conn.remote,
+    user,
+  });
+}
+
+/** The answer to a line that is not valid UTF-8. */
+export const INVALID_UTF8 = {
+  reason: "invalid-utf8",
+  reply: "ERROR: line is not valid UTF-8",
+  detail: "line is not valid UTF-8",
+} as const;
+
+/** The line that closes a connection whose input line passed the limit. */
+export function tooLongLine(limit: number): string {
+  return `ERROR: line longer than ${limit} bytes, closing connection`;
+}

@@ -1,0 +1,45 @@
+/**
+ * Message bodies of the JSON-line protocol: `msg` is any JSON value. A string travels
+ * as its UTF-8 text (what MQTT subscribers will see as the payload); any other value
+ * travels as its JSON text, flagged "json" so it goes out again as the same value.
+ *
+ * @module
+ */
+import type { PayloadFormat, StoredMessage } from "../../store/store.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+const strict = new TextDecoder("utf-8", { fatal: true });
+
+/** The stored form of a `msg` value. */
+export function encodeBody(msg: unknown): { payload: Uint8Array; format: PayloadFormat } {
+  if (typeof msg === "string") return { payload: encoder.encode(msg), format: "text" };
+  return { payload: encoder.encode(JSON.stringify(msg)), format: "json" };
+}
+
+// One encoding per message, shared by every subscriber it fans out to.
+const cache = new WeakMap<StoredMessage, string>();
+
+/** The JSON text of a stored message's `msg` value. */
+export function bodyJson(m: StoredMessage): string {
+  let json = cache.get(m);
+  if (json === undefined) {
+    json = toJson(m.payload, m.format);
+    cache.set(m, json);
+  }
+  return json;
+}
+
+function toJson(payload: Uint8Array, format: PayloadFormat): string {
+  if (format === "json") return decoder.decode(payload);
+  if (format === "text") return JSON.stringify(decoder.decode(payload));
+  // Bytes from another protocol: text when they are valid UTF-8, else base64 in an
+  // object, so that a JSON-line consumer never receives mangled data.
+  try {
+    return JSON.stringify(strict.decode(payload));
+  } catch {
+    let bin = "";
+    for (const b of payload) bin += String.fromCharCode(b);
+    return JSON.stringify({ base64: btoa(bin) });
+  }
+}

@@ -1,0 +1,106 @@
+/**
+ * The publisher port (4041): the publisher's half of QoS 2 (PUB → PUBREC,
+ * PUBREL → PUBCOMP), as in the seed's telnet transcript.
+ *
+ * A publisher may pipeline: each line is handled as soon as it arrives, so that the
+ * writes of many lines share one group commit, while replies go out in the order of
+ * the lines that caused them. At most {@link MAX_OUTSTANDING} lines are in progress per
+ * connection; past that, reading waits, which pushes back on the client through TCP.
+ *
+ * @module
+ */
+import { BrokerError } from "../../core/broker.ts";
+import { getLogger } from "../../log.ts";
+import { errorText } from "../../supervisor.ts";
+import type { LineConnection } from "../../transport/tcp.ts";
+import { ackLine, decodePublisher, type PublisherCommand } from "./commands.ts";
+import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
+import { encodeBody } from "./payload.ts";
+
+const log = getLogger("publisher");
+
+/** Lines in progress per connection before reading pauses. */
+const MAX_OUTSTANDING = 1024;
+
+/** Serves one publisher connection until it closes. */
+export async function servePublisher(conn: LineConnection, ctx: JsonlContext): Promise<void> {
+  const origin = `publisher ${conn.remote}`;
+  // Replies in line order: each line appends its reply to this chain.
+  let tail: Promise<void> = Promise.resolve();
+  let outstanding = 0;
+  let drained: (() => void) | null = null;
+
+  const enqueue = (reply: Promise<string>) => {
+    outstanding++;
+    tail = tail.then(() => reply).then((line) => {
+      conn.send(line);
+      if (--outstanding < MAX_OUTSTANDING && drained) {
+        drained();
+        drained = null;
+      }
+    });
+  };
+
+  try {
+    for await (const ev of conn.lines()) {
+      if (ev.kind === "too-long") {
+        await tail;
+        conn.send(tooLongLine(ev.limit));
+        break;
+      }
+      if (ev.kind === "invalid-utf8") {
+        enqueue(Promise.resolve(INVALID_UTF8.reply));
+        deadLetterInput(ctx, conn, "publisher", undefined, INVALID_UTF8, undefined);
+        continue;
+      }
+      const line = ev.text.trim();
+      if (line === "") continue;
+      const decoded = decodePublisher(line);
+      if (!decoded.ok) {
+        enqueue(Promise.resolve(decoded.reply));
+        deadLetterInput(ctx, conn, "publisher", undefined, decoded, line);
+        continue;
+      }
+      enqueue(handle(decoded.command, ctx, origin, conn));
+      if (outstanding >= MAX_OUTSTANDING) {
+        await new Promise<void>((resolve) => drained = resolve);
+      }
+    }
+    await tail;
+  } finally {
+    conn.close();
+  }
+}
+
+async function handle(
+  c: PublisherCommand,
+  ctx: JsonlContext,
+  origin: string,
+  conn: LineConnection,
+): Promise<string> {
+  try {
+    ctx.hooks?.beforeCommand?.("publisher", c.type);
+    if (c.type === "PUB") {
+      const { payload, format } = encodeBody(c.msg);
+      if (payload.byteLength > ctx.maxMessageBytes) {
+        return `ERROR: message is ${payload.byteLength} bytes, the limit is ${ctx.maxMessageBytes}`;
+      }
+      const id = await ctx.broker.acceptPublish(c.topic, payload, format, origin);
+      return ackLine("PUBREC", id);
+    }
+    await ctx.broker.releasePublish(c.msgId);
+    return ackLine("PUBCOMP", c.msgId);
+  } catch (err) {
+    if (err instanceof BrokerError) return `ERROR: ${err.message}`;
+    log.error("Publisher {remote} failed on {command}: {error}", {
+      remote: conn.remote,
+      command: c.type,
+      error: errorText(err),
+    });
+    return c.type === "PUB"
+      ? `ERROR: could not store the message (${
+        errorText(err)
+      }); nothing was accepted, send PUB again`
+      : `ERROR: could not release msgId ${c.msgId} (${errorText(err)}); send PUBREL again`;
+  }
+}

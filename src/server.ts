@@ -1,0 +1,140 @@
+/**
+ * Assembles a running broker from its configuration: the data directory and its store,
+ * the core, and the two JSON-line servers (the top of the seed's supervision tree).
+ *
+ * @module
+ */
+import type { BrokerConfig } from "./config.ts";
+import { Broker } from "./core/broker.ts";
+import type { TopicHooks } from "./core/topic.ts";
+import { getLogger } from "./log.ts";
+import type { JsonlContext, JsonlHooks } from "./protocols/jsonl/context.ts";
+import { serveConsumer } from "./protocols/jsonl/consumer.ts";
+import { servePublisher } from "./protocols/jsonl/publisher.ts";
+import { type DataDir, openDataDir } from "./store/data_dir.ts";
+import { errorText, type RestartPolicy } from "./supervisor.ts";
+import { type LineConnection, LineServer } from "./transport/tcp.ts";
+
+/** Extras for tests: failure injection and faster timers. */
+export interface StartOptions {
+  topicHooks?: TopicHooks;
+  jsonlHooks?: JsonlHooks;
+  supervisorPolicy?: Partial<RestartPolicy>;
+  retentionIntervalMs?: number;
+}
+
+/** A running broker. */
+export interface RunningBroker {
+  readonly broker: Broker;
+  /** Actual ports (useful when configured as 0). */
+  readonly consumerPort: number;
+  readonly publisherPort: number;
+  /** Live connections on both ports. */
+  readonly connections: ReadonlySet<LineConnection>;
+  /** Graceful stop: stop accepting, settle in-flight writes, close connections and store. */
+  stop(): Promise<void>;
+}
+
+const log = getLogger("server");
+
+/** Opens the data directory and starts serving. */
+export async function startBroker(
+  config: BrokerConfig,
+  options: StartOptions = {},
+): Promise<RunningBroker> {
+  const dir: DataDir = await openDataDir(config.dataDir);
+  log.info("Store opened at {path}", { path: dir.path });
+  let broker: Broker;
+  try {
+    broker = await Broker.start(dir.store, {
+      retry: { retryIntervalMs: config.retryInterval, retryLimit: config.retryLimit },
+      deadLetterMax: config.deadLetterMax,
+      topicHooks: options.topicHooks,
+      supervisorPolicy: options.supervisorPolicy,
+      retentionIntervalMs: options.retentionIntervalMs,
+    });
+  } catch (err) {
+    dir.close();
+    throw err;
+  }
+  const ctx: JsonlContext = {
+    broker,
+    loginAttempts: config.loginAttempts,
+    maxMessageBytes: config.maxMessageBytes,
+    hooks: options.jsonlHooks,
+  };
+  const connections = new Set<LineConnection>();
+  const serve = (kind: "consumer" | "publisher", port: number) => {
+    const handler = kind === "consumer" ? serveConsumer : servePublisher;
+    return new LineServer({
+      hostname: config.hostname,
+      port,
+      maxLineBytes: config.maxLineBytes,
+      writeBufferBytes: config.writeBufferBytes,
+      idleTimeoutMs: config.idleTimeout,
+      async onConnection(conn) {
+        connections.add(conn);
+        log.debug("{kind} connection {id} from {remote}", {
+          kind,
+          id: conn.id,
+          remote: conn.remote,
+        });
+        try {
+          await handler(conn, ctx);
+        } finally {
+          connections.delete(conn);
+        }
+      },
+      onError(err, conn) {
+        log.error("{kind} connection {id} failed: {error}", {
+          kind,
+          id: conn?.id,
+          remote: conn?.remote,
+          error: errorText(err),
+        });
+      },
+    });
+  };
+  const consumers = serve("consumer", config.consumerPort);
+  const publishers = serve("publisher", config.publisherPort);
+  try {
+    consumers.start();
+    publishers.start();
+  } catch (err) {
+    await consumers.close().catch(() => {});
+    await broker.close();
+    dir.close();
+    throw err;
+  }
+  log.info("ConsumerSupervisor is running...");
+  log.info("PublisherSupervisor is running...");
+  log.info("Server publisher accepting connections on {hostname}:{port}", {
+    hostname: config.hostname,
+    port: publishers.port,
+  });
+  log.info("Server consumer accepting connections on {hostname}:{port}", {
+    hostname: config.hostname,
+    port: consumers.port,
+  });
+
+  let stopping: Promise<void> | null = null;
+  const stop = async () => {
+    log.info("Stopping: no new connections");
+    await Promise.all([consumers.close(), publishers.close()]);
+    // Let writes already submitted commit, so their replies go out before we close.
+    await broker.store.flush();
+    await new Promise((r) => setTimeout(r, 0));
+    for (const c of connections) c.close("broker stopping");
+    await Promise.all([...connections].map((c) => c.closed));
+    await broker.close();
+    dir.close();
+    log.info("Stopped; store closed");
+  };
+  return {
+    broker,
+    consumerPort: consumers.port,
+    publisherPort: publishers.port,
+    connections,
+    stop: () => stopping ??= stop(),
+  };
+}

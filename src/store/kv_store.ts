@@ -1,0 +1,229 @@
+/**
+ * The broker's store on Deno KV.
+ *
+ * Key layout (schema version 1):
+ *
+ * | key                              | value                | written when                    |
+ * |----------------------------------|----------------------|---------------------------------|
+ * | ["meta", "schema"]               | number (1)           | first start                     |
+ * | ["meta", "owner"]                | {token, pid, at}     | every start (the fencing token) |
+ * | ["meta", "ids"]                  | number               | a block of ids is reserved      |
+ * | ["topic", name]                  | TopicRecord          | topic created, message appended |
+ * | ["log", topic, seq]              | StoredMessage        | message released to the topic   |
+ * | ["pending", id]                  | PendingPublish       | PUB stored, deleted at PUBREL   |
+ * | ["released", id]                 | ReleasedRecord       | PUBREL (expires after a week)   |
+ * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP            |
+ * | ["subscriber", subscriber, topic]| number (created at)  | SUB; deleted at UNSUB           |
+ *
+ * Every write goes through the {@link GroupCommitter}, so it is fenced by the owner key
+ * and batched with whatever else is being written at the same moment.
+ *
+ * @module
+ */
+import { type Fence, GroupCommitter, type Mutation } from "./group_commit.ts";
+import type {
+  BrokerStore,
+  PendingPublish,
+  ReleasedRecord,
+  StoredMessage,
+  SubscriptionRecord,
+  TopicRecord,
+} from "./store.ts";
+
+/** The layout version this code writes and reads. */
+export const SCHEMA_VERSION = 1;
+
+/** How long a release is remembered to answer a repeated PUBREL with PUBCOMP. */
+export const RELEASED_TTL_MS = 7 * 24 * 3600 * 1000;
+
+/** Raised when the store was written by an incompatible layout. */
+export class SchemaError extends Error {
+  constructor(found: unknown) {
+    super(
+      `the store has schema version ${
+        JSON.stringify(found)
+      }, this broker reads version ${SCHEMA_VERSION}: refusing to open it`,
+    );
+    this.name = "SchemaError";
+  }
+}
+
+/**
+ * {@link BrokerStore} on a Deno KV database.
+ *
+ * @example
+ * ```ts
+ * const store = await KvStore.open(":memory:");
+ * const first = await store.reserveIds(1000);
+ * store.close();
+ * ```
+ */
+export class KvStore implements BrokerStore {
+  #kv: Deno.Kv;
+  #gc: GroupCommitter;
+  #fence: Fence;
+
+  private constructor(kv: Deno.Kv, fence: Fence) {
+    this.#kv = kv;
+    this.#fence = fence;
+    this.#gc = new GroupCommitter(kv, fence);
+  }
+
+  /**
+   * Opens (or creates) the store at `path` (a file path or ":memory:"), checks the
+   * schema version and takes ownership by rewriting the owner key.
+   */
+  static async open(path: string): Promise<KvStore> {
+    const kv = await Deno.openKv(path);
+    try {
+      const schema = await kv.get<number>(["meta", "schema"]);
+      if (schema.value === null) {
+        await kv.atomic().check(schema).set(["meta", "schema"], SCHEMA_VERSION).commit();
+      } else if (schema.value !== SCHEMA_VERSION) {
+        throw new SchemaError(schema.value);
+      }
+      const owner = { token: crypto.randomUUID(), pid: Deno.pid, at: Date.now() };
+      const res = await kv.set(["meta", "owner"], owner);
+      return new KvStore(kv, { key: ["meta", "owner"], versionstamp: res.versionstamp });
+    } catch (err) {
+      kv.close();
+      throw err;
+    }
+  }
+
+  /** Group-commit counters. */
+  get commitStats() {
+    return this.#gc.stats;
+  }
+
+  async reserveIds(count: number): Promise<number> {
+    // Not group-committed: it needs its own check on the counter, and runs once per
+    // block of ids.
+    for (;;) {
+      const cur = await this.#kv.get<number>(["meta", "ids"]);
+      const first = cur.value ?? 1;
+      const res = await this.#kv.atomic().check(this.#fence).check(cur)
+        .set(["meta", "ids"], first + count).commit();
+      if (res.ok) return first;
+      const owner = await this.#kv.get(this.#fence.key);
+      if (owner.versionstamp !== this.#fence.versionstamp) {
+        throw new Error("the store's owner key changed: another broker process took over");
+      }
+    }
+  }
+
+  async loadTopics(): Promise<TopicRecord[]> {
+    return await collect(this.#kv.list<TopicRecord>({ prefix: ["topic"] }));
+  }
+
+  async loadTopic(name: string): Promise<TopicRecord | null> {
+    return (await this.#kv.get<TopicRecord>(["topic", name])).value;
+  }
+
+  ensureTopic(record: TopicRecord): Promise<void> {
+    return this.#gc.commit([{ type: "set", key: ["topic", record.name], value: record }]);
+  }
+
+  async readLog(topic: string, fromSeq: number, limit: number): Promise<StoredMessage[]> {
+    return await collect(
+      this.#kv.list<StoredMessage>(
+        { start: ["log", topic, fromSeq], end: ["log", topic, Number.MAX_SAFE_INTEGER] },
+        { limit, batchSize: Math.min(limit, 1000) },
+      ),
+    );
+  }
+
+  async trimLog(topic: string, fromSeq: number, toSeq: number): Promise<number> {
+    let deleted = 0;
+    for (;;) {
+      const keys: Mutation[] = [];
+      for await (
+        const e of this.#kv.list(
+          { start: ["log", topic, fromSeq], end: ["log", topic, toSeq] },
+          { limit: 500, batchSize: 500 },
+        )
+      ) keys.push({ type: "delete", key: e.key });
+      if (keys.length === 0) return deleted;
+      await this.#gc.commit(keys);
+      deleted += keys.length;
+    }
+  }
+
+  savePending(p: PendingPublish): Promise<void> {
+    return this.#gc.commit([{ type: "set", key: ["pending", p.id], value: p }]);
+  }
+
+  async loadPending(): Promise<PendingPublish[]> {
+    return await collect(this.#kv.list<PendingPublish>({ prefix: ["pending"] }));
+  }
+
+  append(message: StoredMessage, head: TopicRecord, releasedId?: number): Promise<void> {
+    const m: Mutation[] = [
+      { type: "set", key: ["log", message.topic, message.seq], value: message },
+      { type: "set", key: ["topic", head.name], value: head },
+    ];
+    if (releasedId !== undefined) {
+      const released: ReleasedRecord = { id: releasedId, topic: message.topic, seq: message.seq };
+      m.push({ type: "delete", key: ["pending", releasedId] });
+      m.push({
+        type: "set",
+        key: ["released", releasedId],
+        value: released,
+        expireIn: RELEASED_TTL_MS,
+      });
+    }
+    return this.#gc.commit(m);
+  }
+
+  async getReleased(id: number): Promise<ReleasedRecord | null> {
+    return (await this.#kv.get<ReleasedRecord>(["released", id])).value;
+  }
+
+  saveSubscription(r: SubscriptionRecord): Promise<void> {
+    return this.#gc.commit([
+      { type: "set", key: ["sub", r.topic, r.subscriber], value: r },
+      { type: "set", key: ["subscriber", r.subscriber, r.topic], value: r.createdAt },
+    ]);
+  }
+
+  savePosition(r: SubscriptionRecord): Promise<void> {
+    return this.#gc.commit([{ type: "set", key: ["sub", r.topic, r.subscriber], value: r }]);
+  }
+
+  deleteSubscription(subscriber: string, topic: string): Promise<void> {
+    return this.#gc.commit([
+      { type: "delete", key: ["sub", topic, subscriber] },
+      { type: "delete", key: ["subscriber", subscriber, topic] },
+    ]);
+  }
+
+  async loadSubscription(subscriber: string, topic: string): Promise<SubscriptionRecord | null> {
+    return (await this.#kv.get<SubscriptionRecord>(["sub", topic, subscriber])).value;
+  }
+
+  async loadSubscriberTopics(subscriber: string): Promise<string[]> {
+    const topics: string[] = [];
+    for await (const e of this.#kv.list({ prefix: ["subscriber", subscriber] })) {
+      topics.push(e.key[2] as string);
+    }
+    return topics;
+  }
+
+  async loadTopicSubscriptions(topic: string): Promise<SubscriptionRecord[]> {
+    return await collect(this.#kv.list<SubscriptionRecord>({ prefix: ["sub", topic] }));
+  }
+
+  flush(): Promise<void> {
+    return this.#gc.drain();
+  }
+
+  close(): void {
+    this.#kv.close();
+  }
+}
+
+async function collect<T>(iter: Deno.KvListIterator<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const e of iter) out.push(e.value);
+  return out;
+}

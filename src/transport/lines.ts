@@ -1,0 +1,168 @@
+/**
+ * A capped byte-line splitter.
+ *
+ * `TextLineStream` from `@std/streams` has no bound on a line's length, so a
+ * peer that never sends a newline could make a server buffer without limit.
+ * {@link LineSplitStream} errors as soon as a line passes its cap, so it never
+ * holds more than about `maxLineBytes` plus the chunk being scanned.
+ *
+ * @module
+ */
+
+const LF = 0x0a;
+const CR = 0x0d;
+
+/**
+ * The error a {@link LineSplitStream} fails with when a line is longer than
+ * its `maxLineBytes`.
+ *
+ * @example
+ * ```ts
+ * const err = new LineTooLongError(16);
+ * err.message; // "line longer than 16 bytes"
+ * err.limit; // 16
+ * ```
+ */
+export class LineTooLongError extends RangeError {
+  /** The `maxLineBytes` that was exceeded. */
+  readonly limit: number;
+
+  /**
+   * Builds the error for a line over `limit` bytes.
+   *
+   * @param limit the `maxLineBytes` that was exceeded
+   */
+  constructor(limit: number) {
+    super(`line longer than ${limit} bytes`);
+    this.name = "LineTooLongError";
+    this.limit = limit;
+  }
+}
+
+/** Options of {@link LineSplitStream}. */
+export interface LineSplitStreamOptions {
+  /**
+   * The most bytes a line may hold, not counting its `\n` or `\r\n`. Bounds
+   * the memory one connection can make the server hold for a partial line.
+   */
+  maxLineBytes: number;
+}
+
+/**
+ * Splits a byte stream into lines on `\n`, dropping one `\r` before it, so
+ * both `\n` and `\r\n` end a line. Each output chunk is one line's bytes
+ * without its terminator; empty lines are emitted as empty arrays (the caller
+ * decides whether they matter). A final line without a terminator is emitted
+ * when the input ends, if it holds any bytes.
+ *
+ * A line longer than `maxLineBytes` errors the stream with a
+ * {@link LineTooLongError} as soon as the limit is passed, without waiting
+ * for the newline.
+ *
+ * Lines that lie wholly inside one input chunk are emitted as views of that
+ * chunk (no copy), so writers must not reuse a chunk's buffer after writing
+ * it; a line spread over several chunks is joined once into a new array.
+ *
+ * @example
+ * ```ts
+ * const lines = ReadableStream.from([new TextEncoder().encode("a\r\nb\nc")])
+ *   .pipeThrough(new LineSplitStream({ maxLineBytes: 1024 }));
+ * for await (const line of lines) console.log(new TextDecoder().decode(line));
+ * // a, b, c
+ * ```
+ */
+export class LineSplitStream extends TransformStream<Uint8Array, Uint8Array> {
+  /**
+   * Builds a splitter that fails on lines over `options.maxLineBytes`.
+   *
+   * @param options see {@link LineSplitStreamOptions}
+   * @throws {RangeError} if `maxLineBytes` is not a non-negative integer
+   */
+  constructor(options: LineSplitStreamOptions) {
+    const { maxLineBytes } = options;
+    if (!Number.isSafeInteger(maxLineBytes) || maxLineBytes < 0) {
+      throw new RangeError(
+        `maxLineBytes must be a non-negative integer, got ${maxLineBytes}`,
+      );
+    }
+    const splitter = new Splitter(maxLineBytes);
+    super({
+      transform: (chunk, controller) => splitter.push(chunk, controller),
+      flush: (controller) => splitter.end(controller),
+    });
+  }
+}
+
+/** The splitting state, kept apart so the stream class has no extra surface. */
+class Splitter {
+  readonly #max: number;
+  /** Pieces of the current unterminated line, joined once when it ends. */
+  #parts: Uint8Array[] = [];
+  #partsBytes = 0;
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  push(chunk: Uint8Array, out: TransformStreamDefaultController<Uint8Array>): void {
+    let start = 0;
+    while (start < chunk.length) {
+      const nl = chunk.indexOf(LF, start);
+      if (nl === -1) {
+        const rest = chunk.subarray(start);
+        this.#check(rest);
+        this.#parts.push(rest);
+        this.#partsBytes += rest.length;
+        return;
+      }
+      const piece = chunk.subarray(start, nl);
+      this.#check(piece);
+      out.enqueue(stripCr(this.#take(piece)));
+      start = nl + 1;
+    }
+  }
+
+  end(out: TransformStreamDefaultController<Uint8Array>): void {
+    if (this.#partsBytes === 0) return;
+    out.enqueue(stripCr(this.#take(new Uint8Array(0))));
+  }
+
+  /**
+   * Fails once the pending line plus `piece` is longer than the limit. One
+   * byte over is allowed while it is a `\r`, because a `\n` may follow in
+   * the next chunk and make it part of the terminator.
+   */
+  #check(piece: Uint8Array): void {
+    const total = this.#partsBytes + piece.length;
+    if (total <= this.#max) return;
+    if (total === this.#max + 1 && this.#lastByte(piece) === CR) return;
+    this.#parts = [];
+    this.#partsBytes = 0;
+    throw new LineTooLongError(this.#max);
+  }
+
+  #lastByte(piece: Uint8Array): number | undefined {
+    if (piece.length > 0) return piece[piece.length - 1];
+    const last = this.#parts[this.#parts.length - 1];
+    return last?.[last.length - 1];
+  }
+
+  /** The pending pieces plus `piece` as one array; resets the pending line. */
+  #take(piece: Uint8Array): Uint8Array {
+    if (this.#parts.length === 0) return piece;
+    const line = new Uint8Array(this.#partsBytes + piece.length);
+    let offset = 0;
+    for (const part of this.#parts) {
+      line.set(part, offset);
+      offset += part.length;
+    }
+    line.set(piece, offset);
+    this.#parts = [];
+    this.#partsBytes = 0;
+    return line;
+  }
+}
+
+function stripCr(line: Uint8Array): Uint8Array {
+  return line[line.length - 1] === CR ? line.subarray(0, line.length - 1) : line;
+}
