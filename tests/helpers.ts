@@ -1,0 +1,311 @@
+/**
+ * Black-box test helpers: a line client over a real TCP socket with send/expect, a
+ * broker started in this process on free ports and a temporary data directory, and a
+ * broker started as a child process (for SIGKILL and signal tests).
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { type BrokerConfig, configFor } from "../src/config.ts";
+import { type RunningBroker, startBroker, type StartOptions } from "../src/server.ts";
+
+const encoder = new TextEncoder();
+
+/** A client that speaks lines over a real socket. */
+export class LineClient {
+  #conn: Deno.TcpConn;
+  #reader: ReadableStreamDefaultReader<string>;
+  #buffer: string[] = [];
+  #pending: Promise<ReadableStreamReadResult<string>> | null = null;
+  #closed = false;
+  #eof = false;
+
+  private constructor(conn: Deno.TcpConn) {
+    this.#conn = conn;
+    this.#reader = conn.readable
+      .pipeThrough(new TextDecoderStream())
+      .pipeThrough(splitLines())
+      .getReader();
+  }
+
+  /** Connects to 127.0.0.1:`port`. */
+  static async connect(port: number): Promise<LineClient> {
+    return new LineClient(await Deno.connect({ hostname: "127.0.0.1", port }));
+  }
+
+  /** Sends one line with "\r\n" (as telnet does); `raw` sends exactly the text given. */
+  async send(line: string, { raw = false } = {}): Promise<void> {
+    const bytes = encoder.encode(raw ? line : line + "\r\n");
+    let n = 0;
+    while (n < bytes.length) n += await this.#conn.write(bytes.subarray(n));
+  }
+
+  /** Sends raw bytes. */
+  async sendBytes(bytes: Uint8Array): Promise<void> {
+    let n = 0;
+    while (n < bytes.length) n += await this.#conn.write(bytes.subarray(n));
+  }
+
+  /** The next line, or null at end of stream; fails after `timeoutMs`. */
+  async next(timeoutMs = 3000): Promise<string | null> {
+    const buffered = this.#buffer.shift();
+    if (buffered !== undefined) return buffered;
+    if (this.#eof) return null;
+    this.#pending ??= this.#reader.read();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<"timeout">((r) =>
+      timer = setTimeout(() => r("timeout"), timeoutMs)
+    );
+    const res = await Promise.race([this.#pending, timeout]).finally(() => clearTimeout(timer));
+    if (res === "timeout") throw new Error(`no line within ${timeoutMs} ms`);
+    this.#pending = null;
+    if (res.done) {
+      this.#eof = true;
+      return null;
+    }
+    return res.value;
+  }
+
+  /** Asserts that the next line equals `expected` (or matches it). Returns the line. */
+  async expect(expected: string | RegExp, timeoutMs = 3000): Promise<string> {
+    const line = await this.next(timeoutMs);
+    if (line === null) assert.fail(`expected ${expected}, got end of stream`);
+    if (typeof expected === "string") assert.equal(line, expected);
+    else assert.match(line, expected);
+    return line;
+  }
+
+  /** Asserts that the next line is JSON and returns it parsed. */
+  async expectJson(timeoutMs = 3000): Promise<Record<string, unknown>> {
+    const line = await this.next(timeoutMs);
+    assert.ok(line !== null, "expected a JSON line, got end of stream");
+    return JSON.parse(line);
+  }
+
+  /** Asserts that no line arrives within `ms`. */
+  async expectSilence(ms: number): Promise<void> {
+    if (this.#buffer.length > 0) assert.fail(`unexpected line ${this.#buffer[0]}`);
+    if (this.#eof) return;
+    this.#pending ??= this.#reader.read();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const quiet = new Promise<"quiet">((r) => timer = setTimeout(() => r("quiet"), ms));
+    const res = await Promise.race([this.#pending, quiet]).finally(() => clearTimeout(timer));
+    if (res === "quiet") return;
+    this.#pending = null;
+    if (res.done) {
+      this.#eof = true;
+      return;
+    }
+    assert.fail(`expected silence, got ${res.value}`);
+  }
+
+  /** Asserts that the server closes the connection (after any lines still unread). */
+  async expectClosed(timeoutMs = 3000): Promise<void> {
+    const line = await this.next(timeoutMs);
+    assert.equal(line, null, `expected the connection to close, got ${line}`);
+  }
+
+  /** Closes the socket and releases the reader. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#conn.close();
+    } catch {
+      // already closed by the peer
+    }
+    await this.#pending?.catch(() => {});
+    await this.#reader.cancel().catch(() => {});
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function splitLines(): TransformStream<string, string> {
+  let rest = "";
+  return new TransformStream({
+    transform(chunk, controller) {
+      rest += chunk;
+      let i: number;
+      while ((i = rest.indexOf("\n")) >= 0) {
+        controller.enqueue(rest.slice(0, i).replace(/\r$/, ""));
+        rest = rest.slice(i + 1);
+      }
+    },
+    flush(controller) {
+      if (rest) controller.enqueue(rest);
+    },
+  });
+}
+
+/** Logs in a consumer and checks the greeting. */
+export async function loginConsumer(port: number, name: string): Promise<LineClient> {
+  const c = await LineClient.connect(port);
+  await c.expect("Please login!");
+  await c.send(`log ${name}`);
+  await c.expect("Successfully logged in!");
+  return c;
+}
+
+/** PUB then PUBREL; returns the message id after checking both answers. */
+export async function publish(p: LineClient, topic: string, msg: unknown): Promise<number> {
+  await p.send(JSON.stringify({ type: "PUB", topic, msg }));
+  const rec = await p.expectJson();
+  assert.equal(rec.type, "PUBREC");
+  const id = rec.msgId as number;
+  await p.send(JSON.stringify({ type: "PUBREL", msgId: id }));
+  await p.expect(`{"msgId":${id},"type":"PUBCOMP"}`);
+  return id;
+}
+
+/** Receives one PUB on `c`, then completes it with PUBREC/PUBCOMP; returns it. */
+export async function receive(c: LineClient, timeoutMs = 3000): Promise<Record<string, unknown>> {
+  const pub = await c.expectJson(timeoutMs);
+  assert.equal(pub.type, "PUB");
+  await c.send(JSON.stringify({ type: "PUBREC", msgId: pub.msgId, topic: pub.topic }));
+  await c.expect("OK");
+  await c.expect(`{"msgId":${pub.msgId},"type":"PUBREL"}`);
+  await c.send(JSON.stringify({ type: "PUBCOMP", msgId: pub.msgId, topic: pub.topic }));
+  await c.expect("OK");
+  return pub;
+}
+
+/** A broker running in this test process. */
+export interface TestBroker extends RunningBroker {
+  dataDir: string;
+  config: BrokerConfig;
+  /** Stops the broker and removes its data directory. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Starts a broker on free ports of 127.0.0.1 with a temporary data directory (or
+ * `config.dataDir`), a short retry interval, and the given overrides.
+ */
+export async function startTestBroker(
+  config: Partial<BrokerConfig> = {},
+  options: StartOptions = {},
+): Promise<TestBroker> {
+  const ownDir = config.dataDir === undefined;
+  const dataDir = config.dataDir ?? await Deno.makeTempDir({ prefix: "mb-test-" });
+  const full = configFor({
+    hostname: "127.0.0.1",
+    consumerPort: 0,
+    publisherPort: 0,
+    retryInterval: 200,
+    ...config,
+    dataDir,
+  });
+  const running = await startBroker(full, options);
+  return Object.assign(Object.create(null), {
+    broker: running.broker,
+    consumerPort: running.consumerPort,
+    publisherPort: running.publisherPort,
+    connections: running.connections,
+    stop: running.stop,
+    dataDir,
+    config: full,
+    async [Symbol.asyncDispose]() {
+      await running.stop();
+      if (ownDir) await Deno.remove(dataDir, { recursive: true });
+    },
+  });
+}
+
+/** A broker in a child process (`deno run main.ts`), for kill and signal tests. */
+export class ChildBroker {
+  readonly process: Deno.ChildProcess;
+  readonly consumerPort: number;
+  readonly publisherPort: number;
+  #output: Promise<string>;
+
+  private constructor(
+    process: Deno.ChildProcess,
+    ports: [number, number],
+    output: Promise<string>,
+  ) {
+    this.process = process;
+    this.consumerPort = ports[0];
+    this.publisherPort = ports[1];
+    this.#output = output;
+  }
+
+  /**
+   * Starts `main.ts` with `args` (ports default to 0) and waits until both servers
+   * listen, reading their ports from the startup log.
+   */
+  static async start(dataDir: string, args: string[] = []): Promise<ChildBroker> {
+    const main = join(import.meta.dirname ?? ".", "..", "main.ts");
+    const process = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--unstable-kv",
+        "--allow-net",
+        "--allow-read",
+        "--allow-write",
+        "--allow-env=BROKER_*",
+        main,
+        "--hostname",
+        "127.0.0.1",
+        "--consumer-port",
+        "0",
+        "--publisher-port",
+        "0",
+        "--data-dir",
+        dataDir,
+        "--log-level",
+        "info",
+        ...args,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const lines = process.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(splitLines());
+    const reader = lines.getReader();
+    let log = "";
+    let consumer = 0;
+    let publisher = 0;
+    const deadline = Date.now() + 15_000;
+    while (!(consumer && publisher)) {
+      if (Date.now() > deadline) break;
+      const { value, done } = await reader.read();
+      if (done) break;
+      log += value + "\n";
+      const m = /Server (consumer|publisher) accepting connections on .*:(\d+)/.exec(value);
+      if (m?.[1] === "consumer") consumer = Number(m[2]);
+      if (m?.[1] === "publisher") publisher = Number(m[2]);
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    const rest = (async () => {
+      let out = log;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return out;
+        out += value + "\n";
+      }
+    })();
+    const stderr = new Response(process.stderr).text();
+    const output = Promise.all([rest, stderr]).then(([o, e]) => o + e);
+    if (!(consumer && publisher)) {
+      try {
+        process.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await process.status;
+      throw new Error(`broker did not start:\n${await output}`);
+    }
+    return new ChildBroker(process, [consumer, publisher], output);
+  }
+
+  /** Sends a signal and waits for the exit; returns the exit code and all output. */
+  async stop(signal: Deno.Signal = "SIGTERM"): Promise<{ code: number; output: string }> {
+    try {
+      this.process.kill(signal);
+    } catch { /* already exited */ }
+    const status = await this.process.status;
+    return { code: status.code, output: await this.#output };
+  }
+}
