@@ -169,6 +169,8 @@ export class ConsumerSession {
   async restart(): Promise<string[]> {
     for (const d of this.#deliveries.values()) d.stop();
     this.#deliveries.clear();
+    // Positions the old deliveries were committing must land before we read them.
+    await this.#broker.store.flush();
     return await this.resume();
   }
 

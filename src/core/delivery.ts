@@ -217,6 +217,13 @@ export class Delivery implements Wakeable {
     this.#timer = undefined;
     f.phase = "completing";
     const next = { ...this.#record, position: f.seq + 1, received: null };
+    // Positions only move forward; this process owns them (the store's fence keeps
+    // every other writer out), so checking here, before queueing, is the check.
+    if (next.position <= this.#record.position) {
+      throw new Error(
+        `position of ${next.subscriber} on "${next.topic}" would move back from ${this.#record.position} to ${next.position}`,
+      );
+    }
     try {
       await this.#store.savePosition(next);
     } catch (err) {

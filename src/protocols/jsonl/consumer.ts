@@ -74,7 +74,15 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
           }
           conn.send("Successfully logged in!");
           log.info("Consumer {user} logged in from {remote}", { user: name, remote: conn.remote });
-          await session.resume();
+          try {
+            await session.resume();
+          } catch (err) {
+            log.error("Could not resume the subscriptions of {user}: {error}", {
+              user: name,
+              error: errorText(err),
+            });
+            conn.send("ERROR: internal error while resuming your subscriptions; SUB to retry");
+          }
           continue;
         }
         if (++attempts >= ctx.loginAttempts) {
