@@ -1,0 +1,320 @@
+/**
+ * One TCP connection seen as decoded input lines and a bounded, coalescing queue of
+ * output lines. It knows nothing of topics or protocols.
+ *
+ * @module
+ */
+
+import { LineSplitStream, LineTooLongError } from "./lines.ts";
+
+/** One item of {@link LineConnection.lines}. */
+export type LineEvent =
+  /** A complete input line, decoded as UTF-8, without its `\n` or `\r\n`. */
+  | { kind: "line"; text: string }
+  /** A line that is not valid UTF-8; the connection goes on with the next line. */
+  | { kind: "invalid-utf8"; byteLength: number }
+  /** A line passed `maxLineBytes`; always the last item, input is no longer read. */
+  | { kind: "too-long"; limit: number };
+
+/** Limits of one connection; {@link LineServer} passes its options on. */
+export interface LineConnectionOptions {
+  /** Longest input line in bytes; bounds what a peer can make us buffer. */
+  maxLineBytes: number;
+  /**
+   * Most output bytes queued but not yet written before the connection is
+   * closed, so a peer that stops reading cannot make us grow without bound.
+   */
+  writeBufferBytes: number;
+  /** Close after this long without an input line; 0 turns it off. Frees dead peers' slots. */
+  idleTimeoutMs: number;
+  /**
+   * How long {@link LineConnection.close} waits for queued output to be
+   * written before it closes the socket anyway (a peer may never read).
+   * Default 1000.
+   */
+  closeFlushTimeoutMs?: number;
+}
+
+const READ_BUFFER_BYTES = 64 * 1024;
+const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
+
+let nextConnectionId = 1;
+
+/**
+ * One TCP connection seen as lines in ({@link lines}) and lines out
+ * ({@link send}). Created by {@link LineServer} for each accepted socket.
+ *
+ * Nothing closes a connection behind its owner's back except: a peer that
+ * stops reading (queued output over `writeBufferBytes`), a failed write, and
+ * the idle timeout. When {@link lines} ends (peer closed, read error, line too
+ * long), the owner decides what to send and then calls {@link close}.
+ *
+ * @example
+ * ```ts
+ * for await (const item of conn.lines()) {
+ *   if (item.kind === "line") conn.send(item.text.toUpperCase());
+ *   else if (item.kind === "too-long") conn.send(`ERROR: line longer than ${item.limit} bytes`);
+ * }
+ * conn.close("peer closed");
+ * await conn.closed;
+ * ```
+ */
+export class LineConnection {
+  /** Unique within this process; for logs and connection tables. */
+  readonly id: number;
+  /** The peer's address as "host:port" ("[::1]:port" for IPv6). */
+  readonly remote: string;
+  /** Resolves once the socket is closed and no read, write or timer of it is pending. */
+  readonly closed: Promise<void>;
+
+  readonly #conn: Deno.TcpConn;
+  readonly #opts: Required<LineConnectionOptions>;
+  readonly #encoder = new TextEncoder();
+  readonly #resolveClosed: () => void;
+
+  #linesCalled = false;
+  #read: Promise<number | null> | undefined;
+  #lastInput = performance.now();
+  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+
+  #queue: Uint8Array[] = [];
+  /** Bytes queued plus bytes being written: the memory a slow peer holds. */
+  #unwrittenBytes = 0;
+  #writing: Promise<void> | undefined;
+
+  #closing = false;
+  #closeReason: string | undefined;
+
+  /**
+   * Wraps an accepted socket and starts its idle timer; {@link LineServer} calls this.
+   *
+   * @param conn an accepted socket; this object now owns it
+   * @param options the connection's limits
+   */
+  constructor(conn: Deno.TcpConn, options: LineConnectionOptions) {
+    this.id = nextConnectionId++;
+    this.#conn = conn;
+    this.#opts = {
+      maxLineBytes: options.maxLineBytes,
+      writeBufferBytes: options.writeBufferBytes,
+      idleTimeoutMs: options.idleTimeoutMs,
+      closeFlushTimeoutMs: options.closeFlushTimeoutMs ?? DEFAULT_CLOSE_FLUSH_TIMEOUT_MS,
+    };
+    const addr = conn.remoteAddr;
+    this.remote = addr.hostname.includes(":")
+      ? `[${addr.hostname}]:${addr.port}`
+      : `${addr.hostname}:${addr.port}`;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.closed = promise;
+    this.#resolveClosed = resolve;
+    if (this.#opts.idleTimeoutMs > 0) this.#armIdleTimer(this.#opts.idleTimeoutMs);
+  }
+
+  /** True once {@link close} has begun (or the connection failed); sends are then ignored. */
+  get isClosed(): boolean {
+    return this.#closing;
+  }
+
+  /** Why the connection was closed, once it is: the `close` reason or what failed. */
+  get closeReason(): string | undefined {
+    return this.#closeReason;
+  }
+
+  /**
+   * The input as {@link LineEvent}s, in order. Ends when the peer closes, a
+   * read fails, the connection is closed, or after a `too-long` item. Empty
+   * lines are yielded too. Input is read only as fast as the caller consumes
+   * it, so a slow caller slows the peer down through TCP.
+   *
+   * @throws {Error} if called a second time: the input can be read once
+   */
+  lines(): AsyncIterableIterator<LineEvent> {
+    if (this.#linesCalled) throw new Error(`lines() of connection ${this.id} was already called`);
+    this.#linesCalled = true;
+    return this.#readLines();
+  }
+
+  async *#readLines(): AsyncGenerator<LineEvent> {
+    const reader = this.#source()
+      .pipeThrough(new LineSplitStream({ maxLineBytes: this.#opts.maxLineBytes }))
+      .getReader();
+    // fatal: a bad line must be reported, not silently turned into U+FFFD.
+    const decoder = new TextDecoder("utf-8", { fatal: true });
+    try {
+      for (;;) {
+        let result: ReadableStreamReadResult<Uint8Array>;
+        try {
+          result = await reader.read();
+        } catch (err) {
+          if (err instanceof LineTooLongError) yield { kind: "too-long", limit: err.limit };
+          return; // a read error (reset, closed by us) just ends the input
+        }
+        if (result.done) return;
+        this.#lastInput = performance.now();
+        let text: string;
+        try {
+          text = decoder.decode(result.value);
+        } catch {
+          yield { kind: "invalid-utf8", byteLength: result.value.length };
+          continue;
+        }
+        yield { kind: "line", text };
+      }
+    } finally {
+      // Stops further reads but keeps the socket open, so replies can still go out.
+      reader.cancel().catch(() => {});
+    }
+  }
+
+  /**
+   * The socket's input as a stream. Not `conn.readable`: that closes the
+   * whole socket on EOF or cancel (so no error reply could follow), and it
+   * hides its pending read, which `closed` must wait for.
+   */
+  #source(): ReadableStream<Uint8Array> {
+    const buffer = new Uint8Array(READ_BUFFER_BYTES);
+    return new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        let n: number | null;
+        try {
+          if (this.#closing) throw new Error("connection closed");
+          this.#read = this.#conn.read(buffer);
+          n = await this.#read;
+        } catch (err) {
+          controller.error(err);
+          return;
+        } finally {
+          this.#read = undefined;
+        }
+        // Copy: the buffer is reused by the next read, the line splitter keeps views.
+        if (n === null) controller.close();
+        else controller.enqueue(buffer.slice(0, n));
+      },
+    }, { highWaterMark: 0 });
+  }
+
+  /**
+   * Queues `line` followed by "\r\n". Never throws; ignored once the
+   * connection is closed. Closes the connection if the output not yet
+   * written passes `writeBufferBytes`.
+   */
+  send(line: string): void {
+    if (this.#closing) return;
+    const bytes = this.#encoder.encode(`${line}\r\n`);
+    this.#queue.push(bytes);
+    this.#unwrittenBytes += bytes.length;
+    if (this.#unwrittenBytes > this.#opts.writeBufferBytes) {
+      this.#shutdown(`peer too slow: over ${this.#opts.writeBufferBytes} bytes of output queued`, {
+        flush: false,
+      });
+      return;
+    }
+    this.#writing ??= this.#writeLoop();
+  }
+
+  /**
+   * Closes the connection: stops reading, writes what is queued (waiting at
+   * most `closeFlushTimeoutMs`), then closes the socket. Idempotent; await
+   * {@link closed} to know when it is done.
+   *
+   * @param reason kept in {@link closeReason} for logs
+   */
+  close(reason = "closed"): void {
+    this.#shutdown(reason, { flush: true });
+  }
+
+  /** One write at a time, each taking everything queued since the last one. */
+  async #writeLoop(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const batch = concat(this.#queue);
+        this.#queue = [];
+        let written = 0;
+        while (written < batch.length) {
+          written += await this.#conn.write(batch.subarray(written));
+        }
+        this.#unwrittenBytes -= batch.length;
+      }
+    } catch (err) {
+      if (!this.#closing) this.#shutdown(`write failed: ${errorText(err)}`, { flush: false });
+    } finally {
+      this.#writing = undefined;
+    }
+  }
+
+  #armIdleTimer(delayMs: number): void {
+    this.#idleTimer = setTimeout(() => this.#onIdleTimer(), delayMs);
+  }
+
+  /**
+   * Re-armed only when it fires, for the time left since the last input,
+   * so input lines cost a timestamp rather than a timer each.
+   */
+  #onIdleTimer(): void {
+    this.#idleTimer = undefined;
+    if (this.#closing) return;
+    const limit = this.#opts.idleTimeoutMs;
+    const idle = performance.now() - this.#lastInput;
+    if (idle < limit) {
+      this.#armIdleTimer(limit - idle);
+      return;
+    }
+    this.send(`ERROR: idle for more than ${limit} ms, closing`);
+    this.close(`idle for more than ${limit} ms`);
+  }
+
+  #shutdown(reason: string, { flush }: { flush: boolean }): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.#closeReason = reason;
+    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+    if (!flush) this.#queue = [];
+    void this.#finish(flush);
+  }
+
+  async #finish(flush: boolean): Promise<void> {
+    if (flush && this.#writing) await withTimeout(this.#writing, this.#opts.closeFlushTimeoutMs);
+    this.#queue = [];
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed: nothing left to release.
+    }
+    // Closing cancels a pending read and write; wait for them to settle so
+    // nothing of this connection outlives `closed`.
+    await this.#writing;
+    await this.#read?.catch(() => {});
+    this.#resolveClosed();
+  }
+}
+
+/** Joins `parts` into one array so a whole batch goes out in one write. */
+function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1 && parts[0]) return parts[0];
+  let total = 0;
+  for (const part of parts) total += part.length;
+  const out = new Uint8Array(total);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** Waits for `promise`, at most `ms`; the timer never outlives the call. */
+async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
+  try {
+    await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The message of a thrown value, for close reasons and logs. */
+export function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
