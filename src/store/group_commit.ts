@@ -38,6 +38,9 @@ export const DEFAULT_LIMITS: BatchLimits = {
   maxKeyBytes: 70_000,
 };
 
+/** Largest value accepted (estimated), under Deno KV's 65,536 bytes. */
+export const MAX_VALUE_BYTES = 65_000;
+
 /** Raised when the owner key changed: another process took this store over. */
 export class FencedError extends Error {
   constructor() {
@@ -110,6 +113,15 @@ export class GroupCommitter {
       bytes += k + (m.type === "set" ? estimateSize(m.value) : 0);
     }
     const l = this.#limits;
+    for (const m of mutations) {
+      // Deno KV refuses values over 64 KiB, and one refused value fails the whole atomic:
+      // refuse it here so that only its own operation fails.
+      if (m.type === "set" && estimateSize(m.value) > MAX_VALUE_BYTES) {
+        return Promise.reject(
+          new RangeError(`value too large for one key: ~${estimateSize(m.value)} bytes`),
+        );
+      }
+    }
     if (mutations.length > l.maxMutations || bytes > l.maxBytes || keyBytes > l.maxKeyBytes) {
       return Promise.reject(
         new RangeError(
@@ -197,12 +209,16 @@ export class GroupCommitter {
   }
 }
 
+/** An unambiguous string for a key, to find repeated writes of one key in a batch. */
 function keyId(key: Deno.KvKey): string {
   let s = "";
   for (const part of key) {
-    s += typeof part === "string" ? "s" + part : typeof part === "number" ? "n" + part : "x" +
-      String(part);
-    s += "\u0000";
+    // Strings are JSON-quoted (so no separator inside them is ambiguous); the other part
+    // types carry a type letter and contain neither quotes nor separators.
+    if (typeof part === "string") s += "s" + JSON.stringify(part);
+    else if (part instanceof Uint8Array) s += "u" + part.join(",");
+    else s += (typeof part)[0] + String(part);
+    s += "|";
   }
   return s;
 }

@@ -20,7 +20,7 @@
  *
  * @module
  */
-import { type Fence, GroupCommitter, type Mutation } from "./group_commit.ts";
+import { type Fence, FencedError, GroupCommitter, type Mutation } from "./group_commit.ts";
 import type {
   BrokerStore,
   PendingPublish,
@@ -105,10 +105,7 @@ export class KvStore implements BrokerStore {
       const res = await this.#kv.atomic().check(this.#fence).check(cur)
         .set(["meta", "ids"], first + count).commit();
       if (res.ok) return first;
-      const owner = await this.#kv.get(this.#fence.key);
-      if (owner.versionstamp !== this.#fence.versionstamp) {
-        throw new Error("the store's owner key changed: another broker process took over");
-      }
+      await this.#checkOwner();
     }
   }
 
@@ -120,8 +117,18 @@ export class KvStore implements BrokerStore {
     return (await this.#kv.get<TopicRecord>(["topic", name])).value;
   }
 
-  ensureTopic(record: TopicRecord): Promise<void> {
-    return this.#gc.commit([{ type: "set", key: ["topic", record.name], value: record }]);
+  async ensureTopic(record: TopicRecord): Promise<void> {
+    // Checked against absence, so an existing head is never reset (that would hand out
+    // sequence numbers again). Rare, so not group-committed.
+    const key = ["topic", record.name];
+    const res = await this.#kv.atomic().check(this.#fence).check({ key, versionstamp: null })
+      .set(key, record).commit();
+    if (!res.ok) await this.#checkOwner();
+  }
+
+  async #checkOwner(): Promise<void> {
+    const owner = await this.#kv.get(this.#fence.key);
+    if (owner.versionstamp !== this.#fence.versionstamp) throw new FencedError();
   }
 
   async readLog(topic: string, fromSeq: number, limit: number): Promise<StoredMessage[]> {

@@ -1,0 +1,303 @@
+import assert from "node:assert/strict";
+import { getLogger } from "../log.ts";
+import { KvStore } from "../store/kv_store.ts";
+import type { StoredMessage, SubscriptionRecord } from "../store/store.ts";
+import { Supervisor } from "../supervisor.ts";
+import { Delivery, type DeliverySink, type Exhausted, type RetryOptions } from "./delivery.ts";
+import { Topic } from "./topic.ts";
+
+const encoder = new TextEncoder();
+const RETRY: RetryOptions = { retryIntervalMs: 20, retryLimit: 3 };
+
+type Sent =
+  | { kind: "message"; id: number; seq: number; attempt: number; at: number }
+  | { kind: "release"; id: number; topic: string; attempt: number; at: number }
+  | { kind: "accepted"; at: number };
+
+/** A sink that records what the delivery puts on the wire, with timestamps. */
+class RecordingSink implements DeliverySink {
+  sent: Sent[] = [];
+  #waiters: { n: number; resolve: () => void }[] = [];
+
+  sendMessage(message: StoredMessage, attempt: number): void {
+    this.#push({ kind: "message", id: message.id, seq: message.seq, attempt, at: Date.now() });
+  }
+
+  sendRelease(id: number, topic: string, attempt: number): void {
+    this.#push({ kind: "release", id, topic, attempt, at: Date.now() });
+  }
+
+  /** An `accepted` callback that records when the protocol reply would go out. */
+  accepted = (): void => this.#push({ kind: "accepted", at: Date.now() });
+
+  #push(s: Sent): void {
+    this.sent.push(s);
+    this.#waiters = this.#waiters.filter((w) => {
+      if (this.sent.length < w.n) return true;
+      w.resolve();
+      return false;
+    });
+  }
+
+  /** Resolves once `n` events were recorded in all. */
+  count(n: number, timeoutMs = 2000): Promise<void> {
+    if (this.sent.length >= n) return Promise.resolve();
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    const timer = setTimeout(
+      () => reject(new Error(`only ${this.sent.length} of ${n} sends: ${show(this.sent)}`)),
+      timeoutMs,
+    );
+    this.#waiters.push({
+      n,
+      resolve: () => {
+        clearTimeout(timer);
+        resolve();
+      },
+    });
+    return promise;
+  }
+
+  /** Sends without timestamps, for comparisons. */
+  get wire(): string[] {
+    return this.sent.map((s) =>
+      s.kind === "message"
+        ? `message ${s.id} #${s.attempt}`
+        : s.kind === "release"
+        ? `release ${s.id} #${s.attempt}`
+        : "accepted"
+    );
+  }
+}
+
+function show(sent: Sent[]): string {
+  return JSON.stringify(sent.map((s) => s.kind + ("id" in s ? ` ${s.id}` : "")));
+}
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+interface Env {
+  store: KvStore;
+  topic: Topic;
+  sink: RecordingSink;
+  exhausted: Exhausted[];
+  /** Publishes texts to the topic; resolves with the stored messages. */
+  publish(...texts: string[]): Promise<StoredMessage[]>;
+  /** A started delivery for `record` (saved first), stopped after the test. */
+  deliver(record?: Partial<SubscriptionRecord>, retry?: RetryOptions): Promise<Delivery>;
+}
+
+async function withDelivery(fn: (env: Env) => Promise<void>): Promise<void> {
+  const store = await KvStore.open(":memory:");
+  const sup = new Supervisor("topics", getLogger("supervisor", "test"), { minBackoffMs: 1 });
+  const topic = await Topic.start("t", store, sup);
+  const sink = new RecordingSink();
+  const exhausted: Exhausted[] = [];
+  const deliveries: Delivery[] = [];
+  let nextId = 100;
+  try {
+    await fn({
+      store,
+      topic,
+      sink,
+      exhausted,
+      publish: (...texts) =>
+        Promise.all(
+          texts.map((t) =>
+            topic.append({ id: nextId++, payload: encoder.encode(t), format: "text" })
+          ),
+        ),
+      async deliver(partial = {}, retry = RETRY) {
+        const record: SubscriptionRecord = {
+          subscriber: "alice",
+          topic: "t",
+          position: 1,
+          received: null,
+          createdAt: 1,
+          ...partial,
+        };
+        await store.saveSubscription(record);
+        const d = new Delivery(topic, record, store, sink, retry, (_d, what) => {
+          exhausted.push(what);
+        });
+        deliveries.push(d);
+        d.start();
+        return d;
+      },
+    });
+  } finally {
+    for (const d of deliveries) d.stop();
+    topic.stop();
+    sup.close();
+    await store.flush();
+    store.close();
+  }
+}
+
+Deno.test("a delivery sends the next message at once", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const [m] = await publish("hello", "second");
+    const d = await deliver();
+    assert.deepEqual(sink.wire, [`message ${m!.id} #1`]);
+    assert.equal(d.inflightId, m!.id);
+    assert.equal(d.position, 1);
+  });
+});
+
+Deno.test("an unacknowledged message is re-sent every interval, retryLimit sends in all, then onExhausted and silence", async () => {
+  await withDelivery(async ({ publish, deliver, sink, exhausted, topic }) => {
+    const [m] = await publish("hello");
+    const d = await deliver();
+    await sink.count(3);
+    const at = sink.sent.map((s) => s.at);
+    assert.deepEqual(sink.wire, [1, 2, 3].map((n) => `message ${m!.id} #${n}`));
+    for (let i = 1; i < at.length; i++) {
+      const gap = at[i]! - at[i - 1]!;
+      assert.ok(gap >= 18, `re-sent after ${gap} ms, the interval is 20`);
+    }
+    // After the last send one more interval passes, then the delivery gives up.
+    while (exhausted.length === 0) await delay(5);
+    assert.ok(Date.now() - at[2]! >= 18);
+    assert.deepEqual(exhausted, [{ id: m!.id, seq: 1, phase: "message", sends: 3 }]);
+    await delay(RETRY.retryIntervalMs * 3);
+    assert.equal(sink.sent.length, 3, "no send after exhaustion");
+    assert.equal(exhausted.length, 1);
+    assert.equal(d.position, 1, "the position stays on the exhausted message");
+    assert.equal(topic.subscriberCount, 0, "an exhausted delivery detaches from its topic");
+    await publish("more");
+    await delay(5);
+    assert.equal(sink.sent.length, 3, "a new message does not revive it");
+  });
+});
+
+Deno.test("PUBREC stores `received` and switches to sending the release", async () => {
+  await withDelivery(async ({ publish, deliver, sink, store }) => {
+    const [m] = await publish("hello");
+    const d = await deliver();
+    assert.equal(await d.received(m!.id, sink.accepted), null);
+    assert.deepEqual(sink.wire, [`message ${m!.id} #1`, "accepted", `release ${m!.id} #1`]);
+    const rec = await store.loadSubscription("alice", "t");
+    assert.deepEqual(rec?.received, { seq: 1, id: m!.id });
+    assert.equal(rec?.position, 1, "the position moves only at PUBCOMP");
+    // The release is retried like the message, then given up on.
+    await sink.count(5);
+    assert.deepEqual(sink.wire.slice(3), [`release ${m!.id} #2`, `release ${m!.id} #3`]);
+  });
+});
+
+Deno.test("a repeated PUBREC re-sends the release", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const [m] = await publish("hello");
+    const d = await deliver();
+    assert.equal(await d.received(m!.id, sink.accepted), null);
+    assert.equal(await d.received(m!.id, sink.accepted), null);
+    assert.deepEqual(sink.wire.slice(-2), ["accepted", `release ${m!.id} #2`]);
+  });
+});
+
+Deno.test("PUBCOMP moves the durable position past the message and the next message is sent", async () => {
+  await withDelivery(async ({ publish, deliver, sink, store, topic }) => {
+    const [m1, m2] = await publish("one", "two");
+    const d = await deliver();
+    await d.received(m1!.id, sink.accepted);
+    assert.equal(await d.completed(m1!.id, sink.accepted), null);
+    const rec = await store.loadSubscription("alice", "t");
+    assert.equal(rec?.position, 2);
+    assert.equal(rec?.received, null);
+    assert.equal(d.position, 2);
+    assert.equal(topic.retentionFloor(), 2, "the topic tracks the new position");
+    assert.deepEqual(sink.wire, [
+      `message ${m1!.id} #1`,
+      "accepted",
+      `release ${m1!.id} #1`,
+      "accepted",
+      `message ${m2!.id} #1`,
+    ]);
+    assert.equal(d.inflightId, m2!.id);
+  });
+});
+
+Deno.test("a delivery at the end of its topic sends the next message when it is published", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const d = await deliver();
+    assert.deepEqual(sink.wire, []);
+    assert.equal(d.inflightId, null);
+    const [m] = await publish("late");
+    assert.deepEqual(sink.wire, [`message ${m!.id} #1`]);
+    await d.received(m!.id, sink.accepted);
+    await d.completed(m!.id, sink.accepted);
+    const [m2] = await publish("later");
+    assert.deepEqual(sink.wire.at(-1), `message ${m2!.id} #1`);
+  });
+});
+
+Deno.test("acknowledgements with the wrong id or out of turn answer an error text", async () => {
+  await withDelivery(async ({ publish, deliver, sink, store }) => {
+    const [m] = await publish("hello");
+    const d = await deliver();
+    const wrongRec = await d.received(m!.id + 1, sink.accepted);
+    assert.match(wrongRec ?? "", new RegExp(`msgId ${m!.id + 1} .*PUBREC.*"t"`));
+    const early = await d.completed(m!.id, sink.accepted);
+    assert.match(early ?? "", new RegExp(`msgId ${m!.id} .*PUBCOMP`), "PUBCOMP before PUBREC");
+    await d.received(m!.id, sink.accepted);
+    const wrongComp = await d.completed(m!.id + 1, sink.accepted);
+    assert.match(wrongComp ?? "", new RegExp(`msgId ${m!.id + 1} .*PUBCOMP`));
+    assert.equal(
+      sink.sent.filter((s) => s.kind === "accepted").length,
+      1,
+      "errors are not accepted",
+    );
+    assert.equal((await store.loadSubscription("alice", "t"))?.position, 1);
+    assert.equal(await d.completed(m!.id, sink.accepted), null, "the right id still works");
+  });
+});
+
+Deno.test("a delivery started from a record with `received` resends the release, not the message", async () => {
+  await withDelivery(async ({ publish, deliver, sink, store }) => {
+    const [m1, m2] = await publish("one", "two");
+    const d = await deliver({ received: { seq: 1, id: m1!.id } });
+    assert.deepEqual(sink.wire, [`release ${m1!.id} #1`]);
+    assert.equal(d.inflightId, m1!.id);
+    // A PUBREC for it answers by sending the release again, not an error.
+    assert.equal(await d.received(m1!.id, sink.accepted), null);
+    assert.equal(await d.completed(m1!.id, sink.accepted), null);
+    assert.equal((await store.loadSubscription("alice", "t"))?.position, 2);
+    assert.equal(sink.wire.at(-1), `message ${m2!.id} #1`);
+  });
+});
+
+Deno.test("a delivery far behind reads old messages from the store", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const texts = Array.from({ length: 1100 }, (_, i) => `m${i + 1}`);
+    const ms = await publish(...texts);
+    await deliver({ position: 2 });
+    await sink.count(1);
+    assert.deepEqual(sink.wire, [`message ${ms[1]!.id} #1`]);
+  });
+});
+
+Deno.test("stop() cancels the retry timer and nothing is sent afterwards", async () => {
+  await withDelivery(async ({ publish, deliver, sink, topic, store }) => {
+    const [m] = await publish("hello");
+    const d = await deliver({}, { retryIntervalMs: 60_000, retryLimit: 5 });
+    assert.equal(sink.sent.length, 1);
+    // The op sanitizer fails this test if the 60 s retry timer outlives stop().
+    d.stop();
+    assert.equal(topic.subscriberCount, 0);
+    await publish("more");
+    assert.equal(sink.sent.length, 1);
+    assert.equal(d.inflightId, m!.id);
+    assert.equal((await store.loadSubscription("alice", "t"))?.position, 1, "position kept");
+  });
+});
+
+Deno.test("stop() during a retry interval with a short timer leaves no timer behind", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    await publish("hello");
+    const d = await deliver({}, { retryIntervalMs: 10, retryLimit: 100 });
+    await sink.count(2);
+    d.stop();
+    const n = sink.sent.length;
+    await delay(30);
+    assert.equal(sink.sent.length, n);
+  });
+});

@@ -1,0 +1,264 @@
+import assert from "node:assert/strict";
+import { getLogger } from "../log.ts";
+import { KvStore } from "../store/kv_store.ts";
+import type { StoredMessage } from "../store/store.ts";
+import { Supervisor } from "../supervisor.ts";
+import { type AppendInput, Topic, type TopicHooks, TopicUnavailableError } from "./topic.ts";
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+interface Env {
+  store: KvStore;
+  sup: Supervisor;
+  topic: Topic;
+}
+
+/** A topic on a real in-memory store under a fast supervisor; everything closed after. */
+async function withTopic(
+  fn: (env: Env) => Promise<void>,
+  hooks: TopicHooks = {},
+  name = "t",
+): Promise<void> {
+  const store = await KvStore.open(":memory:");
+  const sup = new Supervisor("topics", getLogger("supervisor", "test"), {
+    minBackoffMs: 1,
+    maxBackoffMs: 2,
+    maxRestarts: 3,
+  });
+  let topic: Topic | undefined;
+  try {
+    topic = await Topic.start(name, store, sup, hooks);
+    await fn({ store, sup, topic });
+  } finally {
+    topic?.stop();
+    sup.close();
+    await store.flush();
+    store.close();
+  }
+}
+
+let nextId = 1;
+function input(text: string): AppendInput {
+  return { id: nextId++, payload: encoder.encode(text), format: "text" };
+}
+
+function textOf(m: StoredMessage | null): string | null {
+  return m ? decoder.decode(m.payload) : null;
+}
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+async function until(cond: () => boolean, timeoutMs = 2000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await delay(2);
+  }
+}
+
+Deno.test("appends get consecutive seqs and are durable when they resolve", async () => {
+  await withTopic(async ({ store, topic }) => {
+    const ms = await Promise.all(["a", "b", "c", "d"].map((t) => topic.append(input(t))));
+    assert.deepEqual(ms.map((m) => m.seq), [1, 2, 3, 4]);
+    assert.deepEqual(ms.map((m) => m.topic), ["t", "t", "t", "t"]);
+    assert.equal(topic.nextSeq, 5);
+    const log = await store.readLog("t", 1, 10);
+    assert.deepEqual(
+      log.map((m) => [m.seq, m.id, textOf(m)]),
+      ms.map((m) => [m.seq, m.id, textOf(m)]),
+    );
+    assert.equal((await store.loadTopic("t"))?.nextSeq, 5);
+  });
+});
+
+Deno.test("read() answers from memory for recent messages and null past the end", async () => {
+  await withTopic(async ({ topic }) => {
+    assert.equal(topic.read(1), null, "an empty topic has nothing to read");
+    await Promise.all(["a", "b", "c"].map((t) => topic.append(input(t))));
+    const second = topic.read(2);
+    assert.ok(!(second instanceof Promise), "a recent message is read without the store");
+    assert.equal(textOf(second), "b");
+    assert.equal(textOf(topic.read(1) as StoredMessage), "a");
+    assert.equal(topic.read(4), null);
+  });
+});
+
+Deno.test("read() of seqs older than the in-memory window comes from the store", async () => {
+  await withTopic(async ({ topic }) => {
+    const all = await Promise.all(
+      Array.from({ length: 1100 }, (_, i) => topic.append(input(`m${i + 1}`))),
+    );
+    assert.deepEqual(all.map((m) => m.seq), Array.from({ length: 1100 }, (_, i) => i + 1));
+    const old = topic.read(1);
+    assert.ok(old instanceof Promise, "the oldest messages left the cache");
+    assert.equal(textOf(await old), "m1");
+    assert.equal(textOf(await topic.read(50)), "m50");
+    const recent = topic.read(1100);
+    assert.ok(!(recent instanceof Promise));
+    assert.equal(textOf(recent), "m1100");
+    assert.equal(topic.read(1101), null);
+  });
+});
+
+Deno.test("a topic restarted from the store continues its seqs and reads its old log", async () => {
+  const store = await KvStore.open(":memory:");
+  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
+  try {
+    const first = await Topic.start("t", store, sup);
+    await Promise.all(["a", "b"].map((t) => first.append(input(t))));
+    first.stop();
+    const again = await Topic.start("t", store, sup);
+    try {
+      assert.equal(again.nextSeq, 3);
+      assert.equal(textOf(await again.read(1)), "a");
+      assert.equal((await again.append(input("c"))).seq, 3);
+    } finally {
+      again.stop();
+    }
+  } finally {
+    sup.close();
+    store.close();
+  }
+});
+
+Deno.test("attached subscribers are woken after the commit, once per message", async () => {
+  await withTopic(async ({ store, topic }) => {
+    const seen: Promise<string | null>[] = [];
+    let wakes = 0;
+    const subscriber = {
+      wake() {
+        wakes++;
+        // What woke us must be in the store already.
+        const seq = wakes;
+        seen.push(store.readLog("t", seq, 1).then((ms) => textOf(ms[0] ?? null)));
+      },
+    };
+    topic.attach(subscriber);
+    assert.equal(topic.subscriberCount, 1);
+    const pending = topic.append(input("x"));
+    assert.equal(wakes, 0, "not woken before the commit");
+    await pending;
+    await topic.append(input("y"));
+    assert.equal(wakes, 2);
+    assert.deepEqual(await Promise.all(seen), ["x", "y"]);
+    topic.detach(subscriber);
+    await topic.append(input("z"));
+    assert.equal(wakes, 2, "a detached subscriber is not woken");
+  });
+});
+
+Deno.test("a beforeAppend hook that throws makes that append fail and the topic restart without reusing a seq", async () => {
+  // The fourth append (the second of the batch below) fails, once.
+  let calls = 0;
+  const hooks: TopicHooks = {
+    beforeAppend() {
+      if (++calls === 4) throw new Error("injected failure");
+    },
+  };
+  await withTopic(async ({ store, sup, topic }) => {
+    const before = await Promise.all(["a", "b"].map((t) => topic.append(input(t))));
+    // In flight together: one before the failure, the failing one, two held after it.
+    const results = await Promise.allSettled([
+      topic.append(input("c")),
+      topic.append(input("boom")),
+      topic.append(input("d")),
+      topic.append(input("e")),
+    ]);
+    assert.equal(results[1]?.status, "rejected");
+    assert.match(String((results[1] as PromiseRejectedResult).reason), /injected failure/);
+    for (const i of [0, 2, 3]) {
+      assert.equal(results[i]?.status, "fulfilled", `append ${i}: ${Deno.inspect(results[i])}`);
+    }
+    await until(() => sup.restartCount === 1);
+    const later = await topic.append(input("f"));
+
+    const ok = [
+      ...before,
+      ...results.flatMap((r) => r.status === "fulfilled" ? [r.value] : []),
+      later,
+    ];
+    const seqs = ok.map((m) => m.seq);
+    assert.equal(new Set(seqs).size, seqs.length, `a seq was reused: ${seqs}`);
+    const log = await store.readLog("t", 1, 100);
+    assert.deepEqual(log.map((m) => textOf(m)), ["a", "b", "c", "d", "e", "f"]);
+    assert.deepEqual(log.map((m) => m.seq), [...seqs].sort((x, y) => x - y));
+    assert.equal((await store.loadTopic("t"))?.nextSeq, topic.nextSeq);
+    assert.equal(sup.restartCount, 1);
+  }, hooks);
+});
+
+Deno.test("a subscriber attached before a restart is woken after it", async () => {
+  let fail = false;
+  await withTopic(async ({ sup, topic }) => {
+    let wakes = 0;
+    topic.attach({ wake: () => wakes++ });
+    fail = true;
+    await assert.rejects(topic.append(input("boom")), /injected/);
+    fail = false;
+    await until(() => sup.restartCount === 1);
+    assert.ok(wakes >= 1, "woken by the restart, to re-read the log");
+    assert.equal(topic.subscriberCount, 1);
+  }, {
+    beforeAppend() {
+      if (fail) throw new Error("injected");
+    },
+  });
+});
+
+Deno.test("a topic its supervisor gave up on refuses appends with TopicUnavailableError", async () => {
+  await withTopic(async ({ sup, topic }) => {
+    for (let i = 1; i <= 3; i++) {
+      await assert.rejects(topic.append(input("boom")), /always/);
+      await until(() => sup.restartCount === i);
+    }
+    await assert.rejects(topic.append(input("boom")), /always/);
+    await assert.rejects(topic.append(input("x")), TopicUnavailableError);
+  }, {
+    beforeAppend() {
+      throw new Error("always failing");
+    },
+  });
+});
+
+Deno.test("stop() refuses later appends", async () => {
+  await withTopic(async ({ topic }) => {
+    await topic.append(input("a"));
+    topic.stop();
+    await assert.rejects(topic.append(input("b")), TopicUnavailableError);
+  });
+});
+
+Deno.test("retentionFloor follows the lowest tracked position", async () => {
+  const store = await KvStore.open(":memory:");
+  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
+  let topic: Topic | undefined;
+  try {
+    await store.saveSubscription({
+      subscriber: "stored",
+      topic: "t",
+      position: 2,
+      received: null,
+      createdAt: 1,
+    });
+    topic = await Topic.start("t", store, sup);
+    await Promise.all(["a", "b", "c", "d", "e"].map((t) => topic!.append(input(t))));
+    assert.equal(topic.retentionFloor(), 2, "positions of stored subscriptions are loaded");
+    topic.untrackPosition("stored");
+    assert.equal(topic.retentionFloor(), 6, "with no subscription everything can go");
+    topic.trackPosition("alice", 4);
+    topic.trackPosition("bob", 3);
+    assert.equal(topic.retentionFloor(), 3);
+    topic.trackPosition("bob", 5);
+    assert.equal(topic.retentionFloor(), 4);
+    topic.untrackPosition("alice");
+    assert.equal(topic.retentionFloor(), 5);
+    await topic.append(input("f"));
+    topic.untrackPosition("bob");
+    assert.equal(topic.retentionFloor(), 7);
+  } finally {
+    topic?.stop();
+    sup.close();
+    store.close();
+  }
+});

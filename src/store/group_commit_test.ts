@@ -1,0 +1,233 @@
+import assert from "node:assert/strict";
+import { type Fence, FencedError, GroupCommitter, type Mutation } from "./group_commit.ts";
+
+const OWNER: Deno.KvKey = ["meta", "owner"];
+
+/** A real in-memory KV with an owner key, and a committer fenced on it. */
+async function setup(): Promise<{ kv: Deno.Kv; gc: GroupCommitter; fence: Fence }> {
+  const kv = await Deno.openKv(":memory:");
+  const res = await kv.set(OWNER, { token: "t1" });
+  const fence = { key: OWNER, versionstamp: res.versionstamp };
+  return { kv, gc: new GroupCommitter(kv, fence), fence };
+}
+
+function set(key: Deno.KvKey, value: unknown): Mutation {
+  return { type: "set", key, value };
+}
+
+async function countKeys(kv: Deno.Kv, prefix: Deno.KvKey): Promise<number> {
+  let n = 0;
+  for await (const _ of kv.list({ prefix })) n++;
+  return n;
+}
+
+Deno.test("operations submitted in the same turn share one atomic", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const ops = [];
+    for (let i = 0; i < 50; i++) ops.push(gc.commit([set(["k", i], i), set(["j", i], -i)]));
+    await Promise.all(ops);
+    assert.equal(gc.stats.atomics, 1);
+    assert.equal(gc.stats.operations, 50);
+    assert.equal(gc.stats.mutations, 100);
+    assert.equal(await countKeys(kv, ["k"]), 50);
+    assert.equal(await countKeys(kv, ["j"]), 50);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("each operation resolves only after its data is readable in KV", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const seen = await Promise.all(
+      Array.from(
+        { length: 20 },
+        (_, i) =>
+          gc.commit([set(["k", i], `v${i}`)]).then(async () => (await kv.get(["k", i])).value),
+      ),
+    );
+    assert.deepEqual(seen, Array.from({ length: 20 }, (_, i) => `v${i}`));
+    // An operation submitted while an atomic is in flight is resolved by a later one.
+    const first = gc.commit([set(["a"], 1)]);
+    await Promise.resolve(); // the loop starts and the first atomic is in flight
+    const second = gc.commit([set(["b"], 2)]).then(async () => (await kv.get(["b"])).value);
+    await first;
+    assert.equal(await second, 2);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("an operation is never split across atomics when the mutation limit forces several", async () => {
+  const { kv, gc } = await setup();
+  try {
+    // 30 operations of 70 mutations: 14 fit in 1,000, so 14 + 14 + 2 in three atomics.
+    const ops = [];
+    for (let op = 0; op < 30; op++) {
+      const ms: Mutation[] = [];
+      for (let i = 0; i < 70; i++) ms.push(set(["op", op, i], i));
+      ops.push(gc.commit(ms));
+    }
+    await Promise.all(ops);
+    assert.equal(gc.stats.atomics, 3);
+    assert.equal(gc.stats.operations, 30);
+    assert.equal(gc.stats.mutations, 2100);
+    // Keys written by one atomic share its versionstamp.
+    const stampsOfOp = new Map<number, Set<string>>();
+    const allStamps = new Set<string>();
+    for await (const e of kv.list({ prefix: ["op"] })) {
+      const op = e.key[1] as number;
+      const s = stampsOfOp.get(op) ?? new Set<string>();
+      s.add(e.versionstamp);
+      stampsOfOp.set(op, s);
+      allStamps.add(e.versionstamp);
+    }
+    assert.equal(stampsOfOp.size, 30);
+    for (const [op, stamps] of stampsOfOp) {
+      assert.equal(stamps.size, 1, `operation ${op} was written by ${stamps.size} atomics`);
+    }
+    assert.equal(allStamps.size, 3);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("30 operations of 40 mutations fill whole atomics of at most 1,000 mutations", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const ops = [];
+    for (let op = 0; op < 30; op++) {
+      const ms: Mutation[] = [];
+      for (let i = 0; i < 40; i++) ms.push(set(["op", op, i], i));
+      ops.push(gc.commit(ms));
+    }
+    await Promise.all(ops);
+    assert.equal(gc.stats.atomics, 2);
+    assert.equal(await countKeys(kv, ["op"]), 1200);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("an operation too large for one atomic alone is rejected with RangeError and writes nothing", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const many: Mutation[] = [];
+    for (let i = 0; i < 1001; i++) many.push(set(["big", i], i));
+    await assert.rejects(gc.commit(many), RangeError);
+    // Too many bytes in few mutations (10 values of ~100 KB, estimated over 700,000).
+    const heavy: Mutation[] = [];
+    for (let i = 0; i < 10; i++) heavy.push(set(["heavy", i], new Uint8Array(100_000)));
+    await assert.rejects(gc.commit(heavy), RangeError);
+    // Exactly 1,000 mutations is allowed.
+    await gc.commit(many.slice(0, 1000));
+    assert.equal(await countKeys(kv, ["big"]), 1000);
+    assert.equal(await countKeys(kv, ["heavy"]), 0);
+    assert.equal(gc.stats.atomics, 1);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("the last write of a key in a batch wins", async () => {
+  const { kv, gc } = await setup();
+  try {
+    await kv.set(["deleted-then-set"], "old");
+    await Promise.all([
+      gc.commit([set(["pos"], 1), set(["set-then-deleted"], "x")]),
+      gc.commit([set(["pos"], 2), { type: "delete", key: ["deleted-then-set"] }]),
+      gc.commit([set(["pos"], 3), { type: "delete", key: ["set-then-deleted"] }]),
+      gc.commit([set(["deleted-then-set"], "new")]),
+    ]);
+    assert.equal(gc.stats.atomics, 1);
+    assert.equal((await kv.get(["pos"])).value, 3);
+    assert.equal((await kv.get(["set-then-deleted"])).value, null);
+    assert.equal((await kv.get(["deleted-then-set"])).value, "new");
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("distinct keys in one batch are never merged as one", async () => {
+  const { kv, gc } = await setup();
+  try {
+    // Keys whose parts could be confused by a naive string encoding.
+    const keys: Deno.KvKey[] = [
+      ["a", "b"],
+      ["a\u0000sb"],
+      ["n", 1],
+      ["n", "1"],
+      ["n", 1n],
+      ["u", new Uint8Array([12])],
+      ["u", 12n],
+      ["u", true],
+      ["u", "true"],
+    ];
+    await Promise.all(keys.map((key, i) => gc.commit([set(key, i)])));
+    const lost: string[] = [];
+    for (const [i, key] of keys.entries()) {
+      if ((await kv.get(key)).value !== i) lost.push(Deno.inspect(key));
+    }
+    assert.deepEqual(lost, [], `writes lost for keys ${lost.join(", ")}`);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a changed fence key makes commits reject with FencedError and write nothing", async () => {
+  const { kv, gc } = await setup();
+  try {
+    await gc.commit([set(["before"], 1)]);
+    await kv.set(OWNER, { token: "another process" });
+    const results = await Promise.allSettled([
+      gc.commit([set(["after", 1], 1)]),
+      gc.commit([set(["after", 2], 2)]),
+    ]);
+    for (const r of results) {
+      assert.equal(r.status, "rejected");
+      assert.ok(r.reason instanceof FencedError, `got ${r.reason}`);
+    }
+    // A later commit is fenced too: the committer never adopts the new owner.
+    await assert.rejects(gc.commit([set(["after", 3], 3)]), FencedError);
+    assert.equal(await countKeys(kv, ["after"]), 0);
+    assert.equal((await kv.get(["before"])).value, 1);
+    assert.equal(gc.stats.atomics, 1);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a fence on an absent key holds until someone writes the key", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const gc = new GroupCommitter(kv, { key: OWNER, versionstamp: null });
+    await gc.commit([set(["x"], 1)]);
+    await kv.set(OWNER, "taken");
+    await assert.rejects(gc.commit([set(["y"], 1)]), FencedError);
+    assert.equal((await kv.get(["y"])).value, null);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("drain() waits for every operation submitted, also those submitted during a commit", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const settled: number[] = [];
+    for (let i = 0; i < 10; i++) gc.commit([set(["d", i], i)]).then(() => settled.push(i));
+    // More operations arrive while the first atomic is in flight.
+    await Promise.resolve();
+    for (let i = 10; i < 20; i++) gc.commit([set(["d", i], i)]).then(() => settled.push(i));
+    await gc.drain();
+    assert.equal(await countKeys(kv, ["d"]), 20);
+    // Every promise has settled (its reaction is queued before drain() returns).
+    await Promise.resolve();
+    assert.equal(settled.length, 20);
+    assert.ok(gc.stats.atomics >= 1 && gc.stats.atomics <= 2);
+    // drain() with nothing submitted returns at once.
+    await gc.drain();
+  } finally {
+    kv.close();
+  }
+});
