@@ -26,14 +26,8 @@ async function main(): Promise<number> {
   await setupLogging({ level: config.logLevel, format: config.logFormat });
   const log = getLogger("main");
 
-  let running;
-  try {
-    running = await startBroker(config);
-  } catch (err) {
-    log.fatal("Could not start: {error}", { error: errorText(err) });
-    return 1;
-  }
-
+  // Listen for signals before the servers start: a supervisor may stop us as soon as
+  // it sees the "accepting connections" lines.
   const { promise: signalled, resolve } = Promise.withResolvers<Deno.Signal>();
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
   const handlers = signals.map((sig) => {
@@ -41,6 +35,14 @@ async function main(): Promise<number> {
     Deno.addSignalListener(sig, h);
     return [sig, h] as const;
   });
+
+  let running;
+  try {
+    running = await startBroker(config);
+  } catch (err) {
+    log.fatal("Could not start: {error}", { error: errorText(err) });
+    return 1;
+  }
   const sig = await signalled;
   log.info("Received {signal}, stopping", { signal: sig });
   const timeout = setTimeout(() => {

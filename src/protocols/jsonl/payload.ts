@@ -13,7 +13,11 @@ const strict = new TextDecoder("utf-8", { fatal: true });
 
 /** The stored form of a `msg` value. */
 export function encodeBody(msg: unknown): { payload: Uint8Array; format: PayloadFormat } {
-  if (typeof msg === "string") return { payload: encoder.encode(msg), format: "text" };
+  // A string with a lone surrogate has no UTF-8 form; as JSON text it keeps its escape
+  // and goes out unchanged.
+  if (typeof msg === "string" && msg.isWellFormed()) {
+    return { payload: encoder.encode(msg), format: "text" };
+  }
   return { payload: encoder.encode(JSON.stringify(msg)), format: "json" };
 }
 
