@@ -29,8 +29,8 @@ export interface RunningBroker {
   /** Actual ports (useful when configured as 0). */
   readonly consumerPort: number;
   readonly publisherPort: number;
-  /** Live connections on both ports. */
-  readonly connections: ReadonlySet<LineConnection>;
+  /** Live connections on both ports, with their handlers. */
+  readonly connections: ReadonlyMap<LineConnection, Promise<void>>;
   /** Graceful stop: stop accepting, settle in-flight writes, close connections and store. */
   stop(): Promise<void>;
 }
@@ -63,7 +63,8 @@ export async function startBroker(
     maxMessageBytes: config.maxMessageBytes,
     hooks: options.jsonlHooks,
   };
-  const connections = new Set<LineConnection>();
+  // Live connections and their handlers, so that a graceful stop can wait for them.
+  const connections = new Map<LineConnection, Promise<void>>();
   const serve = (kind: "consumer" | "publisher", port: number) => {
     const handler = kind === "consumer" ? serveConsumer : servePublisher;
     return new LineServer({
@@ -73,14 +74,15 @@ export async function startBroker(
       writeBufferBytes: config.writeBufferBytes,
       idleTimeoutMs: config.idleTimeout,
       async onConnection(conn) {
-        connections.add(conn);
         log.debug("{kind} connection {id} from {remote}", {
           kind,
           id: conn.id,
           remote: conn.remote,
         });
+        const handling = handler(conn, ctx);
+        connections.set(conn, handling);
         try {
-          await handler(conn, ctx);
+          await handling;
         } finally {
           connections.delete(conn);
         }
@@ -121,11 +123,12 @@ export async function startBroker(
   const stop = async () => {
     log.info("Stopping: no new connections");
     await Promise.all([consumers.close(), publishers.close()]);
-    // Let writes already submitted commit, so their replies go out before we close.
-    await broker.store.flush();
-    await new Promise((r) => setTimeout(r, 0));
-    for (const c of connections) c.close("broker stopping");
-    await Promise.all([...connections].map((c) => c.closed));
+    // Read no new line, but answer every line already taken: a PUB stored during the
+    // stop must get its PUBREC, or its publisher could never release it.
+    for (const c of connections.keys()) c.stopReading();
+    await settleWithin([...connections.values()], config.shutdownTimeout);
+    for (const c of connections.keys()) c.close("broker stopping");
+    await Promise.all([...connections.keys()].map((c) => c.closed));
     await broker.close();
     dir.close();
     log.info("Stopped; store closed");
@@ -137,4 +140,12 @@ export async function startBroker(
     connections,
     stop: () => stopping ??= stop(),
   };
+}
+
+/** Waits for `promises` to settle, or `ms` at most. */
+async function settleWithin(promises: Promise<unknown>[], ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<void>((r) => timer = setTimeout(r, ms));
+  await Promise.race([Promise.allSettled(promises), timeout]);
+  clearTimeout(timer);
 }

@@ -73,6 +73,8 @@ export class LineConnection {
   readonly #resolveClosed: () => void;
 
   #linesCalled = false;
+  #inputStopped = false;
+  readonly #stopInput = Promise.withResolvers<ReadableStreamReadResult<Uint8Array>>();
   #read: Promise<number | null> | undefined;
   #lastInput = performance.now();
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -142,9 +144,10 @@ export class LineConnection {
     const decoder = new TextDecoder("utf-8", { fatal: true });
     try {
       for (;;) {
+        if (this.#inputStopped) return;
         let result: ReadableStreamReadResult<Uint8Array>;
         try {
-          result = await reader.read();
+          result = await Promise.race([reader.read(), this.#stopInput.promise]);
         } catch (err) {
           if (err instanceof LineTooLongError) yield { kind: "too-long", limit: err.limit };
           return; // a read error (reset, closed by us) just ends the input
@@ -164,6 +167,15 @@ export class LineConnection {
       // Stops further reads but keeps the socket open, so replies can still go out.
       reader.cancel().catch(() => {});
     }
+  }
+
+  /**
+   * Ends {@link lines} (after the line being handled) while keeping the socket open for
+   * output: a graceful stop reads nothing new but still answers what it accepted.
+   */
+  stopReading(): void {
+    this.#inputStopped = true;
+    this.#stopInput.resolve({ done: true, value: undefined });
   }
 
   /**
@@ -196,14 +208,18 @@ export class LineConnection {
   /**
    * Queues `line` followed by "\r\n". Never throws; ignored once the
    * connection is closed. Closes the connection if the output not yet
-   * written passes `writeBufferBytes`.
+   * written passes `writeBufferBytes` (unless this line alone is all of it).
    */
   send(line: string): void {
     if (this.#closing) return;
     const bytes = this.#encoder.encode(`${line}\r\n`);
     this.#queue.push(bytes);
     this.#unwrittenBytes += bytes.length;
-    if (this.#unwrittenBytes > this.#opts.writeBufferBytes) {
+    // The bound is on backlog: one line bigger than the buffer may still go out when
+    // nothing else is waiting (a message may be larger than the buffer setting).
+    if (
+      this.#unwrittenBytes > this.#opts.writeBufferBytes && this.#unwrittenBytes > bytes.length
+    ) {
       this.#shutdown(`peer too slow: over ${this.#opts.writeBufferBytes} bytes of output queued`, {
         flush: false,
       });
@@ -273,9 +289,27 @@ export class LineConnection {
     void this.#finish(flush);
   }
 
+  /** Half-closes (FIN) and reads input until the peer closes too. */
+  async #linger(): Promise<void> {
+    try {
+      await this.#conn.closeWrite();
+      await this.#read;
+      const scratch = new Uint8Array(16 * 1024);
+      for (;;) {
+        this.#read = this.#conn.read(scratch);
+        const n = await this.#read;
+        this.#read = undefined;
+        if (n === null) return;
+      }
+    } catch {
+      // The peer reset or the socket is gone: nothing left to drain.
+    }
+  }
+
   async #finish(flush: boolean): Promise<void> {
     if (flush && this.#writing) await withTimeout(this.#writing, this.#opts.closeFlushTimeoutMs);
     this.#queue = [];
+    if (flush && !this.#writing) await withTimeout(this.#linger(), LINGER_MS);
     try {
       this.#conn.close();
     } catch {
@@ -288,6 +322,13 @@ export class LineConnection {
     this.#resolveClosed();
   }
 }
+
+/**
+ * How long a closing connection keeps reading (and discarding) input after sending its
+ * FIN. Closing a socket with unread input makes the kernel answer with a reset, which
+ * can destroy replies the peer has not read yet; draining first lets them arrive.
+ */
+const LINGER_MS = 500;
 
 /** Joins `parts` into one array so a whole batch goes out in one write. */
 function concat(parts: Uint8Array[]): Uint8Array {
