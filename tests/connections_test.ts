@@ -4,66 +4,18 @@
  */
 import assert from "node:assert/strict";
 import {
+  completeAll,
+  json,
   LineClient,
   loginConsumer,
   publish,
   receive,
   startTestBroker,
-  type TestBroker,
+  subscriber,
+  waitFor,
 } from "./helpers.ts";
 
-const json = (value: unknown) => JSON.stringify(value);
 const encoder = new TextEncoder();
-
-/** Logs in `name` and subscribes it to `topics`. */
-async function subscriber(b: TestBroker, name: string, ...topics: string[]): Promise<LineClient> {
-  const c = await loginConsumer(b.consumerPort, name);
-  for (const topic of topics) {
-    await c.send(json({ type: "SUB", topic }));
-    await c.expect("OK");
-  }
-  return c;
-}
-
-/** Waits (bounded) until `cond` holds. */
-async function waitFor(cond: () => boolean, what: string, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-/**
- * Receives and completes `count` messages that may arrive interleaved from several
- * topics; returns the PUBs in arrival order. Fails on any message received twice.
- */
-async function completeAll(c: LineClient, count: number): Promise<Record<string, unknown>[]> {
-  const pubs: Record<string, unknown>[] = [];
-  const released = new Set<unknown>();
-  let oks = 0;
-  for (let guard = 0; released.size < count || oks < 2 * count; guard++) {
-    assert.ok(guard < 10 * count, "too many lines");
-    const line = await c.next(5000);
-    assert.ok(line !== null, "connection closed");
-    if (line === "OK") {
-      oks++;
-      continue;
-    }
-    const m = JSON.parse(line);
-    if (m.type === "PUB") {
-      assert.ok(!pubs.some((p) => p.msgId === m.msgId), `PUB ${m.msgId} received twice`);
-      pubs.push(m);
-      await c.send(json({ type: "PUBREC", msgId: m.msgId, topic: m.topic }));
-    } else {
-      assert.equal(m.type, "PUBREL", `unexpected line ${line}`);
-      assert.ok(!released.has(m.msgId), `PUBREL ${m.msgId} received twice`);
-      released.add(m.msgId);
-      await c.send(json({ type: "PUBCOMP", msgId: m.msgId }));
-    }
-  }
-  return pubs;
-}
 
 Deno.test("many publishers, topics and subscribers at once: each consumer completes every message of its topics once, in order", async () => {
   const PUBLISHERS = 5;

@@ -4,25 +4,14 @@
  */
 import assert from "node:assert/strict";
 import {
+  json,
   LineClient,
   loginConsumer,
   publish,
   receive,
   startTestBroker,
-  type TestBroker,
+  subscriber,
 } from "./helpers.ts";
-
-const json = (value: unknown) => JSON.stringify(value);
-
-/** Logs in `name` and subscribes it to `topics`. */
-async function subscriber(b: TestBroker, name: string, ...topics: string[]): Promise<LineClient> {
-  const c = await loginConsumer(b.consumerPort, name);
-  for (const topic of topics) {
-    await c.send(json({ type: "SUB", topic }));
-    await c.expect("OK");
-  }
-  return c;
-}
 
 /** Completes an already received PUB with PUBREC/PUBCOMP. */
 async function complete(c: LineClient, pub: Record<string, unknown>): Promise<void> {

@@ -9,22 +9,13 @@ import {
   publish,
   receive,
   startTestBroker,
+  subscriber,
   type TestBroker,
+  waitFor,
 } from "./helpers.ts";
 
-const json = (value: unknown) => JSON.stringify(value);
 const DLC = "deadLetterChan";
 const REMOTE = /^127\.0\.0\.1:\d+$/;
-
-/** Logs in `name` and subscribes it to `topics`. */
-async function subscriber(b: TestBroker, name: string, ...topics: string[]): Promise<LineClient> {
-  const c = await loginConsumer(b.consumerPort, name);
-  for (const topic of topics) {
-    await c.send(json({ type: "SUB", topic }));
-    await c.expect("OK");
-  }
-  return c;
-}
 
 /** Receives and completes one dead letter; returns its body after checking the PUB. */
 async function deadLetter(c: LineClient): Promise<Record<string, unknown>> {
@@ -37,15 +28,6 @@ async function deadLetter(c: LineClient): Promise<Record<string, unknown>> {
   assert.ok(!Number.isNaN(Date.parse(msg.at as string)), `bad time ${msg.at}`);
   assert.match(msg.at as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
   return msg;
-}
-
-/** Waits (bounded) until `cond` holds. */
-async function waitFor(cond: () => boolean | Promise<boolean>, what: string, ms = 3000) {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
 }
 
 /** Dead letters currently stored, oldest first. */

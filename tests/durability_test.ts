@@ -5,15 +5,17 @@
 import assert from "node:assert/strict";
 import type { BrokerConfig } from "../src/config.ts";
 import {
+  completeAll,
+  json,
   LineClient,
   loginConsumer,
   publish,
+  pubOnly,
   receive,
   startTestBroker,
+  subscriber,
   type TestBroker,
 } from "./helpers.ts";
-
-const json = (value: unknown) => JSON.stringify(value);
 
 /** Runs `body` with a fresh data directory that is removed afterwards. */
 async function withDataDir(body: (dataDir: string) => Promise<void>): Promise<void> {
@@ -28,54 +30,6 @@ async function withDataDir(body: (dataDir: string) => Promise<void>): Promise<vo
 /** Starts a broker on `dataDir` with a long retry interval unless told otherwise. */
 function brokerOn(dataDir: string, config: Partial<BrokerConfig> = {}): Promise<TestBroker> {
   return startTestBroker({ retryInterval: 2000, ...config, dataDir });
-}
-
-/** Logs in `name` and subscribes it to `topics`. */
-async function subscriber(b: TestBroker, name: string, ...topics: string[]): Promise<LineClient> {
-  const c = await loginConsumer(b.consumerPort, name);
-  for (const topic of topics) {
-    await c.send(json({ type: "SUB", topic }));
-    await c.expect("OK");
-  }
-  return c;
-}
-
-/** Sends a PUB and returns the id of its PUBREC, without releasing it. */
-async function pubOnly(p: LineClient, topic: string, msg: unknown): Promise<number> {
-  await p.send(json({ type: "PUB", topic, msg }));
-  const line = await p.expect(/^\{"msgId":\d+,"type":"PUBREC"\}$/);
-  return JSON.parse(line).msgId as number;
-}
-
-/**
- * Receives and completes `count` messages that may arrive interleaved from several
- * topics; returns the PUBs in arrival order.
- */
-async function completeAll(c: LineClient, count: number): Promise<Record<string, unknown>[]> {
-  const pubs: Record<string, unknown>[] = [];
-  const released = new Set<unknown>();
-  let oks = 0;
-  for (let guard = 0; released.size < count || oks < 2 * count; guard++) {
-    assert.ok(guard < 10 * count, "too many lines");
-    const line = await c.next();
-    assert.ok(line !== null, "connection closed");
-    if (line === "OK") {
-      oks++;
-      continue;
-    }
-    const m = JSON.parse(line);
-    if (m.type === "PUB") {
-      assert.ok(!pubs.some((p) => p.msgId === m.msgId), `PUB ${m.msgId} received twice`);
-      pubs.push(m);
-      await c.send(json({ type: "PUBREC", msgId: m.msgId, topic: m.topic }));
-    } else {
-      assert.equal(m.type, "PUBREL");
-      assert.ok(!released.has(m.msgId), `PUBREL ${m.msgId} received twice`);
-      released.add(m.msgId);
-      await c.send(json({ type: "PUBCOMP", msgId: m.msgId }));
-    }
-  }
-  return pubs;
 }
 
 /** Waits until `name` has no live session (the broker noticed the disconnect). */

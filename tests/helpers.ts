@@ -173,6 +173,73 @@ export async function receive(c: LineClient, timeoutMs = 3000): Promise<Record<s
   return pub;
 }
 
+/** JSON text of a value (a command line). */
+export const json = (value: unknown): string => JSON.stringify(value);
+
+/** Logs in `name` and subscribes it to `topics`. */
+export async function subscriber(
+  b: TestBroker,
+  name: string,
+  ...topics: string[]
+): Promise<LineClient> {
+  const c = await loginConsumer(b.consumerPort, name);
+  for (const topic of topics) {
+    await c.send(json({ type: "SUB", topic }));
+    await c.expect("OK");
+  }
+  return c;
+}
+
+/** Sends a PUB and returns the id of its PUBREC, without releasing it. */
+export async function pubOnly(p: LineClient, topic: string, msg: unknown): Promise<number> {
+  await p.send(json({ type: "PUB", topic, msg }));
+  const line = await p.expect(/^\{"msgId":\d+,"type":"PUBREC"\}$/);
+  return JSON.parse(line).msgId as number;
+}
+
+/** Waits (bounded) until `cond` holds. */
+export async function waitFor(cond: () => boolean | Promise<boolean>, what: string, ms = 3000) {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/**
+ * Receives and completes `count` messages that may arrive interleaved from several
+ * topics; returns the PUBs in arrival order. Fails on any message received twice.
+ */
+export async function completeAll(
+  c: LineClient,
+  count: number,
+): Promise<Record<string, unknown>[]> {
+  const pubs: Record<string, unknown>[] = [];
+  const released = new Set<unknown>();
+  let oks = 0;
+  for (let guard = 0; released.size < count || oks < 2 * count; guard++) {
+    assert.ok(guard < 10 * count, "too many lines");
+    const line = await c.next(5000);
+    assert.ok(line !== null, "connection closed");
+    if (line === "OK") {
+      oks++;
+      continue;
+    }
+    const m = JSON.parse(line);
+    if (m.type === "PUB") {
+      assert.ok(!pubs.some((p) => p.msgId === m.msgId), `PUB ${m.msgId} received twice`);
+      pubs.push(m);
+      await c.send(json({ type: "PUBREC", msgId: m.msgId, topic: m.topic }));
+    } else {
+      assert.equal(m.type, "PUBREL", `unexpected line ${line}`);
+      assert.ok(!released.has(m.msgId), `PUBREL ${m.msgId} received twice`);
+      released.add(m.msgId);
+      await c.send(json({ type: "PUBCOMP", msgId: m.msgId }));
+    }
+  }
+  return pubs;
+}
+
 /** A broker running in this test process. */
 export interface TestBroker extends RunningBroker {
   dataDir: string;

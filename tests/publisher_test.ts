@@ -4,33 +4,16 @@
  */
 import assert from "node:assert/strict";
 import {
+  json,
   LineClient,
-  loginConsumer,
   publish,
+  pubOnly,
   receive,
   startTestBroker,
-  type TestBroker,
+  subscriber,
 } from "./helpers.ts";
 
-const json = (value: unknown) => JSON.stringify(value);
 const encoder = new TextEncoder();
-
-/** Logs in `name` and subscribes it to `topics`. */
-async function subscriber(b: TestBroker, name: string, ...topics: string[]): Promise<LineClient> {
-  const c = await loginConsumer(b.consumerPort, name);
-  for (const topic of topics) {
-    await c.send(json({ type: "SUB", topic }));
-    await c.expect("OK");
-  }
-  return c;
-}
-
-/** Sends a PUB and returns the id of its PUBREC, without releasing it. */
-async function pubOnly(p: LineClient, topic: string, msg: unknown): Promise<number> {
-  await p.send(json({ type: "PUB", topic, msg }));
-  const line = await p.expect(/^\{"msgId":\d+,"type":"PUBREC"\}$/);
-  return JSON.parse(line).msgId as number;
-}
 
 Deno.test("each PUB gets a PUBREC with a fresh, increasing msgId", async () => {
   await using b = await startTestBroker();

@@ -5,41 +5,15 @@
  */
 import assert from "node:assert/strict";
 import {
+  json,
   LineClient,
-  loginConsumer,
   publish,
+  pubOnly,
   receive,
   startTestBroker,
-  type TestBroker,
+  subscriber,
+  waitFor,
 } from "./helpers.ts";
-
-const json = (value: unknown) => JSON.stringify(value);
-
-/** Logs in `name` and subscribes it to `topics`. */
-async function subscriber(b: TestBroker, name: string, ...topics: string[]): Promise<LineClient> {
-  const c = await loginConsumer(b.consumerPort, name);
-  for (const topic of topics) {
-    await c.send(json({ type: "SUB", topic }));
-    await c.expect("OK");
-  }
-  return c;
-}
-
-/** Sends a PUB and returns the id of its PUBREC, without releasing it. */
-async function pubOnly(p: LineClient, topic: string, msg: unknown): Promise<number> {
-  await p.send(json({ type: "PUB", topic, msg }));
-  const line = await p.expect(/^\{"msgId":\d+,"type":"PUBREC"\}$/);
-  return JSON.parse(line).msgId as number;
-}
-
-/** Waits (bounded) until `cond` holds. */
-async function waitFor(cond: () => boolean, what: string, ms = 3000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 Deno.test("a topic that fails once is restarted: the failed PUBREL answers an error, a second one delivers the message once", async () => {
   let failures = 1;
