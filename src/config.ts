@@ -57,6 +57,25 @@ export const brokerConfigSchema = z.object({
   // Bounds the memory one slow reader can pin before it is disconnected.
   writeBufferBytes: integer(1024, 1_073_741_824, 1_048_576),
   shutdownTimeout: integer(0, 600_000, 5000),
+  // --- limits (each bounds what one client can make the broker hold) ---
+  maxTopicBytes: integer(1, 4096, 256),
+  maxConnections: integer(1, 1_000_000, 10_000),
+  maxConnectionsPerAddress: integer(1, 1_000_000, 1_000),
+  loginTimeout: integer(0, MAX_TIMER_MS, 30_000),
+  maxPendingPerConnection: integer(1, 1_000_000, 10_000),
+  maxSubscriptionsPerConsumer: integer(1, 1_000_000, 1_000),
+  maxTopicMessages: integer(1, 1_000_000_000, 1_000_000),
+  maxStoreBytes: integer(0, Number.MAX_SAFE_INTEGER, 0),
+  maxJsonDepth: integer(1, 1_000, 32),
+  // --- authentication, authorisation, TLS (all off by default) ---
+  passwordFile: z.string().default(""),
+  aclFile: z.string().default(""),
+  loginFailureDelay: integer(0, 60_000, 500),
+  loginFailureLimit: integer(1, 1_000_000, 10),
+  tlsCert: z.string().default(""),
+  tlsKey: z.string().default(""),
+  tlsConsumerPort: integer(-1, 65_535, -1),
+  tlsPublisherPort: integer(-1, 65_535, -1),
 });
 
 /** The broker's validated configuration. */
@@ -102,6 +121,55 @@ const HELP: Record<SettingName, SettingHelp> = {
     "bytes queued to a slow client before it is dropped",
   ],
   shutdownTimeout: ["ms", range(0, 600_000), "time given to connections to finish on shutdown"],
+  maxTopicBytes: ["bytes", range(1, 4096), "longest topic name in UTF-8 bytes"],
+  maxConnections: ["n", range(1, 1_000_000), "open connections in all; more are refused"],
+  maxConnectionsPerAddress: ["n", range(1, 1_000_000), "open connections from one address"],
+  loginTimeout: [
+    "ms",
+    range(0, MAX_TIMER_MS),
+    "close a connection not logged in by then (0 = never)",
+  ],
+  maxPendingPerConnection: [
+    "n",
+    range(1, 1_000_000),
+    "PUBs awaiting PUBREL per publisher connection",
+  ],
+  maxSubscriptionsPerConsumer: ["n", range(1, 1_000_000), "durable subscriptions per consumer"],
+  maxTopicMessages: [
+    "n",
+    range(1, 1_000_000_000),
+    "messages a topic holds; new PUBs are refused past it",
+  ],
+  maxStoreBytes: [
+    "bytes",
+    range(0, Number.MAX_SAFE_INTEGER),
+    "store size past which new PUBs are refused (0 = no limit)",
+  ],
+  maxJsonDepth: ["n", range(1, 1_000), "deepest nesting of arrays and objects in a line"],
+  passwordFile: [
+    "path",
+    "a path",
+    "password file; turns authentication on (see the passwd command)",
+  ],
+  aclFile: ["path", "a path", "ACL file: which users may publish and subscribe to which topics"],
+  loginFailureDelay: ["ms", range(0, 60_000), "delay before a failed login is answered"],
+  loginFailureLimit: [
+    "n",
+    range(1, 1_000_000),
+    "failed logins per address per minute before it is throttled",
+  ],
+  tlsCert: ["path", "a path", "PEM certificate; with --tls-key, serves TLS"],
+  tlsKey: ["path", "a path", "PEM private key of --tls-cert"],
+  tlsConsumerPort: [
+    "port",
+    range(-1, 65_535),
+    "TLS port for consumers (-1 = TLS on --consumer-port itself)",
+  ],
+  tlsPublisherPort: [
+    "port",
+    range(-1, 65_535),
+    "TLS port for publishers (-1 = TLS on --publisher-port itself)",
+  ],
 };
 
 const SETTING_NAMES = Object.keys(HELP) as SettingName[];
@@ -172,22 +240,26 @@ export function configFor(overrides: Partial<BrokerConfig> = {}): BrokerConfig {
 
 /** The `--help` text: usage and every option with its variable, default and meaning. */
 export function helpText(): string {
+  const left = (name: SettingName) => `  --${flagOf(name)} <${HELP[name][0]}>`;
+  const width = Math.max(...SETTING_NAMES.map((n) => left(n).length)) + 2;
   const rows = SETTING_NAMES.map((name) => {
-    const [arg, , meaning] = HELP[name];
-    const left = `  --${flagOf(name)} <${arg}>`.padEnd(32);
-    return `${left}${meaning}\n${" ".repeat(32)}env ${envOf(name)}, default ${DEFAULTS[name]}`;
+    const value = DEFAULTS[name] === "" ? "(none)" : DEFAULTS[name];
+    return `${left(name).padEnd(width)}${HELP[name][2]}\n${" ".repeat(width)}env ${
+      envOf(name)
+    }, default ${value}`;
   });
   return [
     "MessageBroker: a durable message broker.",
     "",
     "Usage: message_broker [options]",
+    "       message_broker passwd FILE USER   (add or change a user's password)",
     "",
     "Each option can also be set by its environment variable; a flag beats the",
     "environment, which beats the default. Flags take --name value or --name=value.",
     "",
     "Options:",
     ...rows,
-    `${"  -h, --help".padEnd(32)}print this help and exit`,
+    `${"  -h, --help".padEnd(width)}print this help and exit`,
     "",
   ].join("\n");
 }

@@ -44,6 +44,15 @@ export async function startBroker(
 ): Promise<RunningBroker> {
   const dir: DataDir = await openDataDir(config.dataDir);
   log.info("Store opened at {path}", { path: dir.path });
+  // The store's size on disk, sampled once a second for the --max-store-bytes limit.
+  let storeBytes = await dir.sizeBytes();
+  const sampler = setInterval(async () => {
+    storeBytes = await dir.sizeBytes().catch(() => storeBytes);
+  }, 1000);
+  const storeFull = () =>
+    config.maxStoreBytes > 0 && storeBytes > config.maxStoreBytes
+      ? `the store is full (${storeBytes} bytes, limit ${config.maxStoreBytes}): new messages are refused until subscribers catch up`
+      : null;
   let broker: Broker;
   try {
     broker = await Broker.start(dir.store, {
@@ -52,8 +61,13 @@ export async function startBroker(
       topicHooks: options.topicHooks,
       supervisorPolicy: options.supervisorPolicy,
       retentionIntervalMs: options.retentionIntervalMs,
+      maxTopicBytes: config.maxTopicBytes,
+      maxTopicMessages: config.maxTopicMessages,
+      maxSubscriptionsPerConsumer: config.maxSubscriptionsPerConsumer,
+      storeFull,
     });
   } catch (err) {
+    clearInterval(sampler);
     dir.close();
     throw err;
   }
@@ -61,10 +75,34 @@ export async function startBroker(
     broker,
     loginAttempts: config.loginAttempts,
     maxMessageBytes: config.maxMessageBytes,
+    maxPendingPerConnection: config.maxPendingPerConnection,
+    maxJsonDepth: config.maxJsonDepth,
     hooks: options.jsonlHooks,
   };
   // Live connections and their handlers, so that a graceful stop can wait for them.
   const connections = new Map<LineConnection, Promise<void>>();
+  // Connection limits, in all and per remote address: each connection holds buffers,
+  // so their number is what bounds the memory a crowd of clients can take.
+  const perAddress = new Map<string, number>();
+  const addressOf = (c: LineConnection) => c.remote.slice(0, c.remote.lastIndexOf(":"));
+  const admit = (c: LineConnection): string | null => {
+    if (connections.size >= config.maxConnections) {
+      return `too many connections (limit ${config.maxConnections})`;
+    }
+    const a = addressOf(c);
+    const n = perAddress.get(a) ?? 0;
+    if (n >= config.maxConnectionsPerAddress) {
+      return `too many connections from ${a} (limit ${config.maxConnectionsPerAddress})`;
+    }
+    perAddress.set(a, n + 1);
+    return null;
+  };
+  const release = (c: LineConnection) => {
+    const a = addressOf(c);
+    const n = (perAddress.get(a) ?? 1) - 1;
+    if (n > 0) perAddress.set(a, n);
+    else perAddress.delete(a);
+  };
   const serve = (kind: "consumer" | "publisher", port: number) => {
     const handler = kind === "consumer" ? serveConsumer : servePublisher;
     return new LineServer({
@@ -79,12 +117,24 @@ export async function startBroker(
           id: conn.id,
           remote: conn.remote,
         });
+        const refused = admit(conn);
+        if (refused) {
+          log.warning("Refused {kind} connection from {remote}: {reason}", {
+            kind,
+            remote: conn.remote,
+            reason: refused,
+          });
+          conn.send(`ERROR: ${refused}`);
+          conn.close(refused);
+          return;
+        }
         const handling = handler(conn, ctx);
         connections.set(conn, handling);
         try {
           await handling;
         } finally {
           connections.delete(conn);
+          release(conn);
         }
       },
       onError(err, conn) {
@@ -105,6 +155,7 @@ export async function startBroker(
   } catch (err) {
     await consumers.close().catch(() => {});
     await broker.close();
+    clearInterval(sampler);
     dir.close();
     throw err;
   }
@@ -130,6 +181,7 @@ export async function startBroker(
     for (const c of connections.keys()) c.close("broker stopping");
     await Promise.all([...connections.keys()].map((c) => c.closed));
     await broker.close();
+    clearInterval(sampler);
     dir.close();
     log.info("Stopped; store closed");
   };

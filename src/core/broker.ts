@@ -14,6 +14,7 @@ import type { RestartPolicy } from "../supervisor.ts";
 import { Supervisor } from "../supervisor.ts";
 import type { BrokerStore, PayloadFormat, PendingPublish } from "../store/store.ts";
 import { type DeadLetter, deadLetterBody } from "./dead_letters.ts";
+import { ALLOW_ALL, type Authorizer } from "./authorizer.ts";
 import type { RetryOptions } from "./delivery.ts";
 import { IdAllocator } from "./ids.ts";
 import { DEAD_LETTER_TOPIC, topicError } from "./names.ts";
@@ -31,6 +32,35 @@ export interface BrokerOptions {
   topicHooks?: TopicHooks;
   /** Restart policy of the topic supervisor. */
   supervisorPolicy?: Partial<RestartPolicy>;
+  /** Who may publish and subscribe where; everyone everywhere if absent. */
+  authorizer?: Authorizer;
+  /** Longest topic name in UTF-8 bytes. */
+  maxTopicBytes?: number;
+  /** Messages a topic may hold; new PUBs to a fuller topic are refused. */
+  maxTopicMessages?: number;
+  /** Durable subscriptions one consumer may hold. */
+  maxSubscriptionsPerConsumer?: number;
+  /** Whether the store has passed its size limit; new PUBs are refused while it has. */
+  storeFull?: () => string | null;
+}
+
+/**
+ * Pending PUBs of one publisher connection: the core counts them up at PUB and down at
+ * PUBREL (from whichever connection it comes), so that one connection cannot pile up
+ * messages it never releases.
+ */
+export interface PendingQuota {
+  count: number;
+  readonly max: number;
+}
+
+/** Who sent a PUB. */
+export interface PublishSource {
+  /** For logs and dead letters, e.g. "publisher 127.0.0.1:5321". */
+  origin: string;
+  /** The logged-in user, or null when publishers do not log in. */
+  user: string | null;
+  quota?: PendingQuota;
 }
 
 /** A request the core refuses, with a message fit to show the client. */
@@ -56,6 +86,9 @@ export class Broker {
   #topics = new Map<string, Promise<Topic>>();
   #started = new Map<string, Topic>();
   #pending = new Map<number, PendingPublish>();
+  /** Quotas of the connections that sent the pending PUBs (not durable: a restart resets them). */
+  #quotas = new Map<number, PendingQuota>();
+  readonly authorizer: Authorizer;
   #releasing = new Map<number, Promise<ReleaseResult>>();
   #sessions = new Map<string, ConsumerSession>();
   #retentionTimer: ReturnType<typeof setInterval> | undefined;
@@ -66,6 +99,7 @@ export class Broker {
     this.store = store;
     this.options = options;
     this.#ids = new IdAllocator(store);
+    this.authorizer = options.authorizer ?? ALLOW_ALL;
     this.topicSupervisor = new Supervisor(
       "TopicSupervisor",
       getLogger("supervisor"),
@@ -112,25 +146,69 @@ export class Broker {
 
   // --- publishers -------------------------------------------------------------------
 
+  /** Checks a topic name against the naming rules and the configured length. */
+  topicError(topic: string): string | null {
+    return topicError(topic, this.options.maxTopicBytes);
+  }
+
   /**
    * Stores a message awaiting its release and returns its new id (QoS 2 step 1).
-   * @throws BrokerError for a bad topic name.
+   * @throws BrokerError for a bad topic name, a denied topic, or a limit reached.
    */
   async acceptPublish(
     topic: string,
     payload: Uint8Array,
     format: PayloadFormat,
-    origin: string,
+    source: PublishSource,
   ): Promise<number> {
-    const bad = topicError(topic);
+    const bad = this.topicError(topic);
     if (bad) throw new BrokerError(bad);
     if (topic === DEAD_LETTER_TOPIC) {
       throw new BrokerError(`topic "${DEAD_LETTER_TOPIC}" is written by the broker only`);
     }
-    const id = await this.#ids.next();
-    const p: PendingPublish = { id, topic, payload, format, receivedAt: Date.now(), origin };
-    await this.store.savePending(p);
-    this.#pending.set(id, p);
+    if (!this.authorizer.canPublish(source.user, topic)) {
+      log.warning("Denied: {user} may not publish to {topic}", {
+        user: source.user ?? "(anonymous)",
+        topic,
+        origin: source.origin,
+      });
+      throw new BrokerError(`not authorised to publish to topic ${JSON.stringify(topic)}`);
+    }
+    const q = source.quota;
+    if (q && q.count >= q.max) {
+      throw new BrokerError(
+        `too many PUBs awaiting PUBREL on this connection (limit ${q.max}): release some first`,
+      );
+    }
+    const full = this.options.storeFull?.();
+    if (full) throw new BrokerError(full);
+    const t = await this.topic(topic);
+    const max = this.options.maxTopicMessages;
+    if (max !== undefined && t.storedCount >= max) {
+      throw new BrokerError(
+        `topic ${JSON.stringify(topic)} is full (${max} messages): new messages are refused ` +
+          "until its subscribers catch up",
+      );
+    }
+    if (q) q.count++; // counted before the await, so concurrent PUBs cannot overshoot
+    let id: number;
+    try {
+      id = await this.#ids.next();
+      const p: PendingPublish = {
+        id,
+        topic,
+        payload,
+        format,
+        receivedAt: Date.now(),
+        origin: source.origin,
+      };
+      await this.store.savePending(p);
+      this.#pending.set(id, p);
+    } catch (err) {
+      if (q) q.count--;
+      throw err;
+    }
+    if (q) this.#quotas.set(id, q);
     return id;
   }
 
@@ -146,7 +224,12 @@ export class Broker {
       this.#pending.delete(id);
       const release = this.topic(p.topic)
         .then((t) => t.append({ id, payload: p.payload, format: p.format, releasedId: id }))
-        .then(() => "released" as const, (err) => {
+        .then(() => {
+          const q = this.#quotas.get(id);
+          if (q) q.count--;
+          this.#quotas.delete(id);
+          return "released" as const;
+        }, (err) => {
           this.#pending.set(id, p); // nothing was written: it can be released again
           throw err;
         })

@@ -13,7 +13,6 @@ import { getLogger } from "../log.ts";
 import type { SubscriptionRecord } from "../store/store.ts";
 import type { Broker } from "./broker.ts";
 import { Delivery, type DeliverySink, type Exhausted } from "./delivery.ts";
-import { topicError } from "./names.ts";
 import type { Topic } from "./topic.ts";
 
 /** How a session reaches its client: the protocol adapter's delivery methods. */
@@ -49,6 +48,13 @@ export class ConsumerSession {
     for (const name of await store.loadSubscriberTopics(this.subscriber)) {
       if (this.#closed) break;
       if (this.#deliveries.has(name)) continue;
+      if (!this.#broker.authorizer.canSubscribe(this.subscriber, name)) {
+        log.warning("Not resuming {user} on {topic}: the ACL no longer allows it", {
+          user: this.subscriber,
+          topic: name,
+        });
+        continue;
+      }
       const topic = await this.#broker.topic(name);
       const rec = await store.loadSubscription(this.subscriber, name);
       if (!rec || this.#closed || this.#deliveries.has(name)) continue;
@@ -63,12 +69,27 @@ export class ConsumerSession {
    * Calls `accepted` before the first message goes out; returns an error text or null.
    */
   async subscribe(name: string, accepted: () => void): Promise<string | null> {
-    const bad = topicError(name);
+    const bad = this.#broker.topicError(name);
     if (bad) return bad;
+    if (!this.#broker.authorizer.canSubscribe(this.subscriber, name)) {
+      log.warning("Denied: {user} may not subscribe to {topic}", {
+        user: this.subscriber,
+        topic: name,
+      });
+      return `not authorised to subscribe to topic ${JSON.stringify(name)}`;
+    }
     if (!this.#deliveries.has(name)) {
       const store = this.#broker.store;
-      const topic = await this.#broker.topic(name);
       let rec = await store.loadSubscription(this.subscriber, name);
+      if (!rec) {
+        const max = this.#broker.options.maxSubscriptionsPerConsumer;
+        if (
+          max !== undefined && (await store.loadSubscriberTopics(this.subscriber)).length >= max
+        ) {
+          return `too many subscriptions (limit ${max}): UNSUB some first`;
+        }
+      }
+      const topic = await this.#broker.topic(name);
       if (!rec) {
         rec = {
           subscriber: this.subscriber,

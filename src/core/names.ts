@@ -7,7 +7,7 @@
 /** The topic that receives dead letters. */
 export const DEAD_LETTER_TOPIC = "deadLetterChan";
 
-/** Longest topic name, in UTF-8 bytes (MQTT allows 65,535; keys stay small this way). */
+/** Default longest topic name, in UTF-8 bytes (MQTT allows 65,535; keys stay small this way). */
 export const MAX_TOPIC_BYTES = 256;
 
 const encoder = new TextEncoder();
@@ -19,10 +19,10 @@ const CONTROL = /[\u0000-\u001f\u007f]/;
  * `+` and `#` are MQTT wildcards and a leading `$` marks system topics, so none of
  * them may appear in a name that messages are published to.
  */
-export function topicError(name: string): string | null {
+export function topicError(name: string, maxBytes = MAX_TOPIC_BYTES): string | null {
   if (name.length === 0) return "topic must not be empty";
-  if (encoder.encode(name).byteLength > MAX_TOPIC_BYTES) {
-    return `topic is longer than ${MAX_TOPIC_BYTES} bytes`;
+  if (encoder.encode(name).byteLength > maxBytes) {
+    return `topic is longer than ${maxBytes} bytes`;
   }
   if (CONTROL.test(name)) return "topic must not contain control characters";
   if (name.includes("+") || name.includes("#")) {

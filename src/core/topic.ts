@@ -14,7 +14,10 @@
  */
 import type { Restartable, Supervisor } from "../supervisor.ts";
 import type { BrokerStore, PayloadFormat, StoredMessage, TopicRecord } from "../store/store.ts";
+import { getLogger } from "../log.ts";
 import { Mailbox } from "./mailbox.ts";
+
+const log = getLogger("topic");
 
 /** What an append needs; the topic adds the sequence number and time. */
 export interface AppendInput {
@@ -64,6 +67,7 @@ export class Topic implements Restartable {
   #mailbox: Mailbox<AppendMsg>;
   #state: "running" | "restarting" | "down" | "stopped" = "running";
   #held: AppendMsg[] = [];
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #epoch = 0;
   #nextSeq = 1;
   #createdAt = 0;
@@ -74,7 +78,7 @@ export class Topic implements Restartable {
   #subscribers = new Set<Wakeable>();
   /** Durable positions of every subscription to this topic, for retention. */
   #positions = new Map<string, number>();
-  /** Log entries below this were deleted by retention. */
+  /** Log entries below this are deleted (by retention) or never existed. */
   trimmedTo = 0;
 
   private constructor(name: string, store: BrokerStore, supervisor: Supervisor, hooks: TopicHooks) {
@@ -110,6 +114,11 @@ export class Topic implements Restartable {
     return this.#nextSeq;
   }
 
+  /** Messages the topic holds (an upper bound: sequence numbers may have gaps). */
+  get storedCount(): number {
+    return this.#nextSeq - this.trimmedTo;
+  }
+
   /** Live subscribers attached. */
   get subscriberCount(): number {
     return this.#subscribers.size;
@@ -126,6 +135,7 @@ export class Topic implements Restartable {
     this.#cache = [];
     this.#cacheBytes = 0;
     this.#cacheFrom = this.#nextSeq;
+    this.trimmedTo = (await this.#store.readLog(this.topic, 0, 1))[0]?.seq ?? this.#nextSeq;
     this.#positions.clear();
     for (const s of await this.#store.loadTopicSubscriptions(this.topic)) {
       this.#positions.set(s.subscriber, s.position);
@@ -172,8 +182,11 @@ export class Topic implements Restartable {
       this.#remember(message);
       for (const s of this.#subscribers) s.wake();
     }, (err) => {
+      // The store refused the write (disk full, read-only file...): not a fault of the
+      // topic, so no restart counts against it. It resynchronises its head with the
+      // store and goes on; the caller was told, and nothing of the append was written.
       m.reject(err);
-      this.#fail(err);
+      this.#resync(err);
     });
   }
 
@@ -240,6 +253,26 @@ export class Topic implements Restartable {
     this.#supervisor.childFailed(this, err, { topic: this.topic });
   }
 
+  #resync(err: unknown): void {
+    if (this.#state !== "running") return;
+    this.#state = "restarting";
+    log.warning('Topic "{topic}": a write failed ({error}); resynchronising with the store', {
+      topic: this.topic,
+      error: String(err),
+    });
+    const attempt = (delay: number) => {
+      this.restart().catch((e) => {
+        if (this.#state !== "restarting") return;
+        log.warning('Topic "{topic}": resynchronising failed ({error}); retrying', {
+          topic: this.topic,
+          error: String(e),
+        });
+        this.#retryTimer = setTimeout(() => attempt(Math.min(delay * 2, 5000)), delay);
+      });
+    };
+    attempt(50);
+  }
+
   /** Supervisor callback: rebuild from the store once every write in flight settled. */
   async restart(): Promise<void> {
     this.#epoch++;
@@ -263,6 +296,7 @@ export class Topic implements Restartable {
   /** Stops the actor for shutdown; appends still waiting are refused. */
   stop(): void {
     this.#state = "stopped";
+    clearTimeout(this.#retryTimer);
     this.#supervisor.remove(this);
     this.#rejectWaiting(new Error(`topic "${this.topic}" is stopping`));
     this.#subscribers.clear();

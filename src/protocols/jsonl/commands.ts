@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import type { DeadLetterReason } from "../../core/dead_letters.ts";
+import { checkJsonShape } from "./json_shape.ts";
 
 const msgId = z.number({ error: "must be a positive integer" })
   .int({ error: "must be a positive integer" })
@@ -27,8 +28,14 @@ export type ConsumerCommand =
   | z.infer<typeof pubrec>
   | z.infer<typeof pubcomp>;
 
-/** Commands of the publisher port (4041). */
-export type PublisherCommand = z.infer<typeof pub> | z.infer<typeof pubrel>;
+/**
+ * Commands of the publisher port (4041). A PUB carries `msgJson`, the text of its `msg`
+ * exactly as received, so that the body is relayed without re-serialising it.
+ */
+export type PublisherCommand = (z.infer<typeof pub> & { msgJson: string }) | z.infer<typeof pubrel>;
+
+/** Default deepest nesting of arrays and objects in a line. */
+export const MAX_JSON_DEPTH = 32;
 
 /** A decoded line: a command, or what to answer and why it was rejected. */
 export type Decoded<C> =
@@ -44,21 +51,28 @@ const CONSUMER_SCHEMAS: Record<string, z.ZodType> = {
 const PUBLISHER_SCHEMAS: Record<string, z.ZodType> = { PUB: pub, PUBREL: pubrel };
 
 /** Decodes a line received on the consumer port. */
-export function decodeConsumer(line: string): Decoded<ConsumerCommand> {
-  return decode(line, CONSUMER_SCHEMAS, PUBLISHER_SCHEMAS, "publisher") as Decoded<
+export function decodeConsumer(
+  line: string,
+  maxDepth = MAX_JSON_DEPTH,
+): Decoded<ConsumerCommand> {
+  return decode(line, maxDepth, CONSUMER_SCHEMAS, PUBLISHER_SCHEMAS, "publisher") as Decoded<
     ConsumerCommand
   >;
 }
 
 /** Decodes a line received on the publisher port. */
-export function decodePublisher(line: string): Decoded<PublisherCommand> {
-  return decode(line, PUBLISHER_SCHEMAS, CONSUMER_SCHEMAS, "consumer") as Decoded<
+export function decodePublisher(
+  line: string,
+  maxDepth = MAX_JSON_DEPTH,
+): Decoded<PublisherCommand> {
+  return decode(line, maxDepth, PUBLISHER_SCHEMAS, CONSUMER_SCHEMAS, "consumer") as Decoded<
     PublisherCommand
   >;
 }
 
 function decode(
   line: string,
+  maxDepth: number,
   schemas: Record<string, z.ZodType>,
   otherPort: Record<string, z.ZodType>,
   otherName: string,
@@ -82,14 +96,23 @@ function decode(
       : 'a command is a JSON object with a string "type"';
     return { ok: false, reason: "unknown-command", reply: "UNKNOWN COMMAND", detail };
   }
+  const shape = checkJsonShape(line, maxDepth);
+  if (shape.error !== null) {
+    const detail = `invalid ${type}: ${shape.error}`;
+    return { ok: false, reason: "invalid-command", reply: `ERROR: ${detail}`, detail };
+  }
   const parsed = (schemas[type] as z.ZodType).safeParse(value, { reportInput: true });
   if (!parsed.success) {
     const detail = `invalid ${type}: ${describeIssue(parsed.error.issues[0])}`;
     return { ok: false, reason: "invalid-command", reply: `ERROR: ${detail}`, detail };
   }
-  if (type === "PUB" && (parsed.data as { msg: unknown }).msg === undefined) {
-    const detail = 'invalid PUB: "msg" is missing';
-    return { ok: false, reason: "invalid-command", reply: `ERROR: ${detail}`, detail };
+  if (type === "PUB") {
+    const span = shape.spans.get("msg");
+    if (!span) {
+      const detail = 'invalid PUB: "msg" is missing';
+      return { ok: false, reason: "invalid-command", reply: `ERROR: ${detail}`, detail };
+    }
+    return { ok: true, command: { ...(parsed.data as object), msgJson: line.slice(...span) } };
   }
   return { ok: true, command: parsed.data };
 }

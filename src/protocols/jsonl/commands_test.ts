@@ -54,6 +54,7 @@ Deno.test("each publisher command decodes, also as the seed's telnet session wri
       type: "PUB",
       topic: "meaw",
       msg: "Hi there!",
+      msgJson: '"Hi there!"',
     },
   );
   assert.deepEqual(command(decodePublisher(' {"type": "PUBREL", "msgId": 4 } ')), {
@@ -65,7 +66,7 @@ Deno.test("each publisher command decodes, also as the seed's telnet session wri
 Deno.test("PUB accepts any JSON value as msg, null included", () => {
   for (const msg of [null, 0, false, "", [1, "a"], { a: { b: [1, 2] } }]) {
     const c = command(decodePublisher(JSON.stringify({ type: "PUB", topic: "t", msg })));
-    assert.deepEqual(c, { type: "PUB", topic: "t", msg });
+    assert.deepEqual(c, { type: "PUB", topic: "t", msg, msgJson: JSON.stringify(msg) });
   }
 });
 
@@ -215,4 +216,39 @@ Deno.test("encoded replies are valid JSON that decodes to the same values", () =
   const line = pubLine('{"a":[1,2]}', 12, topic);
   assert.deepEqual(JSON.parse(line), { msg: { a: [1, 2] }, msgId: 12, topic, type: "PUB" });
   assert.deepEqual(JSON.parse(ackLine("PUBREL", 99)), { msgId: 99, type: "PUBREL" });
+});
+
+Deno.test("a PUB's msg is kept as the exact text received: big numbers and spacing survive", () => {
+  const line = '{"type":"PUB","msg": {"n": 12345678901234567890, "x": [1e400 , 2]} ,"topic":"t"}';
+  const c = command(decodePublisher(line));
+  assert.equal(c.type, "PUB");
+  assert.equal((c as { msgJson: string }).msgJson, '{"n": 12345678901234567890, "x": [1e400 , 2]}');
+});
+
+Deno.test("duplicate keys are refused, at any depth, also when spelled with escapes", () => {
+  for (
+    const line of [
+      '{"type":"SUB","topic":"a","topic":"b"}',
+      '{"type":"SUB","topic":"a","t\\u006fpic":"b"}',
+    ]
+  ) {
+    const r = rejected(decodeConsumer(line));
+    assert.equal(r.reason, "invalid-command");
+    assert.match(r.reply, /^ERROR: invalid SUB: duplicate key "topic"$/);
+  }
+  const nested = rejected(
+    decodePublisher('{"type":"PUB","topic":"t","msg":{"a":1,"b":{"c":1,"c":2}}}'),
+  );
+  assert.match(nested.reply, /duplicate key "c"/);
+  // Equal keys in different objects are no duplicates.
+  assert.equal(decodePublisher('{"type":"PUB","topic":"t","msg":[{"a":1},{"a":2}]}').ok, true);
+});
+
+Deno.test("nesting deeper than the limit is refused with an error naming the limit", () => {
+  const deep = (n: number) => `{"type":"PUB","topic":"t","msg":${"[".repeat(n)}${"]".repeat(n)}}`;
+  assert.equal(decodePublisher(deep(30), 32).ok, true);
+  const r = rejected(decodePublisher(deep(40), 32));
+  assert.equal(r.reply, "ERROR: invalid PUB: nested deeper than 32 levels");
+  // Thousands of levels in one line still get an answer, not a crash.
+  assert.equal(decodePublisher(deep(20_000), 32).ok, false);
 });

@@ -93,7 +93,7 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
         continue;
       }
 
-      const decoded = decodeConsumer(line);
+      const decoded = decodeConsumer(line, ctx.maxJsonDepth);
       if (!decoded.ok) {
         conn.send(decoded.reply);
         deadLetterInput(ctx, conn, "consumer", session.subscriber, decoded, line);

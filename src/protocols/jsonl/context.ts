@@ -21,6 +21,10 @@ export interface JsonlContext {
   loginAttempts: number;
   /** Largest message body in UTF-8 bytes. */
   maxMessageBytes: number;
+  /** PUBs awaiting PUBREL per publisher connection. */
+  maxPendingPerConnection: number;
+  /** Deepest nesting of arrays and objects in a line. */
+  maxJsonDepth: number;
   hooks?: JsonlHooks;
 }
 

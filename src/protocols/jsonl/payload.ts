@@ -11,14 +11,20 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const strict = new TextDecoder("utf-8", { fatal: true });
 
-/** The stored form of a `msg` value. */
-export function encodeBody(msg: unknown): { payload: Uint8Array; format: PayloadFormat } {
+/**
+ * The stored form of a `msg` value; `msgJson` is its text as received (kept as is for
+ * anything but a string, so that numbers and formatting survive exactly).
+ */
+export function encodeBody(
+  msg: unknown,
+  msgJson = JSON.stringify(msg),
+): { payload: Uint8Array; format: PayloadFormat } {
   // A string with a lone surrogate has no UTF-8 form; as JSON text it keeps its escape
   // and goes out unchanged.
   if (typeof msg === "string" && msg.isWellFormed()) {
     return { payload: encoder.encode(msg), format: "text" };
   }
-  return { payload: encoder.encode(JSON.stringify(msg)), format: "json" };
+  return { payload: encoder.encode(msgJson), format: "json" };
 }
 
 // One encoding per message, shared by every subscriber it fans out to.

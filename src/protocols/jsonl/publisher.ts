@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { BrokerError } from "../../core/broker.ts";
+import { BrokerError, type PublishSource } from "../../core/broker.ts";
 import { getLogger } from "../../log.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection } from "../../transport/tcp.ts";
@@ -24,7 +24,11 @@ const MAX_OUTSTANDING = 1024;
 
 /** Serves one publisher connection until it closes. */
 export async function servePublisher(conn: LineConnection, ctx: JsonlContext): Promise<void> {
-  const origin = `publisher ${conn.remote}`;
+  const source: PublishSource = {
+    origin: `publisher ${conn.remote}`,
+    user: null,
+    quota: { count: 0, max: ctx.maxPendingPerConnection },
+  };
   // Replies in line order: each line appends its reply to this chain.
   let tail: Promise<void> = Promise.resolve();
   let outstanding = 0;
@@ -55,13 +59,13 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
       }
       const line = ev.text.trim();
       if (line === "") continue;
-      const decoded = decodePublisher(line);
+      const decoded = decodePublisher(line, ctx.maxJsonDepth);
       if (!decoded.ok) {
         enqueue(Promise.resolve(decoded.reply));
         deadLetterInput(ctx, conn, "publisher", undefined, decoded, line);
         continue;
       }
-      enqueue(handle(decoded.command, ctx, origin, conn));
+      enqueue(handle(decoded.command, ctx, source, conn));
       if (outstanding >= MAX_OUTSTANDING) {
         await new Promise<void>((resolve) => drained = resolve);
       }
@@ -75,17 +79,17 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
 async function handle(
   c: PublisherCommand,
   ctx: JsonlContext,
-  origin: string,
+  source: PublishSource,
   conn: LineConnection,
 ): Promise<string> {
   try {
     ctx.hooks?.beforeCommand?.("publisher", c.type);
     if (c.type === "PUB") {
-      const { payload, format } = encodeBody(c.msg);
+      const { payload, format } = encodeBody(c.msg, c.msgJson);
       if (payload.byteLength > ctx.maxMessageBytes) {
         return `ERROR: message is ${payload.byteLength} bytes, the limit is ${ctx.maxMessageBytes}`;
       }
-      const id = await ctx.broker.acceptPublish(c.topic, payload, format, origin);
+      const id = await ctx.broker.acceptPublish(c.topic, payload, format, source);
       return ackLine("PUBREC", id);
     }
     await ctx.broker.releasePublish(c.msgId);
