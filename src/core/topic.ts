@@ -130,7 +130,9 @@ export class Topic implements Restartable {
       rec = { name: this.topic, nextSeq: 1, createdAt: Date.now() };
       await this.#store.ensureTopic(rec);
     }
-    this.#nextSeq = rec?.nextSeq ?? 1;
+    // The log's last entry bounds the head from below, also when the head record is
+    // missing or damaged: a sequence number in use is never handed out again.
+    this.#nextSeq = Math.max(rec?.nextSeq ?? 1, (await this.#store.lastLogSeq(this.topic)) + 1);
     this.#createdAt = rec?.createdAt ?? Date.now();
     this.#cache = [];
     this.#cacheBytes = 0;

@@ -21,6 +21,15 @@
  * @module
  */
 import { type Fence, FencedError, GroupCommitter, type Mutation } from "./group_commit.ts";
+import type { z } from "zod";
+import { getLogger } from "../log.ts";
+import {
+  pendingPublish,
+  releasedRecord,
+  storedMessage,
+  subscriptionRecord,
+  topicRecord,
+} from "./records.ts";
 import type {
   BrokerStore,
   PendingPublish,
@@ -29,6 +38,8 @@ import type {
   SubscriptionRecord,
   TopicRecord,
 } from "./store.ts";
+
+const log = getLogger("store");
 
 /** The layout version this code writes and reads. */
 export const SCHEMA_VERSION = 1;
@@ -62,6 +73,7 @@ export class KvStore implements BrokerStore {
   #kv: Deno.Kv;
   #gc: GroupCommitter;
   #fence: Fence;
+  #quarantined = new Set<string>();
 
   private constructor(kv: Deno.Kv, fence: Fence) {
     this.#kv = kv;
@@ -110,11 +122,19 @@ export class KvStore implements BrokerStore {
   }
 
   async loadTopics(): Promise<TopicRecord[]> {
-    return await collect(this.#kv.list<TopicRecord>({ prefix: ["topic"] }));
+    return await this.#collect(this.#kv.list({ prefix: ["topic"] }), topicRecord);
   }
 
   async loadTopic(name: string): Promise<TopicRecord | null> {
-    return (await this.#kv.get<TopicRecord>(["topic", name])).value;
+    return this.#checked(await this.#kv.get(["topic", name]), topicRecord);
+  }
+
+  async lastLogSeq(topic: string): Promise<number> {
+    for await (const e of this.#kv.list({ prefix: ["log", topic] }, { reverse: true, limit: 1 })) {
+      const seq = e.key[2];
+      if (typeof seq === "number") return seq;
+    }
+    return 0;
   }
 
   async ensureTopic(record: TopicRecord): Promise<void> {
@@ -132,11 +152,12 @@ export class KvStore implements BrokerStore {
   }
 
   async readLog(topic: string, fromSeq: number, limit: number): Promise<StoredMessage[]> {
-    return await collect(
-      this.#kv.list<StoredMessage>(
+    return await this.#collect(
+      this.#kv.list(
         { start: ["log", topic, fromSeq], end: ["log", topic, Number.MAX_SAFE_INTEGER] },
         { limit, batchSize: Math.min(limit, 1000) },
       ),
+      storedMessage,
     );
   }
 
@@ -161,7 +182,7 @@ export class KvStore implements BrokerStore {
   }
 
   async loadPending(): Promise<PendingPublish[]> {
-    return await collect(this.#kv.list<PendingPublish>({ prefix: ["pending"] }));
+    return await this.#collect(this.#kv.list({ prefix: ["pending"] }), pendingPublish);
   }
 
   append(message: StoredMessage, head: TopicRecord, releasedId?: number): Promise<void> {
@@ -183,7 +204,7 @@ export class KvStore implements BrokerStore {
   }
 
   async getReleased(id: number): Promise<ReleasedRecord | null> {
-    return (await this.#kv.get<ReleasedRecord>(["released", id])).value;
+    return this.#checked(await this.#kv.get(["released", id]), releasedRecord);
   }
 
   saveSubscription(r: SubscriptionRecord): Promise<void> {
@@ -205,32 +226,66 @@ export class KvStore implements BrokerStore {
   }
 
   async loadSubscription(subscriber: string, topic: string): Promise<SubscriptionRecord | null> {
-    return (await this.#kv.get<SubscriptionRecord>(["sub", topic, subscriber])).value;
+    return this.#checked(await this.#kv.get(["sub", topic, subscriber]), subscriptionRecord);
   }
 
   async loadSubscriberTopics(subscriber: string): Promise<string[]> {
     const topics: string[] = [];
     for await (const e of this.#kv.list({ prefix: ["subscriber", subscriber] })) {
-      topics.push(e.key[2] as string);
+      if (typeof e.key[2] === "string") topics.push(e.key[2]);
     }
     return topics;
   }
 
   async loadTopicSubscriptions(topic: string): Promise<SubscriptionRecord[]> {
-    return await collect(this.#kv.list<SubscriptionRecord>({ prefix: ["sub", topic] }));
+    return await this.#collect(this.#kv.list({ prefix: ["sub", topic] }), subscriptionRecord);
   }
 
   flush(): Promise<void> {
     return this.#gc.drain();
   }
 
+  /** Keys quarantined since start. */
+  get quarantined(): number {
+    return this.#quarantined.size;
+  }
+
+  /**
+   * The entry's value if it has the expected shape. Otherwise the value is reported
+   * with its key and moved under ["quarantine", ...key] (kept for the operator, out of
+   * the broker's way), and the read acts as if the entry did not exist.
+   */
+  #checked<T>(entry: Deno.KvEntryMaybe<unknown>, schema: z.ZodType<T>): T | null {
+    if (entry.versionstamp === null) return null;
+    const parsed = schema.safeParse(entry.value);
+    if (parsed.success) return parsed.data;
+    const id = JSON.stringify(entry.key, (_k, v) => typeof v === "bigint" ? String(v) : v);
+    if (!this.#quarantined.has(id)) {
+      this.#quarantined.add(id);
+      log.error("Corrupt value at key {key} quarantined: {problem}", {
+        key: id,
+        problem: parsed.error.issues[0]?.message ?? "wrong shape",
+      });
+      this.#gc.commit([
+        { type: "set", key: ["quarantine", ...entry.key], value: entry.value },
+        { type: "delete", key: entry.key },
+      ]).catch((err) =>
+        log.error("Could not quarantine {key}: {error}", { key: id, error: String(err) })
+      );
+    }
+    return null;
+  }
+
+  async #collect<T>(iter: Deno.KvListIterator<unknown>, schema: z.ZodType<T>): Promise<T[]> {
+    const out: T[] = [];
+    for await (const e of iter) {
+      const v = this.#checked(e, schema);
+      if (v !== null) out.push(v);
+    }
+    return out;
+  }
+
   close(): void {
     this.#kv.close();
   }
-}
-
-async function collect<T>(iter: Deno.KvListIterator<T>): Promise<T[]> {
-  const out: T[] = [];
-  for await (const e of iter) out.push(e.value);
-  return out;
 }

@@ -71,6 +71,8 @@ export interface BrokerStore {
 
   loadTopics(): Promise<TopicRecord[]>;
   loadTopic(name: string): Promise<TopicRecord | null>;
+  /** The highest sequence number in a topic's log, 0 if the log is empty. */
+  lastLogSeq(topic: string): Promise<number>;
   /** Creates a topic's record if it has none. */
   ensureTopic(record: TopicRecord): Promise<void>;
   /** Up to `limit` messages of a topic with `seq >= fromSeq`, in order. */
