@@ -1,6 +1,6 @@
 /**
- * One TCP connection seen as decoded input lines and a bounded, coalescing queue of
- * output lines. It knows nothing of topics or protocols.
+ * One TCP or TLS connection seen as decoded input lines and a bounded, coalescing queue
+ * of output lines. It knows nothing of topics or protocols.
  *
  * @module
  */
@@ -41,8 +41,9 @@ const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
 let nextConnectionId = 1;
 
 /**
- * One TCP connection seen as lines in ({@link lines}) and lines out
- * ({@link send}). Created by {@link LineServer} for each accepted socket.
+ * One TCP or TLS connection seen as lines in ({@link lines}) and lines out
+ * ({@link send}). Created by {@link LineServer} for each accepted socket (for TLS,
+ * once its handshake has completed).
  *
  * Nothing closes a connection behind its owner's back except: a peer that
  * stops reading (queued output over `writeBufferBytes`), a failed write, and
@@ -64,10 +65,12 @@ export class LineConnection {
   readonly id: number;
   /** The peer's address as "host:port" ("[::1]:port" for IPv6). */
   readonly remote: string;
+  /** True for a TLS connection. */
+  readonly tls: boolean;
   /** Resolves once the socket is closed and no read, write or timer of it is pending. */
   readonly closed: Promise<void>;
 
-  readonly #conn: Deno.TcpConn;
+  readonly #conn: Deno.TcpConn | Deno.TlsConn;
   readonly #opts: Required<LineConnectionOptions>;
   readonly #encoder = new TextEncoder();
   readonly #resolveClosed: () => void;
@@ -90,22 +93,20 @@ export class LineConnection {
   /**
    * Wraps an accepted socket and starts its idle timer; {@link LineServer} calls this.
    *
-   * @param conn an accepted socket; this object now owns it
+   * @param conn an accepted socket (a TLS one after its handshake); this object now owns it
    * @param options the connection's limits
    */
-  constructor(conn: Deno.TcpConn, options: LineConnectionOptions) {
+  constructor(conn: Deno.TcpConn | Deno.TlsConn, options: LineConnectionOptions) {
     this.id = nextConnectionId++;
     this.#conn = conn;
+    this.tls = "handshake" in conn;
     this.#opts = {
       maxLineBytes: options.maxLineBytes,
       writeBufferBytes: options.writeBufferBytes,
       idleTimeoutMs: options.idleTimeoutMs,
       closeFlushTimeoutMs: options.closeFlushTimeoutMs ?? DEFAULT_CLOSE_FLUSH_TIMEOUT_MS,
     };
-    const addr = conn.remoteAddr;
-    this.remote = addr.hostname.includes(":")
-      ? `[${addr.hostname}]:${addr.port}`
-      : `${addr.hostname}:${addr.port}`;
+    this.remote = addressText(conn.remoteAddr);
     const { promise, resolve } = Promise.withResolvers<void>();
     this.closed = promise;
     this.#resolveClosed = resolve;
@@ -292,6 +293,7 @@ export class LineConnection {
   /** Half-closes (FIN) and reads input until the peer closes too. */
   async #linger(): Promise<void> {
     try {
+      // On TLS this sends close_notify before the FIN, so the peer sees a clean end.
       await this.#conn.closeWrite();
       await this.#read;
       const scratch = new Uint8Array(16 * 1024);
@@ -353,6 +355,13 @@ async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** A socket address as "host:port" ("[::1]:port" for IPv6), for logs and limits. */
+export function addressText(addr: Deno.NetAddr): string {
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
 }
 
 /** The message of a thrown value, for close reasons and logs. */

@@ -1,14 +1,22 @@
 /**
- * A line server over `Deno.listen`: accepts TCP connections and hands each to the
- * caller as a {@link LineConnection}. It knows nothing of topics or protocols.
+ * A line server over `Deno.listen` (or `Deno.listenTls`): accepts TCP or TLS
+ * connections and hands each to the caller as a {@link LineConnection}. It knows
+ * nothing of topics or protocols.
  *
  * @module
  */
 
-import { errorText, LineConnection, type LineConnectionOptions } from "./line_connection.ts";
+import {
+  addressText,
+  errorText,
+  LineConnection,
+  type LineConnectionOptions,
+} from "./line_connection.ts";
+import { closeQuietly, completeHandshake, type TlsPem } from "./tls.ts";
 
 export { LineConnection } from "./line_connection.ts";
 export type { LineConnectionOptions, LineEvent } from "./line_connection.ts";
+export type { TlsPem } from "./tls.ts";
 
 /** Options of {@link LineServer}. */
 export interface LineServerOptions extends LineConnectionOptions {
@@ -26,14 +34,46 @@ export interface LineServerOptions extends LineConnectionOptions {
    * accept (without one). Defaults to `console.error`; the broker passes its logger.
    */
   onError?(err: unknown, conn?: LineConnection): void;
+  /**
+   * Serve TLS with this certificate and key instead of plain TCP. A connection is
+   * handed to `onConnection` only once its handshake has completed. TLS sockets get
+   * no TCP keepalive (Deno does not expose it on them): the idle timeout and failed
+   * writes are what find their vanished peers.
+   */
+  tls?: TlsPem;
+  /**
+   * TLS only: handshakes in progress at once. At the limit the server stops accepting
+   * (new peers wait in the kernel's backlog) until one completes or fails. Deno cannot
+   * free a socket closed in mid-handshake (see `completeHandshake`), so refusing or
+   * timing out a silent peer would leak its descriptor: pausing is what bounds them.
+   * Default 1024.
+   */
+  maxPendingHandshakes?: number;
+  /**
+   * TLS only: a handshake not completed after this long is reported once to
+   * `onHandshakeError` (a plain-text client waiting for a greeting looks like this).
+   * It keeps its slot until the peer sends something or disconnects. Default 10000.
+   */
+  slowHandshakeMs?: number;
+  /**
+   * TLS only: told about a handshake that failed (its socket was closed, nothing
+   * else), one that is slow, or the handshake limit being reached (then without
+   * `remote`). `remote` is the peer's "host:port". Defaults to `console.warn`.
+   */
+  onHandshakeError?(err: unknown, remote?: string): void;
 }
 
 /** Pause after a failed accept (e.g. EMFILE) so the loop does not spin. */
 const ACCEPT_RETRY_MS = 100;
+const DEFAULT_SLOW_HANDSHAKE_MS = 10_000;
+const DEFAULT_MAX_PENDING_HANDSHAKES = 1024;
+const LIMIT_REPORT_INTERVAL_MS = 60_000;
+
+type Conn = Deno.TcpConn | Deno.TlsConn;
 
 /**
- * Accepts TCP connections and hands each to `onConnection` as a
- * {@link LineConnection}. Tracking live connections is the caller's job.
+ * Accepts TCP (or, with `tls`, TLS) connections and hands each to `onConnection` as
+ * a {@link LineConnection}. Tracking live connections is the caller's job.
  *
  * @example
  * ```ts
@@ -54,12 +94,17 @@ const ACCEPT_RETRY_MS = 100;
  */
 export class LineServer {
   readonly #opts: LineServerOptions;
-  #listener: Deno.TcpListener | undefined;
+  #listener: Deno.Listener<Conn, Deno.NetAddr> | undefined;
   #port: number | undefined;
   #acceptLoop: Promise<void> | undefined;
   #closing = false;
   #retryTimer: ReturnType<typeof setTimeout> | undefined;
   #wakeRetry: (() => void) | undefined;
+  /** TLS sockets whose handshake is in progress, and the task of each. */
+  readonly #handshaking = new Map<Deno.TlsConn, Promise<void>>();
+  /** Wakes an accept loop paused at `maxPendingHandshakes`. */
+  #wakeAccept: (() => void) | undefined;
+  #limitReportedAt = -Infinity;
 
   /**
    * Builds a server; nothing listens until {@link start}.
@@ -84,23 +129,26 @@ export class LineServer {
    * Listens and starts accepting connections.
    *
    * @throws {Deno.errors.AddrInUse} and other `Deno.listen` errors
-   * @throws {Error} if called twice
+   * @throws {Error} if called twice, or if `tls` holds an unusable certificate or key
    */
   start(): void {
     if (this.#listener || this.#closing) throw new Error("LineServer.start() was already called");
-    const listener = Deno.listen({
-      hostname: this.#opts.hostname,
-      port: this.#opts.port,
-      transport: "tcp",
-    });
+    const { hostname, port, tls } = this.#opts;
+    const listener = tls
+      ? listenTls(hostname, port, tls)
+      : Deno.listen({ hostname, port, transport: "tcp" });
     this.#listener = listener;
     this.#port = listener.addr.port;
     this.#acceptLoop = this.#accept(listener);
   }
 
-  /** Stops accepting and closes the listener; live connections stay open. */
+  /**
+   * Stops accepting and closes the listener and the TLS sockets still in their
+   * handshake (Deno keeps their OS sockets until the peer acts or the process ends);
+   * live connections stay open.
+   */
   async close(): Promise<void> {
-    if (this.#closing) return await this.#acceptLoop;
+    if (this.#closing) return await this.#closed();
     this.#closing = true;
     try {
       this.#listener?.close();
@@ -109,12 +157,34 @@ export class LineServer {
     }
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
     this.#wakeRetry?.();
-    await this.#acceptLoop;
+    this.#wakeAccept?.();
+    for (const conn of this.#handshaking.keys()) closeQuietly(conn);
+    await this.#closed();
   }
 
-  async #accept(listener: Deno.TcpListener): Promise<void> {
+  async #closed(): Promise<void> {
+    await this.#acceptLoop;
+    await Promise.all(this.#handshaking.values());
+  }
+
+  async #accept(listener: Deno.Listener<Conn, Deno.NetAddr>): Promise<void> {
+    const maxHandshakes = this.#opts.maxPendingHandshakes ?? DEFAULT_MAX_PENDING_HANDSHAKES;
     while (!this.#closing) {
-      let conn: Deno.TcpConn;
+      if (this.#handshaking.size >= maxHandshakes) {
+        // Once a minute at most: under a flood the loop pauses after every freed slot.
+        if (performance.now() - this.#limitReportedAt > LIMIT_REPORT_INTERVAL_MS) {
+          this.#limitReportedAt = performance.now();
+          this.#reportHandshake(
+            new Error(
+              `${maxHandshakes} TLS handshakes in progress (the limit): not accepting until one ends`,
+            ),
+          );
+        }
+        await new Promise<void>((resolve) => this.#wakeAccept = resolve);
+        this.#wakeAccept = undefined;
+        continue;
+      }
+      let conn: Conn;
       try {
         conn = await listener.accept();
       } catch (err) {
@@ -127,16 +197,43 @@ export class LineServer {
         conn.close();
         return;
       }
-      this.#serve(conn);
+      if ("handshake" in conn) this.#startHandshake(conn);
+      else this.#serve(conn);
     }
   }
 
-  #serve(conn: Deno.TcpConn): void {
-    try {
-      conn.setNoDelay(true); // replies are small lines; do not wait to coalesce them
-      conn.setKeepAlive(true); // lets the OS find peers that vanished without a FIN
-    } catch {
-      // The socket may already be reset; the connection will notice on its own.
+  /** Handshakes in the background, so one slow peer never holds up the accept loop. */
+  #startHandshake(conn: Deno.TlsConn): void {
+    const slowMs = this.#opts.slowHandshakeMs ?? DEFAULT_SLOW_HANDSHAKE_MS;
+    const onSlow = () =>
+      this.#reportHandshake(
+        new Error(`TLS handshake not completed after ${slowMs} ms; waiting for the peer`),
+        conn,
+      );
+    const task = completeHandshake(conn, slowMs, onSlow).then(
+      () => {
+        if (this.#closing) closeQuietly(conn);
+        else this.#serve(conn);
+      },
+      (err) => {
+        // A stop closes pending handshakes on purpose: nothing to report then.
+        if (!this.#closing) this.#reportHandshake(err, conn);
+      },
+    ).finally(() => {
+      this.#handshaking.delete(conn);
+      this.#wakeAccept?.();
+    });
+    this.#handshaking.set(conn, task);
+  }
+
+  #serve(conn: Conn): void {
+    if ("setNoDelay" in conn) {
+      try {
+        conn.setNoDelay(true); // replies are small lines; do not wait to coalesce them
+        conn.setKeepAlive(true); // lets the OS find peers that vanished without a FIN
+      } catch {
+        // The socket may already be reset; the connection will notice on its own.
+      }
     }
     let lineConn: LineConnection;
     try {
@@ -158,6 +255,21 @@ export class LineServer {
     }
   }
 
+  #reportHandshake(err: unknown, conn?: Deno.TlsConn): void {
+    try {
+      let remote: string | undefined;
+      try {
+        if (conn) remote = addressText(conn.remoteAddr);
+      } catch {
+        remote = "(unknown peer)"; // a socket reset early may not know its peer any more
+      }
+      if (this.#opts.onHandshakeError) this.#opts.onHandshakeError(err, remote);
+      else console.warn(`line server: TLS handshake with ${remote ?? "(all)"}: ${errorText(err)}`);
+    } catch {
+      // A failing error reporter must not stop the accept loop.
+    }
+  }
+
   #report(err: unknown, conn?: LineConnection): void {
     try {
       if (this.#opts.onError) this.#opts.onError(err, conn);
@@ -175,5 +287,25 @@ export class LineServer {
         resolve();
       }, ms);
     });
+  }
+}
+
+/**
+ * `Deno.listenTls`, with the certificate or key errors it raises (rustls: "No
+ * certificates found", "KeyMismatch", ...) said in the broker's terms.
+ */
+function listenTls(hostname: string, port: number, tls: TlsPem): Deno.TlsListener {
+  try {
+    return Deno.listenTls({ hostname, port, transport: "tcp", cert: tls.cert, key: tls.key });
+  } catch (err) {
+    // rustls's complaints arrive as InvalidData, a key mismatch as a plain Error.
+    if (
+      err instanceof Deno.errors.InvalidData || (err instanceof Error && err.constructor === Error)
+    ) {
+      throw new Error(`the TLS certificate and key cannot be used: ${errorText(err)}`, {
+        cause: err,
+      });
+    }
+    throw err;
   }
 }
