@@ -1,15 +1,19 @@
 /**
  * MessageBroker's entry point: flags and environment → configuration → a running
- * broker; SIGINT/SIGTERM → graceful stop and exit 0.
+ * broker; SIGINT/SIGTERM → graceful stop and exit 0. `message_broker passwd …` manages
+ * a password file instead (see src/auth/passwd_command.ts).
  *
  * @module
  */
+import { runPasswd } from "./src/auth/passwd_command.ts";
 import { ConfigError, envFromDeno, parseConfig } from "./src/config.ts";
 import { getLogger, setupLogging } from "./src/log.ts";
 import { startBroker } from "./src/server.ts";
 import { errorText } from "./src/supervisor.ts";
 
 async function main(): Promise<number> {
+  // `message_broker passwd FILE USER` manages the password file and exits.
+  if (Deno.args[0] === "passwd") return await runPasswd(Deno.args.slice(1));
   let parsed;
   try {
     parsed = parseConfig(Deno.args, envFromDeno);

@@ -65,7 +65,7 @@ export const brokerConfigSchema = z.object({
   maxPendingPerConnection: integer(1, 1_000_000, 10_000),
   maxSubscriptionsPerConsumer: integer(1, 1_000_000, 1_000),
   maxTopicMessages: integer(1, 1_000_000_000, 1_000_000),
-  maxStoreBytes: integer(0, Number.MAX_SAFE_INTEGER, 0),
+  maxStoreBytes: integer(0, Number.MAX_SAFE_INTEGER, 1_073_741_824),
   maxJsonDepth: integer(1, 1_000, 32),
   // --- authentication, authorisation, TLS (all off by default) ---
   passwordFile: z.string().default(""),
@@ -143,7 +143,7 @@ const HELP: Record<SettingName, SettingHelp> = {
   maxStoreBytes: [
     "bytes",
     range(0, Number.MAX_SAFE_INTEGER),
-    "store size past which new PUBs are refused (0 = no limit)",
+    "message bytes the store may hold (logs and pending PUBs); new PUBs are refused past it (0 = no limit)",
   ],
   maxJsonDepth: ["n", range(1, 1_000), "deepest nesting of arrays and objects in a line"],
   passwordFile: [
@@ -252,7 +252,8 @@ export function helpText(): string {
     "MessageBroker: a durable message broker.",
     "",
     "Usage: message_broker [options]",
-    "       message_broker passwd FILE USER   (add or change a user's password)",
+    "       message_broker passwd FILE USER      add a user or change its password (asked for)",
+    "       message_broker passwd -D FILE USER   delete a user (passwd --help for more)",
     "",
     "Each option can also be set by its environment variable; a flag beats the",
     "environment, which beats the default. Flags take --name value or --name=value.",

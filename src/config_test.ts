@@ -59,7 +59,7 @@ Deno.test("no flags and no environment give the defaults", () => {
     maxPendingPerConnection: 10_000,
     maxSubscriptionsPerConsumer: 1_000,
     maxTopicMessages: 1_000_000,
-    maxStoreBytes: 0,
+    maxStoreBytes: 1_073_741_824,
     maxJsonDepth: 32,
     passwordFile: "",
     aclFile: "",

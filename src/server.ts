@@ -4,7 +4,9 @@
  *
  * @module
  */
-import type { BrokerConfig } from "./config.ts";
+import { loadAcl } from "./auth/acl.ts";
+import { Authenticator } from "./auth/authenticator.ts";
+import { type BrokerConfig, ConfigError, envOf, flagOf } from "./config.ts";
 import { Broker } from "./core/broker.ts";
 import type { TopicHooks } from "./core/topic.ts";
 import { getLogger } from "./log.ts";
@@ -13,7 +15,8 @@ import { serveConsumer } from "./protocols/jsonl/consumer.ts";
 import { servePublisher } from "./protocols/jsonl/publisher.ts";
 import { type DataDir, openDataDir } from "./store/data_dir.ts";
 import { errorText, type RestartPolicy } from "./supervisor.ts";
-import { type LineConnection, LineServer } from "./transport/tcp.ts";
+import { type LineConnection, LineServer, type TlsPem } from "./transport/tcp.ts";
+import { readTlsFiles } from "./transport/tls.ts";
 
 /** Extras for tests: failure injection and faster timers. */
 export interface StartOptions {
@@ -29,6 +32,13 @@ export interface RunningBroker {
   /** Actual ports (useful when configured as 0). */
   readonly consumerPort: number;
   readonly publisherPort: number;
+  /**
+   * Where consumers can speak TLS (undefined when TLS is off): `consumerPort` itself
+   * when `--tls-consumer-port` is -1, else a port of its own beside the plain one.
+   */
+  readonly tlsConsumerPort?: number;
+  /** Where publishers can speak TLS, as {@link tlsConsumerPort}. */
+  readonly tlsPublisherPort?: number;
   /** Live connections on both ports, with their handlers. */
   readonly connections: ReadonlyMap<LineConnection, Promise<void>>;
   /** Graceful stop: stop accepting, settle in-flight writes, close connections and store. */
@@ -42,17 +52,23 @@ export async function startBroker(
   config: BrokerConfig,
   options: StartOptions = {},
 ): Promise<RunningBroker> {
+  // Read before the data directory is locked: a bad ACL file stops start-up with nothing to undo.
+  const acl = config.aclFile === "" ? undefined : await loadAcl(config.aclFile);
+  if (acl) {
+    log.info("ACL loaded from {path}: {rules} rules", {
+      path: config.aclFile,
+      rules: acl.ruleCount,
+    });
+  }
+  // A missing or malformed password file stops start-up before anything is opened.
+  const auth = config.passwordFile === "" ? undefined : await Authenticator.load(
+    config.passwordFile,
+    { failureDelayMs: config.loginFailureDelay, failureLimit: config.loginFailureLimit },
+  );
+  // TLS files are read before anything is opened: a bad one leaves nothing to undo.
+  const tls = await loadTls(config);
   const dir: DataDir = await openDataDir(config.dataDir);
   log.info("Store opened at {path}", { path: dir.path });
-  // The store's size on disk, sampled once a second for the --max-store-bytes limit.
-  let storeBytes = await dir.sizeBytes();
-  const sampler = setInterval(async () => {
-    storeBytes = await dir.sizeBytes().catch(() => storeBytes);
-  }, 1000);
-  const storeFull = () =>
-    config.maxStoreBytes > 0 && storeBytes > config.maxStoreBytes
-      ? `the store is full (${storeBytes} bytes, limit ${config.maxStoreBytes}): new messages are refused until subscribers catch up`
-      : null;
   let broker: Broker;
   try {
     broker = await Broker.start(dir.store, {
@@ -64,16 +80,18 @@ export async function startBroker(
       maxTopicBytes: config.maxTopicBytes,
       maxTopicMessages: config.maxTopicMessages,
       maxSubscriptionsPerConsumer: config.maxSubscriptionsPerConsumer,
-      storeFull,
+      maxStoreBytes: config.maxStoreBytes,
+      authorizer: acl,
     });
   } catch (err) {
-    clearInterval(sampler);
     dir.close();
     throw err;
   }
   const ctx: JsonlContext = {
     broker,
     loginAttempts: config.loginAttempts,
+    loginTimeout: config.loginTimeout,
+    auth,
     maxMessageBytes: config.maxMessageBytes,
     maxPendingPerConnection: config.maxPendingPerConnection,
     maxJsonDepth: config.maxJsonDepth,
@@ -81,6 +99,8 @@ export async function startBroker(
   };
   // Live connections and their handlers, so that a graceful stop can wait for them.
   const connections = new Map<LineConnection, Promise<void>>();
+  // Every accepted socket until it is closed (a handler may end before its socket).
+  const sockets = new Set<LineConnection>();
   // Connection limits, in all and per remote address: each connection holds buffers,
   // so their number is what bounds the memory a crowd of clients can take.
   const perAddress = new Map<string, number>();
@@ -103,11 +123,12 @@ export async function startBroker(
     if (n > 0) perAddress.set(a, n);
     else perAddress.delete(a);
   };
-  const serve = (kind: "consumer" | "publisher", port: number) => {
+  const serve = (kind: "consumer" | "publisher", port: number, pem?: TlsPem) => {
     const handler = kind === "consumer" ? serveConsumer : servePublisher;
     return new LineServer({
       hostname: config.hostname,
       port,
+      tls: pem,
       maxLineBytes: config.maxLineBytes,
       writeBufferBytes: config.writeBufferBytes,
       idleTimeoutMs: config.idleTimeout,
@@ -117,6 +138,9 @@ export async function startBroker(
           id: conn.id,
           remote: conn.remote,
         });
+        // Tracked until its socket is closed, so that stop() leaves nothing behind.
+        sockets.add(conn);
+        conn.closed.then(() => sockets.delete(conn));
         const refused = admit(conn);
         if (refused) {
           log.warning("Refused {kind} connection from {remote}: {reason}", {
@@ -137,6 +161,13 @@ export async function startBroker(
           release(conn);
         }
       },
+      onHandshakeError(err, remote) {
+        log.warning("{kind} TLS handshake with {remote}: {error}", {
+          kind,
+          remote: remote ?? "(any peer)",
+          error: errorText(err),
+        });
+      },
       onError(err, conn) {
         log.error("{kind} connection {id} failed: {error}", {
           kind,
@@ -147,41 +178,52 @@ export async function startBroker(
       },
     });
   };
-  const consumers = serve("consumer", config.consumerPort);
-  const publishers = serve("publisher", config.publisherPort);
+  // TLS: on the main port itself when its --tls-*-port is -1, else on that port beside
+  // the plain one.
+  const onMain = (tlsPort: number) => tlsPort === -1 ? tls : undefined;
+  const beside = (kind: "consumer" | "publisher", tlsPort: number) =>
+    tls && tlsPort >= 0 ? serve(kind, tlsPort, tls) : undefined;
+  const consumers = serve("consumer", config.consumerPort, onMain(config.tlsConsumerPort));
+  const publishers = serve("publisher", config.publisherPort, onMain(config.tlsPublisherPort));
+  const tlsConsumers = beside("consumer", config.tlsConsumerPort);
+  const tlsPublishers = beside("publisher", config.tlsPublisherPort);
+  const ownTlsPorts = [tlsConsumers, tlsPublishers].filter((s) => s !== undefined);
+  const servers = [consumers, publishers, ...ownTlsPorts];
   try {
-    consumers.start();
-    publishers.start();
+    for (const s of servers) s.start();
   } catch (err) {
-    await consumers.close().catch(() => {});
+    await Promise.all(servers.map((s) => s.close().catch(() => {})));
     await broker.close();
-    clearInterval(sampler);
     dir.close();
     throw err;
   }
   log.info("ConsumerSupervisor is running...");
   log.info("PublisherSupervisor is running...");
-  log.info("Server publisher accepting connections on {hostname}:{port}", {
-    hostname: config.hostname,
-    port: publishers.port,
-  });
-  log.info("Server consumer accepting connections on {hostname}:{port}", {
-    hostname: config.hostname,
-    port: consumers.port,
-  });
+  const announce = (kind: string, server: LineServer | undefined, secure: boolean) => {
+    if (!server) return;
+    const what = secure ? "TLS connections" : "connections";
+    log.info(`Server {kind} accepting ${what} on {hostname}:{port}`, {
+      kind,
+      hostname: config.hostname,
+      port: server.port,
+    });
+  };
+  announce("publisher", publishers, onMain(config.tlsPublisherPort) !== undefined);
+  announce("consumer", consumers, onMain(config.tlsConsumerPort) !== undefined);
+  announce("publisher", tlsPublishers, true);
+  announce("consumer", tlsConsumers, true);
 
   let stopping: Promise<void> | null = null;
   const stop = async () => {
     log.info("Stopping: no new connections");
-    await Promise.all([consumers.close(), publishers.close()]);
+    await Promise.all(servers.map((s) => s.close()));
     // Read no new line, but answer every line already taken: a PUB stored during the
     // stop must get its PUBREC, or its publisher could never release it.
     for (const c of connections.keys()) c.stopReading();
     await settleWithin([...connections.values()], config.shutdownTimeout);
-    for (const c of connections.keys()) c.close("broker stopping");
-    await Promise.all([...connections.keys()].map((c) => c.closed));
+    for (const c of sockets) c.close("broker stopping");
+    await Promise.all([...sockets].map((c) => c.closed));
     await broker.close();
-    clearInterval(sampler);
     dir.close();
     log.info("Stopped; store closed");
   };
@@ -189,6 +231,8 @@ export async function startBroker(
     broker,
     consumerPort: consumers.port,
     publisherPort: publishers.port,
+    tlsConsumerPort: tls ? (tlsConsumers ?? consumers).port : undefined,
+    tlsPublisherPort: tls ? (tlsPublishers ?? publishers).port : undefined,
     connections,
     stop: () => stopping ??= stop(),
   };
@@ -200,4 +244,36 @@ async function settleWithin(promises: Promise<unknown>[], ms: number): Promise<v
   const timeout = new Promise<void>((r) => timer = setTimeout(r, ms));
   await Promise.race([Promise.allSettled(promises), timeout]);
   clearTimeout(timer);
+}
+
+/**
+ * The TLS certificate and key when TLS is on (both --tls-cert and --tls-key set), read
+ * once at start-up; undefined when it is off.
+ *
+ * @throws {ConfigError} if only one of the two is set, or a TLS port is set without them
+ * @throws {Error} naming the file that cannot be read or holds no PEM block
+ */
+async function loadTls(config: BrokerConfig): Promise<TlsPem | undefined> {
+  const option = (name: "tlsCert" | "tlsKey" | "tlsConsumerPort" | "tlsPublisherPort") =>
+    `--${flagOf(name)} (${envOf(name)})`;
+  if (config.tlsCert === "" && config.tlsKey === "") {
+    for (const name of ["tlsConsumerPort", "tlsPublisherPort"] as const) {
+      if (config[name] >= 0) {
+        throw new ConfigError(
+          `${option(name)} is set but TLS is off: set --tls-cert and --tls-key too`,
+          name,
+        );
+      }
+    }
+    return undefined;
+  }
+  if (config.tlsCert === "" || config.tlsKey === "") {
+    const missing = config.tlsCert === "" ? "tlsCert" : "tlsKey";
+    const set = missing === "tlsCert" ? "tlsKey" : "tlsCert";
+    throw new ConfigError(
+      `${option(set)} is set but ${option(missing)} is not: TLS needs both`,
+      missing,
+    );
+  }
+  return await readTlsFiles(config.tlsCert, config.tlsKey);
 }

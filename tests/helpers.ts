@@ -271,6 +271,8 @@ export async function startTestBroker(
     broker: running.broker,
     consumerPort: running.consumerPort,
     publisherPort: running.publisherPort,
+    tlsConsumerPort: running.tlsConsumerPort,
+    tlsPublisherPort: running.tlsPublisherPort,
     connections: running.connections,
     stop: running.stop,
     dataDir,

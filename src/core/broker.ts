@@ -40,8 +40,11 @@ export interface BrokerOptions {
   maxTopicMessages?: number;
   /** Durable subscriptions one consumer may hold. */
   maxSubscriptionsPerConsumer?: number;
-  /** Whether the store has passed its size limit; new PUBs are refused while it has. */
-  storeFull?: () => string | null;
+  /**
+   * Payload bytes the store may hold (topic logs and pending PUBs; 0 = no limit). Past
+   * it new PUBs are refused until retention frees space.
+   */
+  maxStoreBytes?: number;
 }
 
 /**
@@ -91,6 +94,8 @@ export class Broker {
   readonly authorizer: Authorizer;
   #releasing = new Map<number, Promise<ReleaseResult>>();
   #sessions = new Map<string, ConsumerSession>();
+  /** Payload bytes held in the store, kept up to date for the store size limit. */
+  #payloadBytes = 0;
   #retentionTimer: ReturnType<typeof setInterval> | undefined;
   #retentionRunning: Promise<void> | null = null;
   #closed = false;
@@ -111,6 +116,7 @@ export class Broker {
   static async start(store: BrokerStore, options: BrokerOptions): Promise<Broker> {
     const b = new Broker(store, options);
     for (const p of await store.loadPending()) b.#pending.set(p.id, p);
+    if (options.maxStoreBytes) b.#payloadBytes = await store.payloadBytes();
     await b.topic(DEAD_LETTER_TOPIC);
     const interval = options.retentionIntervalMs ?? 5_000;
     b.#retentionTimer = setInterval(() => b.#sweep(), interval);
@@ -180,8 +186,13 @@ export class Broker {
         `too many PUBs awaiting PUBREL on this connection (limit ${q.max}): release some first`,
       );
     }
-    const full = this.options.storeFull?.();
-    if (full) throw new BrokerError(full);
+    const maxBytes = this.options.maxStoreBytes ?? 0;
+    if (maxBytes > 0 && this.#payloadBytes + payload.byteLength > maxBytes) {
+      throw new BrokerError(
+        `the store is full (${this.#payloadBytes} payload bytes held, limit ${maxBytes}): ` +
+          "new messages are refused until subscribers catch up",
+      );
+    }
     const t = await this.topic(topic);
     const max = this.options.maxTopicMessages;
     if (max !== undefined && t.storedCount >= max) {
@@ -204,6 +215,7 @@ export class Broker {
       };
       await this.store.savePending(p);
       this.#pending.set(id, p);
+      this.#payloadBytes += payload.byteLength;
     } catch (err) {
       if (q) q.count--;
       throw err;
@@ -253,6 +265,7 @@ export class Broker {
       const payload = encoder.encode(JSON.stringify(deadLetterBody(d)));
       const [id, topic] = await Promise.all([this.#ids.next(), this.topic(DEAD_LETTER_TOPIC)]);
       await topic.append({ id, payload, format: "json" });
+      this.#payloadBytes += payload.byteLength;
     } catch (err) {
       log.error("Could not store a dead letter ({reason}): {error}", {
         reason: d.reason,
@@ -307,7 +320,7 @@ export class Broker {
         ? topic.nextSeq - this.options.deadLetterMax
         : topic.retentionFloor();
       if (floor > topic.trimmedTo) {
-        await this.store.trimLog(topic.topic, topic.trimmedTo, floor);
+        this.#payloadBytes -= await this.store.trimLog(topic.topic, topic.trimmedTo, floor);
         topic.trimmedTo = floor;
       }
     }

@@ -11,8 +11,9 @@ export const DEAD_LETTER_TOPIC = "deadLetterChan";
 export const MAX_TOPIC_BYTES = 256;
 
 const encoder = new TextEncoder();
+// C0, DEL and C1 control characters (MQTT 5.0 section 1.5.4 discourages all of them).
 // deno-lint-ignore no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f]/;
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 
 /**
  * Checks a topic name; returns null when it is valid, else what is wrong.
@@ -21,6 +22,9 @@ const CONTROL = /[\u0000-\u001f\u007f]/;
  */
 export function topicError(name: string, maxBytes = MAX_TOPIC_BYTES): string | null {
   if (name.length === 0) return "topic must not be empty";
+  // A lone surrogate has no UTF-8 form: the store would turn it into U+FFFD and two
+  // different names into one.
+  if (!name.isWellFormed()) return "topic must be valid Unicode (no lone surrogates)";
   if (encoder.encode(name).byteLength > maxBytes) {
     return `topic is longer than ${maxBytes} bytes`;
   }

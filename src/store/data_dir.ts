@@ -29,8 +29,6 @@ export interface DataDir {
   store: KvStore;
   /** Path of the KV file. */
   path: string;
-  /** Bytes the store takes on disk (the KV file and its write-ahead log). */
-  sizeBytes(): Promise<number>;
   /** Closes the store and releases the lock. */
   close(): void;
 }
@@ -73,13 +71,6 @@ export async function openDataDir(dir: string): Promise<DataDir> {
   return {
     store,
     path,
-    async sizeBytes() {
-      let total = 0;
-      for (const f of [path, `${path}-wal`]) {
-        total += await Deno.stat(f).then((st) => st.size, () => 0);
-      }
-      return total;
-    },
     close() {
       store.close();
       lockFile.close(); // closing the file releases the lock

@@ -33,7 +33,16 @@ Deno.exit(0);
 `,
   );
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-config", "--unstable-kv", "--allow-read", "--allow-write", script, dir],
+    args: [
+      "run",
+      "--config",
+      new URL("../../deno.json", import.meta.url).pathname,
+      "--unstable-kv",
+      "--allow-read",
+      "--allow-write",
+      script,
+      dir,
+    ],
     stdout: "piped",
     stderr: "piped",
   }).output();

@@ -162,7 +162,7 @@ export class KvStore implements BrokerStore {
   }
 
   async trimLog(topic: string, fromSeq: number, toSeq: number): Promise<number> {
-    let deleted = 0;
+    let bytes = 0;
     for (;;) {
       const keys: Mutation[] = [];
       for await (
@@ -170,11 +170,23 @@ export class KvStore implements BrokerStore {
           { start: ["log", topic, fromSeq], end: ["log", topic, toSeq] },
           { limit: 500, batchSize: 500 },
         )
-      ) keys.push({ type: "delete", key: e.key });
-      if (keys.length === 0) return deleted;
+      ) {
+        keys.push({ type: "delete", key: e.key });
+        bytes += payloadSize(e.value);
+      }
+      if (keys.length === 0) return bytes;
       await this.#gc.commit(keys);
-      deleted += keys.length;
     }
+  }
+
+  async payloadBytes(): Promise<number> {
+    let bytes = 0;
+    for (const prefix of [["log"], ["pending"]]) {
+      for await (const e of this.#kv.list({ prefix }, { batchSize: 1000 })) {
+        bytes += payloadSize(e.value);
+      }
+    }
+    return bytes;
   }
 
   savePending(p: PendingPublish): Promise<void> {
@@ -288,4 +300,9 @@ export class KvStore implements BrokerStore {
   close(): void {
     this.#kv.close();
   }
+}
+
+function payloadSize(value: unknown): number {
+  const p = (value as { payload?: unknown } | null)?.payload;
+  return p instanceof Uint8Array ? p.byteLength : 0;
 }

@@ -176,15 +176,20 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     assert.deepEqual((await store.loadTopicSubscriptions("t1")).map((s) => s.subscriber), ["bob"]);
   });
 
-  test("trimLog deletes exactly the range [fromSeq, toSeq)", async ({ store }) => {
+  test("trimLog deletes exactly the range [fromSeq, toSeq) and returns its payload bytes", async ({ store }) => {
+    // Payloads are `m${seq}`: the bytes of a range are the lengths of those texts.
+    const bytes = (from: number, to: number) =>
+      range(from, to).reduce((n, seq) => n + `m${seq}`.length, 0);
     await appendAll(store, "t", range(1, 1201));
     await appendAll(store, "other", range(1, 11));
-    assert.equal(await store.trimLog("t", 100, 1100), 1000);
+    assert.equal(await store.payloadBytes(), bytes(1, 1201) + bytes(1, 11));
+    assert.equal(await store.trimLog("t", 100, 1100), bytes(100, 1100));
     const rest = seqsOf(await store.readLog("t", 1, 2000));
     assert.deepEqual(rest, [...range(1, 100), ...range(1100, 1201)]);
     assert.equal((await store.readLog("other", 1, 100)).length, 10);
     assert.equal(await store.trimLog("t", 100, 1100), 0);
-    assert.equal(await store.trimLog("t", 1, 3), 2);
+    assert.equal(await store.trimLog("t", 1, 3), bytes(1, 3));
+    assert.equal(await store.payloadBytes(), bytes(3, 100) + bytes(1100, 1201) + bytes(1, 11));
     assert.deepEqual(seqsOf(await store.readLog("t", 1, 3)), [3, 4, 5]);
   });
 

@@ -77,8 +77,13 @@ export interface BrokerStore {
   ensureTopic(record: TopicRecord): Promise<void>;
   /** Up to `limit` messages of a topic with `seq >= fromSeq`, in order. */
   readLog(topic: string, fromSeq: number, limit: number): Promise<StoredMessage[]>;
-  /** Deletes the log entries of a topic with `fromSeq <= seq < toSeq`, in batches. */
+  /**
+   * Deletes the log entries of a topic with `fromSeq <= seq < toSeq`, in batches;
+   * returns the payload bytes deleted.
+   */
   trimLog(topic: string, fromSeq: number, toSeq: number): Promise<number>;
+  /** Payload bytes of every message held: topic logs and pending PUBs. */
+  payloadBytes(): Promise<number>;
 
   /** Stores a PUB awaiting its PUBREL. */
   savePending(pending: PendingPublish): Promise<void>;

@@ -12,13 +12,13 @@
 import { BrokerError } from "../../core/broker.ts";
 import type { ConsumerSession } from "../../core/consumer_session.ts";
 import type { DeliverySink } from "../../core/delivery.ts";
-import { usernameError } from "../../core/names.ts";
 import { getLogger } from "../../log.ts";
 import type { StoredMessage } from "../../store/store.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection } from "../../transport/tcp.ts";
 import { ackLine, type ConsumerCommand, decodeConsumer, pubLine } from "./commands.ts";
 import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
+import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
 import { bodyJson } from "./payload.ts";
 
 const log = getLogger("consumer");
@@ -26,8 +26,6 @@ const log = getLogger("consumer");
 /** Session failures tolerated within {@link FAILURE_WINDOW_MS} before disconnecting. */
 const MAX_FAILURES = 5;
 const FAILURE_WINDOW_MS = 10_000;
-
-const LOGIN = /^log(?:\s+(.*))?$/;
 
 /** Puts deliveries on the wire as the seed's JSON lines. */
 class JsonlSink implements DeliverySink {
@@ -46,9 +44,9 @@ class JsonlSink implements DeliverySink {
 /** Serves one consumer connection until it closes. */
 export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Promise<void> {
   let session: ConsumerSession | null = null;
-  let attempts = 0;
+  const gate = new LoginGate(conn, ctx);
   const failures: number[] = [];
-  conn.send("Please login!");
+  conn.send(PLEASE_LOGIN);
   try {
     for await (const ev of conn.lines()) {
       if (ev.kind === "too-long") {
@@ -64,15 +62,16 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
       if (line === "") continue; // telnet users press enter; an empty line is no command
 
       if (!session) {
-        const name = LOGIN.exec(line)?.[1]?.trim();
-        const bad = name === undefined ? null : usernameError(name);
-        if (name !== undefined && !bad) {
+        const step = await gate.offer(line);
+        if (step.kind === "close") break;
+        if (step.kind === "in") {
+          const name = step.user;
           session = ctx.broker.openSession(name, new JsonlSink(conn));
           if (!session) {
             conn.send(`ERROR: user ${name} is already logged in on another connection`);
             break;
           }
-          conn.send("Successfully logged in!");
+          conn.send(LOGGED_IN);
           log.info("Consumer {user} logged in from {remote}", { user: name, remote: conn.remote });
           try {
             await session.resume();
@@ -83,13 +82,7 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
             });
             conn.send("ERROR: internal error while resuming your subscriptions; SUB to retry");
           }
-          continue;
         }
-        if (++attempts >= ctx.loginAttempts) {
-          conn.send(`ERROR: no login after ${attempts} attempts, closing connection`);
-          break;
-        }
-        conn.send(bad ? `ERROR: ${bad}` : "Please login!");
         continue;
       }
 
@@ -132,6 +125,7 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
       }
     }
   } finally {
+    gate.dispose();
     session?.close();
     conn.close();
     if (session) log.info("Consumer {user} disconnected", { user: session.subscriber });

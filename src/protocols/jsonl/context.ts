@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { Authenticator } from "../../auth/authenticator.ts";
 import type { Broker } from "../../core/broker.ts";
 import type { DeadLetterReason } from "../../core/dead_letters.ts";
 import type { LineConnection } from "../../transport/tcp.ts";
@@ -17,8 +18,15 @@ export interface JsonlHooks {
 /** Settings and collaborators of the JSON-line front ends. */
 export interface JsonlContext {
   broker: Broker;
-  /** Failed logins (or lines before a login) before a consumer is disconnected. */
+  /** Failed logins (or lines before a login) before a connection is disconnected. */
   loginAttempts: number;
+  /**
+   * Ms a connection may take to log in before it is closed (0 or absent = no limit):
+   * on the consumer port always, on the publisher port when `auth` is set.
+   */
+  loginTimeout?: number;
+  /** Password checks; when set, both ports require `log USER PASSWORD`. */
+  auth?: Authenticator;
   /** Largest message body in UTF-8 bytes. */
   maxMessageBytes: number;
   /** PUBs awaiting PUBREL per publisher connection. */

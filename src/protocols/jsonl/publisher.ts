@@ -15,6 +15,7 @@ import { errorText } from "../../supervisor.ts";
 import type { LineConnection } from "../../transport/tcp.ts";
 import { ackLine, decodePublisher, type PublisherCommand } from "./commands.ts";
 import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
+import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
 import { encodeBody } from "./payload.ts";
 
 const log = getLogger("publisher");
@@ -22,13 +23,21 @@ const log = getLogger("publisher");
 /** Lines in progress per connection before reading pauses. */
 const MAX_OUTSTANDING = 1024;
 
-/** Serves one publisher connection until it closes. */
+/**
+ * Serves one publisher connection until it closes. With authentication on, the
+ * connection is greeted with "Please login!" and must log in (`log USER PASSWORD`)
+ * before anything else; every other line before that is answered "Please login!" and
+ * counted as a failed attempt, as on the consumer port. Without it, no login exists.
+ */
 export async function servePublisher(conn: LineConnection, ctx: JsonlContext): Promise<void> {
   const source: PublishSource = {
     origin: `publisher ${conn.remote}`,
     user: null,
     quota: { count: 0, max: ctx.maxPendingPerConnection },
   };
+  // Only with authentication: without it, the port behaves as the seed's (no login).
+  const gate = ctx.auth ? new LoginGate(conn, ctx) : null;
+  if (gate) conn.send(PLEASE_LOGIN);
   // Replies in line order: each line appends its reply to this chain.
   let tail: Promise<void> = Promise.resolve();
   let outstanding = 0;
@@ -54,15 +63,29 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
       }
       if (ev.kind === "invalid-utf8") {
         enqueue(Promise.resolve(INVALID_UTF8.reply));
-        deadLetterInput(ctx, conn, "publisher", undefined, INVALID_UTF8, undefined);
+        deadLetterInput(ctx, conn, "publisher", source.user ?? undefined, INVALID_UTF8, undefined);
         continue;
       }
       const line = ev.text.trim();
       if (line === "") continue;
+      if (gate && source.user === null) {
+        // Nothing is outstanding before a login, so replies can go out directly.
+        const step = await gate.offer(line);
+        if (step.kind === "close") break;
+        if (step.kind === "in") {
+          source.user = step.user;
+          conn.send(LOGGED_IN);
+          log.info("Publisher {user} logged in from {remote}", {
+            user: step.user,
+            remote: conn.remote,
+          });
+        }
+        continue;
+      }
       const decoded = decodePublisher(line, ctx.maxJsonDepth);
       if (!decoded.ok) {
         enqueue(Promise.resolve(decoded.reply));
-        deadLetterInput(ctx, conn, "publisher", undefined, decoded, line);
+        deadLetterInput(ctx, conn, "publisher", source.user ?? undefined, decoded, line);
         continue;
       }
       enqueue(handle(decoded.command, ctx, source, conn));
@@ -72,6 +95,7 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
     }
     await tail;
   } finally {
+    gate?.dispose();
     conn.close();
   }
 }
