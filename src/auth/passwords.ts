@@ -177,6 +177,14 @@ export class PasswordFile {
   }
 
   /**
+   * PBKDF2 iterations spent on a login of an unknown user: those of the file's
+   * strongest entry, so that timing does not tell unknown users from known ones.
+   */
+  get decoyIterations(): number {
+    return this.#decoy.iterations;
+  }
+
+  /**
    * Reads and checks the password file at `path`.
    *
    * @example
