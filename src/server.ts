@@ -15,6 +15,7 @@ import { serveConsumer } from "./protocols/jsonl/consumer.ts";
 import { servePublisher } from "./protocols/jsonl/publisher.ts";
 import { type DataDir, openDataDir } from "./store/data_dir.ts";
 import { errorText, type RestartPolicy } from "./supervisor.ts";
+import { ConnectionLimits } from "./transport/connection_limits.ts";
 import { type LineConnection, LineServer, type TlsPem } from "./transport/tcp.ts";
 import { readTlsFiles } from "./transport/tls.ts";
 
@@ -101,28 +102,7 @@ export async function startBroker(
   const connections = new Map<LineConnection, Promise<void>>();
   // Every accepted socket until it is closed (a handler may end before its socket).
   const sockets = new Set<LineConnection>();
-  // Connection limits, in all and per remote address: each connection holds buffers,
-  // so their number is what bounds the memory a crowd of clients can take.
-  const perAddress = new Map<string, number>();
-  const addressOf = (c: LineConnection) => c.remote.slice(0, c.remote.lastIndexOf(":"));
-  const admit = (c: LineConnection): string | null => {
-    if (connections.size >= config.maxConnections) {
-      return `too many connections (limit ${config.maxConnections})`;
-    }
-    const a = addressOf(c);
-    const n = perAddress.get(a) ?? 0;
-    if (n >= config.maxConnectionsPerAddress) {
-      return `too many connections from ${a} (limit ${config.maxConnectionsPerAddress})`;
-    }
-    perAddress.set(a, n + 1);
-    return null;
-  };
-  const release = (c: LineConnection) => {
-    const a = addressOf(c);
-    const n = (perAddress.get(a) ?? 1) - 1;
-    if (n > 0) perAddress.set(a, n);
-    else perAddress.delete(a);
-  };
+  const limits = new ConnectionLimits(config.maxConnections, config.maxConnectionsPerAddress);
   const serve = (kind: "consumer" | "publisher", port: number, pem?: TlsPem) => {
     const handler = kind === "consumer" ? serveConsumer : servePublisher;
     return new LineServer({
@@ -141,7 +121,7 @@ export async function startBroker(
         // Tracked until its socket is closed, so that stop() leaves nothing behind.
         sockets.add(conn);
         conn.closed.then(() => sockets.delete(conn));
-        const refused = admit(conn);
+        const refused = limits.admit(conn.address);
         if (refused) {
           log.warning("Refused {kind} connection from {remote}: {reason}", {
             kind,
@@ -158,7 +138,7 @@ export async function startBroker(
           await handling;
         } finally {
           connections.delete(conn);
-          release(conn);
+          limits.release(conn.address);
         }
       },
       onHandshakeError(err, remote) {

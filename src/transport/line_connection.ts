@@ -65,6 +65,8 @@ export class LineConnection {
   readonly id: number;
   /** The peer's address as "host:port" ("[::1]:port" for IPv6). */
   readonly remote: string;
+  /** The peer's host alone ("127.0.0.1", "[::1]"): what per-address limits count. */
+  readonly address: string;
   /** True for a TLS connection. */
   readonly tls: boolean;
   /** Resolves once the socket is closed and no read, write or timer of it is pending. */
@@ -107,6 +109,7 @@ export class LineConnection {
       closeFlushTimeoutMs: options.closeFlushTimeoutMs ?? DEFAULT_CLOSE_FLUSH_TIMEOUT_MS,
     };
     this.remote = addressText(conn.remoteAddr);
+    this.address = this.remote.slice(0, this.remote.lastIndexOf(":"));
     const { promise, resolve } = Promise.withResolvers<void>();
     this.closed = promise;
     this.#resolveClosed = resolve;

@@ -28,11 +28,6 @@ export const WRONG_CREDENTIALS = "ERROR: wrong username or password";
 /** The answer to `log USER` when a password is required. */
 export const PASSWORD_REQUIRED = "ERROR: password required: log USER PASSWORD";
 
-/** The address part of a "host:port" remote ("[::1]:5000" → "[::1]"). */
-export function addressOf(remote: string): string {
-  return remote.slice(0, remote.lastIndexOf(":"));
-}
-
 /** What to do after a line offered to {@link LoginGate.offer}. */
 export type LoginStep =
   /** `user` is logged in; the caller sends {@link LOGGED_IN} once its session is ready. */
@@ -82,7 +77,7 @@ export class LoginGate {
       return this.#fail(bad ? `ERROR: ${bad}` : PLEASE_LOGIN);
     }
     if (rest === undefined || rest === "") return this.#fail(PLEASE_LOGIN);
-    const address = addressOf(this.#conn.remote);
+    const address = this.#conn.address;
     if (auth.isThrottled(address)) return this.#throttled(address);
     const space = rest.search(/\s/);
     const user = space < 0 ? rest : rest.slice(0, space);
