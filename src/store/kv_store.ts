@@ -14,6 +14,7 @@
  * | ["released", id]                 | ReleasedRecord       | PUBREL (expires after a week)   |
  * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP            |
  * | ["subscriber", subscriber, topic]| number (created at)  | SUB; deleted at UNSUB           |
+ * | ["quarantine", ...key]           | the damaged value    | a read found the wrong shape    |
  *
  * Every write goes through the {@link GroupCommitter}, so it is fenced by the owner key
  * and batched with whatever else is being written at the same moment.
