@@ -58,7 +58,8 @@ export const brokerConfigSchema = z.object({
   writeBufferBytes: integer(1024, 1_073_741_824, 1_048_576),
   shutdownTimeout: integer(0, 600_000, 5000),
   // --- limits (each bounds what one client can make the broker hold) ---
-  maxTopicBytes: integer(1, 4096, 256),
+  // Deno KV keys stop at 2,048 bytes, and a topic name is part of several keys.
+  maxTopicBytes: integer(1, 1024, 256),
   maxConnections: integer(1, 1_000_000, 10_000),
   maxConnectionsPerAddress: integer(1, 1_000_000, 1_000),
   loginTimeout: integer(0, MAX_TIMER_MS, 30_000),
@@ -121,7 +122,7 @@ const HELP: Record<SettingName, SettingHelp> = {
     "bytes queued to a slow client before it is dropped",
   ],
   shutdownTimeout: ["ms", range(0, 600_000), "time given to connections to finish on shutdown"],
-  maxTopicBytes: ["bytes", range(1, 4096), "longest topic name in UTF-8 bytes"],
+  maxTopicBytes: ["bytes", range(1, 1024), "longest topic name in UTF-8 bytes"],
   maxConnections: ["n", range(1, 1_000_000), "open connections in all; more are refused"],
   maxConnectionsPerAddress: ["n", range(1, 1_000_000), "open connections from one address"],
   loginTimeout: [
