@@ -23,6 +23,7 @@ import {
   waitFor,
 } from "./helpers.ts";
 import { resetLogging, setupLogging } from "../src/log.ts";
+import { prng } from "./prng.ts";
 
 const FUZZ_MS = 4000;
 const MAX_CONNECTIONS = 1500;
@@ -36,18 +37,6 @@ const encoder = new TextEncoder();
 
 /** What the fuzz connections did, for the summary line. */
 const stats = { sent: 0, received: 0, closedByBroker: 0 };
-
-/** mulberry32: small, fast, and the same sequence for the same seed everywhere. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Random choices drawn from one seeded PRNG. */
 class Rng {

@@ -13,6 +13,7 @@ import {
   decodePublisher,
   type PublisherCommand,
 } from "./commands.ts";
+import { prng } from "../../../tests/prng.ts";
 
 const CONSUMER_TYPES = ["SUB", "UNSUB", "PUBREC", "PUBCOMP"] as const;
 const PUBLISHER_TYPES = ["PUB", "PUBREL"] as const;
@@ -60,18 +61,6 @@ const { node } = fc.letrec<{ node: Node }>((tie) => ({
 
 /** Whitespace JSON allows between tokens. */
 const WHITESPACE = ["", "", "", " ", "  ", "\t", "\r\n", "\n"];
-
-/** A tiny seeded PRNG (mulberry32), so formatting choices come from the property's seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Formats JSON text with random whitespace and some keys spelled with \u escapes. */
 class Formatter {
