@@ -110,6 +110,21 @@ export class LineClient {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // Half-close first and give the server a moment to close its side: closing a socket
+    // under a pending stream read leaves Deno's stream pull with a rejected read.
+    if (!this.#eof) {
+      try {
+        await this.#conn.closeWrite();
+        const drain = (async () => {
+          while ((await this.next(1000).catch(() => null)) !== null) { /* discard */ }
+        })();
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([drain, new Promise((r) => timer = setTimeout(r, 1000))]);
+        clearTimeout(timer);
+      } catch {
+        // the peer is gone already
+      }
+    }
     try {
       this.#conn.close();
     } catch {
