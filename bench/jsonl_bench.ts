@@ -1,10 +1,13 @@
 /**
- * JSON-line throughput: N publishers → N consumers on their own topics, full QoS 2
- * handshakes both ways, against a broker in this process on a temporary KV file.
+ * The group-commit probe: JSON-line throughput of N publishers → N consumers on their own
+ * topics, full QoS 2 handshakes both ways, against a broker in THIS process on a
+ * temporary KV file, so that it can read the store's commit statistics. The benchmark
+ * suite proper (`deno task bench`, bench/bench.ts) runs the broker as a child process.
  * Prints messages per second and how many operations each KV atomic carried (the group
  * commit factor). Bounded: a fixed number of messages, and a deadline.
  *
- *   deno task bench [--pairs 10] [--messages 2000]
+ *   deno run --unstable-kv --allow-net --allow-read --allow-write bench/jsonl_bench.ts \
+ *     [--pairs 10] [--messages 2000]
  *
  * @module
  */
