@@ -131,11 +131,6 @@ export class Broker {
     return this.#pending.size;
   }
 
-  /** Names of topics whose actors run. */
-  get topicNames(): string[] {
-    return [...this.#started.keys()];
-  }
-
   /** The topic actor for `name`, started (and its topic created) on first use. */
   topic(name: string): Promise<Topic> {
     let t = this.#topics.get(name);

@@ -36,11 +36,6 @@ export class ConsumerSession {
     this.#onClose = onClose;
   }
 
-  /** Topics with a live delivery in this session. */
-  get activeTopics(): string[] {
-    return [...this.#deliveries.keys()];
-  }
-
   /** Starts a delivery for every stored subscription; returns their topics. */
   async resume(): Promise<string[]> {
     const store = this.#broker.store;

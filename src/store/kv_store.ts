@@ -258,11 +258,6 @@ export class KvStore implements BrokerStore {
     return this.#gc.drain();
   }
 
-  /** Keys quarantined since start. */
-  get quarantined(): number {
-    return this.#quarantined.size;
-  }
-
   /**
    * The entry's value if it has the expected shape. Otherwise the value is reported
    * with its key and moved under ["quarantine", ...key] (kept for the operator, out of
