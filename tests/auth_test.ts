@@ -8,7 +8,15 @@ import { join } from "node:path";
 import { setPassword } from "../src/auth/passwords.ts";
 import type { BrokerConfig } from "../src/config.ts";
 import type { Authorizer } from "../src/core/authorizer.ts";
-import { json, LineClient, publish, receive, startTestBroker, type TestBroker } from "./helpers.ts";
+import {
+  json,
+  LineClient,
+  publish,
+  receive,
+  RUN_MAIN,
+  startTestBroker,
+  type TestBroker,
+} from "./helpers.ts";
 
 /** Test hashes use few iterations (the API takes it explicitly); production uses 210,000. */
 const FAST = { iterations: 1000 };
@@ -212,16 +220,9 @@ Deno.test("a missing or malformed password file stops start-up with a message na
 
 /** Runs `main.ts passwd ARGS` with the start task's permissions and `input` on stdin. */
 async function passwd(args: string[], input: string) {
-  const main = join(import.meta.dirname ?? ".", "..", "main.ts");
   const child = new Deno.Command(Deno.execPath(), {
     args: [
-      "run",
-      "--unstable-kv",
-      "--allow-net",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env=BROKER_*",
-      main,
+      ...RUN_MAIN,
       "passwd",
       ...args,
     ],

@@ -299,6 +299,17 @@ export async function startTestBroker(
   });
 }
 
+/** `deno run` of main.ts with the permissions of the `start` task, for child processes. */
+export const RUN_MAIN: readonly string[] = [
+  "run",
+  "--unstable-kv",
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env=BROKER_*",
+  join(import.meta.dirname ?? ".", "..", "main.ts"),
+];
+
 /** A broker in a child process (`deno run main.ts`), for kill and signal tests. */
 export class ChildBroker {
   readonly process: Deno.ChildProcess;
@@ -322,16 +333,9 @@ export class ChildBroker {
    * listen, reading their ports from the startup log.
    */
   static async start(dataDir: string, args: string[] = []): Promise<ChildBroker> {
-    const main = join(import.meta.dirname ?? ".", "..", "main.ts");
     const process = new Deno.Command(Deno.execPath(), {
       args: [
-        "run",
-        "--unstable-kv",
-        "--allow-net",
-        "--allow-read",
-        "--allow-write",
-        "--allow-env=BROKER_*",
-        main,
+        ...RUN_MAIN,
         "--hostname",
         "127.0.0.1",
         "--consumer-port",

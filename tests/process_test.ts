@@ -10,19 +10,10 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { LineClient, loginConsumer, publish, receive } from "./helpers.ts";
+import { LineClient, loginConsumer, publish, receive, RUN_MAIN } from "./helpers.ts";
 
 const ROOT = join(import.meta.dirname ?? ".", "..");
-const MAIN = join(ROOT, "main.ts");
-const RUN = [
-  "run",
-  "--unstable-kv",
-  "--allow-net",
-  "--allow-read",
-  "--allow-write",
-  "--allow-env=BROKER_*",
-  MAIN,
-];
+const RUN = RUN_MAIN;
 /** Bound on a child's start-up or exit. */
 const PROCESS_TIMEOUT_MS = 15_000;
 const LISTENING = /Server (consumer|publisher) accepting connections on (.+):(\d+)$/;
