@@ -17,9 +17,6 @@
 import type { BrokerStore, StoredMessage, SubscriptionRecord } from "../store/store.ts";
 import type { Topic, Wakeable } from "./topic.ts";
 
-/** Messages read from the store at once when a subscriber is behind the topic's memory. */
-const READ_AHEAD = 64;
-
 /** The protocol side of a delivery: how to put a message or a release on the wire. */
 export interface DeliverySink {
   /** Sends `message`; `attempt` counts sends of it from 1. */
@@ -68,8 +65,6 @@ export class Delivery implements Wakeable {
   #retry: RetryOptions;
   #onExhausted: (d: Delivery, what: Exhausted) => void;
   #inflight: InFlight | null = null;
-  /** Messages read ahead from the store for a subscriber behind the topic's memory. */
-  #ahead: StoredMessage[] = [];
   #reading = false;
   #wakeAgain = false;
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -120,26 +115,15 @@ export class Delivery implements Wakeable {
       this.#wakeAgain = true;
       return;
     }
-    const position = this.#record.position;
-    // A subscriber far behind reads the log a page at a time, not a message at a time.
-    while (this.#ahead.length > 0 && (this.#ahead[0] as StoredMessage).seq < position) {
-      this.#ahead.shift();
-    }
-    const ahead = this.#ahead.shift();
-    if (ahead) {
-      this.#begin(ahead);
-      return;
-    }
-    const hit = this.topic.cached(position);
-    if (hit !== undefined) {
-      this.#begin(hit);
+    const next = this.topic.read(this.#record.position);
+    if (next === null || !(next instanceof Promise)) {
+      this.#begin(next);
       return;
     }
     this.#reading = true;
-    this.topic.readPage(position, READ_AHEAD).then((page) => {
+    next.then((m) => {
       this.#reading = false;
-      this.#ahead = page;
-      this.#begin(this.#ahead.shift() ?? null);
+      this.#begin(m);
     }, () => {
       // A failed read is retried on the next wake or by the retry timer below.
       this.#reading = false;

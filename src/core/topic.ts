@@ -204,32 +204,19 @@ export class Topic implements Restartable {
 
   /** The first committed message with `seq >= fromSeq`, or null if there is none yet. */
   read(fromSeq: number): StoredMessage | null | Promise<StoredMessage | null> {
-    const hit = this.cached(fromSeq);
-    if (hit !== undefined) return hit;
-    return this.readPage(fromSeq, 1).then((ms) => ms[0] ?? null);
-  }
-
-  /**
-   * From memory: the first committed message with `seq >= fromSeq`, null if there is
-   * none yet, or undefined when `fromSeq` is older than what memory holds.
-   */
-  cached(fromSeq: number): StoredMessage | null | undefined {
-    if (fromSeq < this.#cacheFrom) return undefined;
-    if (fromSeq >= this.#nextSeq || this.#cache.length === 0) return null;
-    // Binary search: the cache is sorted by seq but may have gaps.
-    let lo = 0;
-    let hi = this.#cache.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if ((this.#cache[mid] as StoredMessage).seq < fromSeq) lo = mid + 1;
-      else hi = mid;
+    if (fromSeq >= this.#cacheFrom) {
+      if (fromSeq >= this.#nextSeq || this.#cache.length === 0) return null;
+      // Binary search: the cache is sorted by seq but may have gaps.
+      let lo = 0;
+      let hi = this.#cache.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >>> 1;
+        if ((this.#cache[mid] as StoredMessage).seq < fromSeq) lo = mid + 1;
+        else hi = mid;
+      }
+      return this.#cache[lo] ?? null;
     }
-    return this.#cache[lo] ?? null;
-  }
-
-  /** Up to `limit` committed messages with `seq >= fromSeq`, in order, from the store. */
-  readPage(fromSeq: number, limit: number): Promise<StoredMessage[]> {
-    return this.#store.readLog(this.topic, fromSeq, limit);
+    return this.#store.readLog(this.topic, fromSeq, 1).then((ms) => ms[0] ?? null);
   }
 
   /** Registers a live subscriber to wake on new messages. */
