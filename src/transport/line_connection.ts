@@ -5,10 +5,7 @@
  * @module
  */
 
-import { type ConnectionOptions, SocketConnection } from "./connection.ts";
 import { LineSplitStream, LineTooLongError } from "./lines.ts";
-
-export { addressText, errorText } from "./connection.ts";
 
 /** One item of {@link LineConnection.lines}. */
 export type LineEvent =
@@ -20,10 +17,28 @@ export type LineEvent =
   | { kind: "too-long"; limit: number };
 
 /** Limits of one connection; {@link LineServer} passes its options on. */
-export interface LineConnectionOptions extends ConnectionOptions {
+export interface LineConnectionOptions {
   /** Longest input line in bytes; bounds what a peer can make us buffer. */
   maxLineBytes: number;
+  /**
+   * Most output bytes queued but not yet written before the connection is
+   * closed, so a peer that stops reading cannot make us grow without bound.
+   */
+  writeBufferBytes: number;
+  /** Close after this long without an input line; 0 turns it off. Frees dead peers' slots. */
+  idleTimeoutMs: number;
+  /**
+   * How long {@link LineConnection.close} waits for queued output to be
+   * written before it closes the socket anyway (a peer may never read).
+   * Default 1000.
+   */
+  closeFlushTimeoutMs?: number;
 }
+
+const READ_BUFFER_BYTES = 64 * 1024;
+const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
+
+let nextConnectionId = 1;
 
 /**
  * One TCP or TLS connection seen as lines in ({@link lines}) and lines out
@@ -45,10 +60,37 @@ export interface LineConnectionOptions extends ConnectionOptions {
  * await conn.closed;
  * ```
  */
-export class LineConnection extends SocketConnection {
-  readonly #maxLineBytes: number;
+export class LineConnection {
+  /** Unique within this process; for logs and connection tables. */
+  readonly id: number;
+  /** The peer's address as "host:port" ("[::1]:port" for IPv6). */
+  readonly remote: string;
+  /** The peer's host alone ("127.0.0.1", "[::1]"): what per-address limits count. */
+  readonly address: string;
+  /** True for a TLS connection. */
+  readonly tls: boolean;
+  /** Resolves once the socket is closed and no read, write or timer of it is pending. */
+  readonly closed: Promise<void>;
+
+  readonly #conn: Deno.TcpConn | Deno.TlsConn;
+  readonly #opts: Required<LineConnectionOptions>;
   readonly #encoder = new TextEncoder();
+  readonly #resolveClosed: () => void;
+
   #linesCalled = false;
+  #inputStopped = false;
+  readonly #stopInput = Promise.withResolvers<ReadableStreamReadResult<Uint8Array>>();
+  #read: Promise<number | null> | undefined;
+  #lastInput = performance.now();
+  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+
+  #queue: Uint8Array[] = [];
+  /** Bytes queued plus bytes being written: the memory a slow peer holds. */
+  #unwrittenBytes = 0;
+  #writing: Promise<void> | undefined;
+
+  #closing = false;
+  #closeReason: string | undefined;
 
   /**
    * Wraps an accepted socket and starts its idle timer; {@link LineServer} calls this.
@@ -57,8 +99,31 @@ export class LineConnection extends SocketConnection {
    * @param options the connection's limits
    */
   constructor(conn: Deno.TcpConn | Deno.TlsConn, options: LineConnectionOptions) {
-    super(conn, options);
-    this.#maxLineBytes = options.maxLineBytes;
+    this.id = nextConnectionId++;
+    this.#conn = conn;
+    this.tls = "handshake" in conn;
+    this.#opts = {
+      maxLineBytes: options.maxLineBytes,
+      writeBufferBytes: options.writeBufferBytes,
+      idleTimeoutMs: options.idleTimeoutMs,
+      closeFlushTimeoutMs: options.closeFlushTimeoutMs ?? DEFAULT_CLOSE_FLUSH_TIMEOUT_MS,
+    };
+    this.remote = addressText(conn.remoteAddr);
+    this.address = this.remote.slice(0, this.remote.lastIndexOf(":"));
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.closed = promise;
+    this.#resolveClosed = resolve;
+    if (this.#opts.idleTimeoutMs > 0) this.#armIdleTimer(this.#opts.idleTimeoutMs);
+  }
+
+  /** True once {@link close} has begun (or the connection failed); sends are then ignored. */
+  get isClosed(): boolean {
+    return this.#closing;
+  }
+
+  /** Why the connection was closed, once it is: the `close` reason or what failed. */
+  get closeReason(): string | undefined {
+    return this.#closeReason;
   }
 
   /**
@@ -77,22 +142,22 @@ export class LineConnection extends SocketConnection {
 
   async *#readLines(): AsyncGenerator<LineEvent> {
     const reader = this.#source()
-      .pipeThrough(new LineSplitStream({ maxLineBytes: this.#maxLineBytes }))
+      .pipeThrough(new LineSplitStream({ maxLineBytes: this.#opts.maxLineBytes }))
       .getReader();
     // fatal: a bad line must be reported, not silently turned into U+FFFD.
     const decoder = new TextDecoder("utf-8", { fatal: true });
     try {
       for (;;) {
-        if (this.inputStopped) return;
+        if (this.#inputStopped) return;
         let result: ReadableStreamReadResult<Uint8Array>;
         try {
-          result = await reader.read();
+          result = await Promise.race([reader.read(), this.#stopInput.promise]);
         } catch (err) {
           if (err instanceof LineTooLongError) yield { kind: "too-long", limit: err.limit };
           return; // a read error (reset, closed by us) just ends the input
         }
-        if (result.done || this.inputStopped) return;
-        this.noteInput();
+        if (result.done) return;
+        this.#lastInput = performance.now();
         let text: string;
         try {
           text = decoder.decode(result.value);
@@ -108,19 +173,38 @@ export class LineConnection extends SocketConnection {
     }
   }
 
-  /** The socket's input as a stream; the line splitter keeps views of its chunks. */
+  /**
+   * Ends {@link lines} (after the line being handled) while keeping the socket open for
+   * output: a graceful stop reads nothing new but still answers what it accepted.
+   */
+  stopReading(): void {
+    this.#inputStopped = true;
+    this.#stopInput.resolve({ done: true, value: undefined });
+  }
+
+  /**
+   * The socket's input as a stream. Not `conn.readable`: that closes the
+   * whole socket on EOF or cancel (so no error reply could follow), and it
+   * hides its pending read, which `closed` must wait for.
+   */
   #source(): ReadableStream<Uint8Array> {
+    const buffer = new Uint8Array(READ_BUFFER_BYTES);
     return new ReadableStream<Uint8Array>({
       pull: async (controller) => {
-        let chunk: Uint8Array | null;
+        let n: number | null;
         try {
-          chunk = await this.readChunk();
+          if (this.#closing) throw new Error("connection closed");
+          this.#read = this.#conn.read(buffer);
+          n = await this.#read;
         } catch (err) {
           controller.error(err);
           return;
+        } finally {
+          this.#read = undefined;
         }
-        if (chunk === null) controller.close();
-        else controller.enqueue(chunk);
+        // Copy: the buffer is reused by the next read, the line splitter keeps views.
+        if (n === null) controller.close();
+        else controller.enqueue(buffer.slice(0, n));
       },
     }, { highWaterMark: 0 });
   }
@@ -131,13 +215,159 @@ export class LineConnection extends SocketConnection {
    * written passes `writeBufferBytes` (unless this line alone is all of it).
    */
   send(line: string): void {
-    if (this.isClosed) return;
-    this.sendBytes(this.#encoder.encode(`${line}\r\n`));
+    if (this.#closing) return;
+    const bytes = this.#encoder.encode(`${line}\r\n`);
+    this.#queue.push(bytes);
+    this.#unwrittenBytes += bytes.length;
+    // The bound is on backlog: one line bigger than the buffer may still go out when
+    // nothing else is waiting (a message may be larger than the buffer setting).
+    if (
+      this.#unwrittenBytes > this.#opts.writeBufferBytes && this.#unwrittenBytes > bytes.length
+    ) {
+      this.#shutdown(`peer too slow: over ${this.#opts.writeBufferBytes} bytes of output queued`, {
+        flush: false,
+      });
+      return;
+    }
+    this.#writing ??= this.#writeLoop();
   }
 
-  /** Tells the peer why, then closes. */
-  protected override onIdle(limitMs: number): void {
-    this.send(`ERROR: idle for more than ${limitMs} ms, closing`);
-    this.close(`idle for more than ${limitMs} ms`);
+  /**
+   * Closes the connection: stops reading, writes what is queued (waiting at
+   * most `closeFlushTimeoutMs`), then closes the socket. Idempotent; await
+   * {@link closed} to know when it is done.
+   *
+   * @param reason kept in {@link closeReason} for logs
+   */
+  close(reason = "closed"): void {
+    this.#shutdown(reason, { flush: true });
   }
+
+  /** One write at a time, each taking everything queued since the last one. */
+  async #writeLoop(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const batch = concat(this.#queue);
+        this.#queue = [];
+        let written = 0;
+        while (written < batch.length) {
+          written += await this.#conn.write(batch.subarray(written));
+        }
+        this.#unwrittenBytes -= batch.length;
+      }
+    } catch (err) {
+      if (!this.#closing) this.#shutdown(`write failed: ${errorText(err)}`, { flush: false });
+    } finally {
+      this.#writing = undefined;
+    }
+  }
+
+  #armIdleTimer(delayMs: number): void {
+    this.#idleTimer = setTimeout(() => this.#onIdleTimer(), delayMs);
+  }
+
+  /**
+   * Re-armed only when it fires, for the time left since the last input,
+   * so input lines cost a timestamp rather than a timer each.
+   */
+  #onIdleTimer(): void {
+    this.#idleTimer = undefined;
+    if (this.#closing) return;
+    const limit = this.#opts.idleTimeoutMs;
+    const idle = performance.now() - this.#lastInput;
+    if (idle < limit) {
+      this.#armIdleTimer(limit - idle);
+      return;
+    }
+    this.send(`ERROR: idle for more than ${limit} ms, closing`);
+    this.close(`idle for more than ${limit} ms`);
+  }
+
+  #shutdown(reason: string, { flush }: { flush: boolean }): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.#closeReason = reason;
+    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+    if (!flush) this.#queue = [];
+    void this.#finish(flush);
+  }
+
+  /** Half-closes (FIN) and reads input until the peer closes too. */
+  async #linger(): Promise<void> {
+    try {
+      // On TLS this sends close_notify before the FIN, so the peer sees a clean end.
+      await this.#conn.closeWrite();
+      await this.#read;
+      const scratch = new Uint8Array(16 * 1024);
+      for (;;) {
+        this.#read = this.#conn.read(scratch);
+        const n = await this.#read;
+        this.#read = undefined;
+        if (n === null) return;
+      }
+    } catch {
+      // The peer reset or the socket is gone: nothing left to drain.
+    }
+  }
+
+  async #finish(flush: boolean): Promise<void> {
+    if (flush && this.#writing) await withTimeout(this.#writing, this.#opts.closeFlushTimeoutMs);
+    this.#queue = [];
+    if (flush && !this.#writing) await withTimeout(this.#linger(), LINGER_MS);
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed: nothing left to release.
+    }
+    // Closing cancels a pending read and write; wait for them to settle so
+    // nothing of this connection outlives `closed`.
+    await this.#writing;
+    await this.#read?.catch(() => {});
+    this.#resolveClosed();
+  }
+}
+
+/**
+ * How long a closing connection keeps reading (and discarding) input after sending its
+ * FIN. Closing a socket with unread input makes the kernel answer with a reset, which
+ * can destroy replies the peer has not read yet; draining first lets them arrive.
+ */
+const LINGER_MS = 500;
+
+/** Joins `parts` into one array so a whole batch goes out in one write. */
+function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1 && parts[0]) return parts[0];
+  let total = 0;
+  for (const part of parts) total += part.length;
+  const out = new Uint8Array(total);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** Waits for `promise`, at most `ms`; the timer never outlives the call. */
+async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
+  try {
+    await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A socket address as "host:port" ("[::1]:port" for IPv6), for logs and limits. */
+export function addressText(addr: Deno.NetAddr): string {
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
+}
+
+/** The message of a thrown value, for close reasons and logs. */
+export function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
