@@ -306,7 +306,7 @@ export const RUN_MAIN: readonly string[] = [
   "--allow-net",
   "--allow-read",
   "--allow-write",
-  "--allow-env=BROKER_*",
+  "--allow-env=BROKER_*,READABLE_STREAM,DEBUG",
   join(import.meta.dirname ?? ".", "..", "main.ts"),
 ];
 

@@ -1,0 +1,321 @@
+/**
+ * The socket half shared by {@link LineConnection} and {@link PacketConnection}: reads
+ * that `closed` can wait for, a bounded output queue written with one coalesced write
+ * per turn, an idle timer, and a lingering close. It knows nothing of lines, packets or
+ * topics.
+ *
+ * @module
+ */
+
+/** Limits every connection has, whatever it carries. */
+export interface ConnectionOptions {
+  /**
+   * Most output bytes queued but not yet written before the connection is
+   * closed, so a peer that stops reading cannot make us grow without bound.
+   */
+  writeBufferBytes: number;
+  /** Close after this long without input; 0 turns it off. Frees dead peers' slots. */
+  idleTimeoutMs: number;
+  /**
+   * How long `close()` waits for queued output to be written before it closes
+   * the socket anyway (a peer may never read). Default 1000.
+   */
+  closeFlushTimeoutMs?: number;
+}
+
+const READ_BUFFER_BYTES = 64 * 1024;
+const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
+
+/**
+ * How long a closing connection keeps reading (and discarding) input after sending its
+ * FIN. Closing a socket with unread input makes the kernel answer with a reset, which
+ * can destroy replies the peer has not read yet; draining first lets them arrive.
+ */
+const LINGER_MS = 500;
+
+let nextConnectionId = 1;
+
+/**
+ * One accepted TCP or TLS socket with a bounded, coalescing output queue. Subclasses
+ * turn its input into items ({@link readChunk}) and their items into bytes
+ * ({@link sendBytes}).
+ *
+ * Nothing closes a connection behind its owner's back except: a peer that stops
+ * reading (queued output over `writeBufferBytes`), a failed write, and the idle timer.
+ */
+export abstract class SocketConnection {
+  /** Unique within this process; for logs and connection tables. */
+  readonly id: number;
+  /** The peer's address as "host:port" ("[::1]:port" for IPv6). */
+  readonly remote: string;
+  /** The peer's host alone ("127.0.0.1", "[::1]"): what per-address limits count. */
+  readonly address: string;
+  /** True for a TLS connection. */
+  readonly tls: boolean;
+  /** Resolves once the socket is closed and no read, write or timer of it is pending. */
+  readonly closed: Promise<void>;
+
+  readonly #conn: Deno.TcpConn | Deno.TlsConn;
+  readonly #writeBufferBytes: number;
+  readonly #closeFlushTimeoutMs: number;
+  readonly #resolveClosed: () => void;
+  readonly #readBuffer = new Uint8Array(READ_BUFFER_BYTES);
+
+  #inputStopped = false;
+  readonly #stopInput = Promise.withResolvers<null>();
+  #read: Promise<number | null> | undefined;
+  #lastInput = performance.now();
+  #idleTimeoutMs: number;
+  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+
+  #queue: Uint8Array[] = [];
+  /** Bytes queued plus bytes being written: the memory a slow peer holds. */
+  #unwrittenBytes = 0;
+  #writing: Promise<void> | undefined;
+
+  #closing = false;
+  #closeReason: string | undefined;
+
+  /**
+   * Wraps an accepted socket and starts its idle timer.
+   *
+   * @param conn an accepted socket (a TLS one after its handshake); this object now owns it
+   * @param options the connection's limits
+   */
+  constructor(conn: Deno.TcpConn | Deno.TlsConn, options: ConnectionOptions) {
+    this.id = nextConnectionId++;
+    this.#conn = conn;
+    this.tls = "handshake" in conn;
+    this.#writeBufferBytes = options.writeBufferBytes;
+    this.#closeFlushTimeoutMs = options.closeFlushTimeoutMs ?? DEFAULT_CLOSE_FLUSH_TIMEOUT_MS;
+    this.#idleTimeoutMs = options.idleTimeoutMs;
+    this.remote = addressText(conn.remoteAddr);
+    this.address = this.remote.slice(0, this.remote.lastIndexOf(":"));
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.closed = promise;
+    this.#resolveClosed = resolve;
+    if (this.#idleTimeoutMs > 0) this.#armIdleTimer(this.#idleTimeoutMs);
+  }
+
+  /** True once `close` has begun (or the connection failed); sends are then ignored. */
+  get isClosed(): boolean {
+    return this.#closing;
+  }
+
+  /** Why the connection was closed, once it is: the `close` reason or what failed. */
+  get closeReason(): string | undefined {
+    return this.#closeReason;
+  }
+
+  /** True once {@link stopReading} was called: input readers should end. */
+  protected get inputStopped(): boolean {
+    return this.#inputStopped;
+  }
+
+  /**
+   * Ends the input (after the item being handled) while keeping the socket open for
+   * output: a graceful stop reads nothing new but still answers what it accepted.
+   */
+  stopReading(): void {
+    this.#inputStopped = true;
+    this.#stopInput.resolve(null);
+  }
+
+  /**
+   * Reads the next chunk of input: a fresh copy (callers may keep views of it), or null
+   * at end of input or once {@link stopReading} is called. Not `conn.readable`: that
+   * closes the whole socket on EOF or cancel (so no error reply could follow), and it
+   * hides its pending read, which `closed` must wait for.
+   *
+   * @throws what the socket's read throws (reset, closed by us)
+   */
+  protected async readChunk(): Promise<Uint8Array | null> {
+    if (this.#inputStopped) return null;
+    if (this.#closing) throw new Error("connection closed");
+    const read = this.#conn.read(this.#readBuffer);
+    // Tracked until it settles, also when a stop wins the race below: `#finish` waits for it.
+    this.#read = read;
+    const settled = () => {
+      if (this.#read === read) this.#read = undefined;
+    };
+    read.then(settled, settled);
+    const n = await Promise.race([read, this.#stopInput.promise]);
+    if (n === null || this.#inputStopped) return null;
+    return this.#readBuffer.slice(0, n);
+  }
+
+  /** Records that an input item arrived: the idle timer counts from here. */
+  protected noteInput(): void {
+    this.#lastInput = performance.now();
+  }
+
+  /**
+   * Changes the idle limit (0 turns it off), counted from the last input; a limit
+   * already passed fires at once.
+   */
+  protected setIdleTimeout(ms: number): void {
+    this.#idleTimeoutMs = ms;
+    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+    if (ms > 0 && !this.#closing) {
+      this.#armIdleTimer(Math.max(0, ms - (performance.now() - this.#lastInput)));
+    }
+  }
+
+  /** Called when nothing was received for `limitMs`; must close the connection. */
+  protected abstract onIdle(limitMs: number): void;
+
+  /**
+   * Queues `bytes` for writing; they must not change afterwards. Never throws;
+   * ignored once the connection is closed. Closes the connection if the output not
+   * yet written passes `writeBufferBytes` (unless these bytes alone are all of it).
+   */
+  sendBytes(bytes: Uint8Array): void {
+    if (this.#closing) return;
+    this.#queue.push(bytes);
+    this.#unwrittenBytes += bytes.length;
+    // The bound is on backlog: one item bigger than the buffer may still go out when
+    // nothing else is waiting (a message may be larger than the buffer setting).
+    if (this.#unwrittenBytes > this.#writeBufferBytes && this.#unwrittenBytes > bytes.length) {
+      this.#shutdown(`peer too slow: over ${this.#writeBufferBytes} bytes of output queued`, {
+        flush: false,
+      });
+      return;
+    }
+    this.#writing ??= this.#writeLoop();
+  }
+
+  /**
+   * Closes the connection: stops reading, writes what is queued (waiting at
+   * most `closeFlushTimeoutMs`), then closes the socket. Idempotent; await
+   * {@link closed} to know when it is done.
+   *
+   * @param reason kept in {@link closeReason} for logs
+   */
+  close(reason = "closed"): void {
+    this.#shutdown(reason, { flush: true });
+  }
+
+  /** One write at a time, each taking everything queued since the last one. */
+  async #writeLoop(): Promise<void> {
+    try {
+      // Let the rest of this turn queue its output too, so it leaves in one write.
+      await Promise.resolve();
+      while (this.#queue.length > 0) {
+        const batch = concat(this.#queue);
+        this.#queue = [];
+        let written = 0;
+        while (written < batch.length) {
+          written += await this.#conn.write(batch.subarray(written));
+        }
+        this.#unwrittenBytes -= batch.length;
+      }
+    } catch (err) {
+      if (!this.#closing) this.#shutdown(`write failed: ${errorText(err)}`, { flush: false });
+    } finally {
+      this.#writing = undefined;
+    }
+  }
+
+  #armIdleTimer(delayMs: number): void {
+    this.#idleTimer = setTimeout(() => this.#onIdleTimer(), delayMs);
+  }
+
+  /**
+   * Re-armed only when it fires, for the time left since the last input,
+   * so input items cost a timestamp rather than a timer each.
+   */
+  #onIdleTimer(): void {
+    this.#idleTimer = undefined;
+    if (this.#closing) return;
+    const limit = this.#idleTimeoutMs;
+    const idle = performance.now() - this.#lastInput;
+    if (idle < limit) {
+      this.#armIdleTimer(limit - idle);
+      return;
+    }
+    this.onIdle(limit);
+    this.close(`idle for more than ${limit} ms`); // in case onIdle did not
+  }
+
+  #shutdown(reason: string, { flush }: { flush: boolean }): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.#closeReason = reason;
+    if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+    if (!flush) this.#queue = [];
+    void this.#finish(flush);
+  }
+
+  /** Half-closes (FIN) and reads input until the peer closes too. */
+  async #linger(): Promise<void> {
+    try {
+      // On TLS this sends close_notify before the FIN, so the peer sees a clean end.
+      await this.#conn.closeWrite();
+      await this.#read;
+      const scratch = new Uint8Array(16 * 1024);
+      for (;;) {
+        this.#read = this.#conn.read(scratch);
+        const n = await this.#read;
+        this.#read = undefined;
+        if (n === null) return;
+      }
+    } catch {
+      // The peer reset or the socket is gone: nothing left to drain.
+    }
+  }
+
+  async #finish(flush: boolean): Promise<void> {
+    if (flush && this.#writing) await withTimeout(this.#writing, this.#closeFlushTimeoutMs);
+    this.#queue = [];
+    if (flush && !this.#writing) await withTimeout(this.#linger(), LINGER_MS);
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed: nothing left to release.
+    }
+    // Closing cancels a pending read and write; wait for them to settle so
+    // nothing of this connection outlives `closed`.
+    await this.#writing;
+    await this.#read?.catch(() => {});
+    this.#resolveClosed();
+  }
+}
+
+/** Joins `parts` into one array so a whole batch goes out in one write. */
+function concat(parts: Uint8Array[]): Uint8Array {
+  if (parts.length === 1 && parts[0]) return parts[0];
+  let total = 0;
+  for (const part of parts) total += part.length;
+  const out = new Uint8Array(total);
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** Waits for `promise`, at most `ms`; the timer never outlives the call. */
+async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
+  try {
+    await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A socket address as "host:port" ("[::1]:port" for IPv6), for logs and limits. */
+export function addressText(addr: Deno.NetAddr): string {
+  return addr.hostname.includes(":")
+    ? `[${addr.hostname}]:${addr.port}`
+    : `${addr.hostname}:${addr.port}`;
+}
+
+/** The message of a thrown value, for close reasons and logs. */
+export function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

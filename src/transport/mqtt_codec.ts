@@ -1,0 +1,281 @@
+/**
+ * MQTT packets from and to bytes, over `npm:mqtt-packet` (3.1.1 and 5.0). We frame each
+ * packet ourselves (first byte + Remaining Length) so that an oversize packet is refused
+ * from its header, before its body is buffered, and hand mqtt-packet one whole frame at
+ * a time. No packet codec is written here: field rules beyond what mqtt-packet checks
+ * (UTF-8 strictness, packet identifier 0, ...) belong to the MQTT protocol adapter.
+ *
+ * Importing mqtt-packet reads the environment: `readable-stream` reads `READABLE_STREAM`;
+ * `debug`'s Node build enumerates every variable, its browser build (chosen by
+ * `process.browser`, set around the import below) reads only `DEBUG`. So the broker
+ * needs `--allow-env=BROKER_*,READABLE_STREAM,DEBUG`.
+ *
+ * @module
+ */
+
+import { Buffer } from "node:buffer";
+import process from "node:process";
+import type * as MqttPacket from "mqtt-packet";
+
+export type {
+  IConnackPacket,
+  IConnectPacket,
+  IDisconnectPacket,
+  IPublishPacket,
+  ISubackPacket,
+  ISubscribePacket,
+  Packet,
+} from "mqtt-packet";
+
+const mqtt: typeof MqttPacket = await importWithBrowserDebug();
+
+/** Loads mqtt-packet with `process.browser` set, so `debug` does not list the environment. */
+async function importWithBrowserDebug(): Promise<typeof MqttPacket> {
+  const proc = process as { browser?: boolean };
+  const before = proc.browser;
+  proc.browser = true;
+  try {
+    const module = await import("mqtt-packet");
+    return (module.default ?? module) as typeof MqttPacket;
+  } finally {
+    if (before === undefined) delete proc.browser;
+    else proc.browser = before;
+  }
+}
+
+/** MQTT protocol levels: 3 (3.1, parsed only), 4 (3.1.1) and 5 (5.0). */
+export type ProtocolVersion = 3 | 4 | 5;
+
+/** A packet that breaks the framing or that mqtt-packet refused; the connection must close. */
+export class MalformedPacketError extends Error {
+  /** @param message what was wrong, as the codec said it */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "MalformedPacketError";
+  }
+}
+
+/** One item out of {@link PacketParser.push}. */
+export type PacketEvent =
+  /** A whole packet, decoded. */
+  | { kind: "packet"; packet: MqttPacket.Packet }
+  /** Bad framing or a packet the codec refused; always the last item. */
+  | { kind: "malformed"; error: MalformedPacketError }
+  /**
+   * A packet whose declared size (fixed header + Remaining Length) passes the limit,
+   * found from its header alone; always the last item.
+   */
+  | { kind: "too-large"; limit: number; size: number };
+
+/** Largest Remaining Length a 4-byte varint can say (MQTT-1.5.5 / 2.2.3). */
+const MAX_REMAINING_LENGTH = 268_435_455;
+
+/**
+ * Incremental MQTT input: push byte chunks as they arrive, get back whole packets.
+ * Made by {@link createPacketParser}. After a `malformed` or `too-large` item it stays
+ * failed: later pushes give nothing.
+ */
+export interface PacketParser {
+  /**
+   * Feeds `chunk` and returns the items it completes, in order. Each packet is copied
+   * into a frame of its own (payloads are views of it), so `chunk` may be reused.
+   */
+  push(chunk: Uint8Array): PacketEvent[];
+  /** The level packets are parsed at: the initial one until a CONNECT says its own. */
+  readonly protocolVersion: ProtocolVersion;
+  /** True after a `malformed` or `too-large` item. */
+  readonly failed: boolean;
+}
+
+/**
+ * Makes a {@link PacketParser}. A CONNECT of either level is parsed whatever
+ * `protocolVersion` says, and its level is used for every later packet (mqtt-packet
+ * takes the CONNECT's settings), so a server passes 4 and needs nothing more; a client
+ * passes the level it connects with.
+ *
+ * @param protocolVersion level of packets before any CONNECT
+ * @param maxPacketBytes largest whole packet accepted (fixed header included), as v5's
+ *   Maximum Packet Size counts it; bounds what a peer can make us buffer
+ * @example
+ * ```ts
+ * const parser = createPacketParser(4, 65536);
+ * for (const item of parser.push(chunk)) {
+ *   if (item.kind === "packet") console.log(item.packet.cmd);
+ * }
+ * ```
+ */
+export function createPacketParser(
+  protocolVersion: ProtocolVersion,
+  maxPacketBytes: number,
+): PacketParser {
+  return new FramingParser(protocolVersion, maxPacketBytes);
+}
+
+/** mqtt-packet's parser; `settings` becomes the CONNECT packet once one is parsed. */
+type CodecParser = MqttPacket.Parser & { settings: { protocolVersion?: ProtocolVersion } };
+
+class FramingParser implements PacketParser {
+  readonly #max: number;
+  readonly #codec: CodecParser;
+  #out: PacketEvent[] = [];
+  /** First byte and Remaining Length bytes of the packet being framed. */
+  readonly #header = new Uint8Array(5);
+  #headerBytes = 0;
+  /** The frame being filled once its header is known. */
+  #frame: Uint8Array | undefined;
+  #filled = 0;
+  #failed = false;
+
+  constructor(protocolVersion: ProtocolVersion, maxPacketBytes: number) {
+    this.#max = maxPacketBytes;
+    this.#codec = mqtt.parser({ protocolVersion }) as CodecParser;
+    this.#codec.on("packet", (packet) => this.#out.push({ kind: "packet", packet }));
+    this.#codec.on("error", (err: unknown) => {
+      const message = err instanceof Error ? err.message : String(err);
+      this.#fail({ kind: "malformed", error: new MalformedPacketError(message, { cause: err }) });
+    });
+  }
+
+  get protocolVersion(): ProtocolVersion {
+    return this.#codec.settings.protocolVersion ?? 4;
+  }
+
+  get failed(): boolean {
+    return this.#failed;
+  }
+
+  push(chunk: Uint8Array): PacketEvent[] {
+    this.#out = [];
+    let offset = 0;
+    while (offset < chunk.length && !this.#failed) {
+      if (this.#frame === undefined) {
+        const byte = chunk[offset++]!;
+        this.#header[this.#headerBytes++] = byte;
+        if (this.#headerBytes === 1 || (byte & 0x80) !== 0) {
+          if (this.#headerBytes === 5) {
+            this.#malformed("Remaining Length longer than 4 bytes (MQTT-1.5.5 / 2.2.3)");
+          }
+          continue;
+        }
+        this.#startFrame();
+        if (this.#frame === undefined) continue; // failed, or a frame with no body
+      }
+      const frame = this.#frame;
+      const take = Math.min(frame.length - this.#filled, chunk.length - offset);
+      frame.set(chunk.subarray(offset, offset + take), this.#filled);
+      this.#filled += take;
+      offset += take;
+      if (this.#filled === frame.length) this.#decode(frame);
+    }
+    return this.#out;
+  }
+
+  /** The header is complete: check the length and make room for the frame. */
+  #startFrame(): void {
+    let remaining = 0;
+    let multiplier = 1;
+    for (let i = 1; i < this.#headerBytes; i++) {
+      remaining += (this.#header[i]! & 0x7f) * multiplier;
+      multiplier *= 128;
+    }
+    // [MQTT-1.5.5-1] (v5; 3.1.1 §2.2.3): the length takes the fewest bytes possible, so
+    // a last byte of 0 after a first one is a non-minimal encoding.
+    if (this.#headerBytes > 2 && this.#header[this.#headerBytes - 1] === 0) {
+      this.#malformed("Remaining Length not minimally encoded (MQTT-1.5.5-1)");
+      return;
+    }
+    const size = this.#headerBytes + remaining;
+    if (remaining > MAX_REMAINING_LENGTH || size > this.#max) {
+      this.#fail({ kind: "too-large", limit: this.#max, size });
+      return;
+    }
+    const frame = new Uint8Array(size);
+    frame.set(this.#header.subarray(0, this.#headerBytes));
+    this.#filled = this.#headerBytes;
+    if (remaining === 0) this.#decode(frame);
+    else this.#frame = frame;
+  }
+
+  #decode(frame: Uint8Array): void {
+    this.#frame = undefined;
+    this.#headerBytes = 0;
+    this.#filled = 0;
+    const left = this.#codec.parse(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
+    if (left !== 0 && !this.#failed) {
+      this.#malformed(`${left} bytes of the packet left over by the codec`);
+    }
+  }
+
+  #malformed(message: string): void {
+    this.#fail({ kind: "malformed", error: new MalformedPacketError(message) });
+  }
+
+  #fail(event: PacketEvent): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    this.#out.push(event);
+  }
+}
+
+/**
+ * A packet to encode: as mqtt-packet's {@link Packet}, except that byte fields may be
+ * plain `Uint8Array`s (converted to `Buffer` views here, without copying).
+ */
+export type OutboundPacket =
+  | MqttPacket.Packet
+  | (Omit<MqttPacket.IPublishPacket, "payload"> & { payload: string | Uint8Array });
+
+/**
+ * Encodes one packet at `protocolVersion`. Encode once and send the bytes to every
+ * receiver that gets the same packet.
+ *
+ * @throws {TypeError} if mqtt-packet cannot encode the packet (a missing or invalid
+ *   field): a bug in the caller, not the peer
+ * @example
+ * ```ts
+ * const bytes = encodePacket({ cmd: "connack", returnCode: 0, sessionPresent: false }, 4);
+ * ```
+ */
+export function encodePacket(packet: OutboundPacket, protocolVersion: ProtocolVersion): Uint8Array {
+  let buffer: Buffer;
+  try {
+    buffer = mqtt.generate(withBuffers(packet), { protocolVersion });
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    throw new TypeError(`cannot encode a ${packet.cmd} packet: ${message}`, { cause: err });
+  }
+  return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+}
+
+/** mqtt-packet's `generate` needs `Buffer`s (a plain Uint8Array fails in its concat). */
+function withBuffers(packet: OutboundPacket): MqttPacket.Packet {
+  const p = packet as unknown as Record<string, unknown>;
+  let copy: Record<string, unknown> | undefined;
+  const set = (key: string, value: unknown) => {
+    copy ??= { ...p };
+    copy[key] = value;
+  };
+  if (isPlainBytes(p.payload)) set("payload", toBuffer(p.payload));
+  if (isPlainBytes(p.password)) set("password", toBuffer(p.password));
+  const will = p.will as Record<string, unknown> | undefined;
+  if (will && isPlainBytes(will.payload)) set("will", { ...will, payload: toBuffer(will.payload) });
+  const props = p.properties as Record<string, unknown> | undefined;
+  if (props) {
+    for (const key of ["correlationData", "authenticationData"]) {
+      const value = props[key];
+      if (isPlainBytes(value)) {
+        const current = (copy?.properties ?? props) as Record<string, unknown>;
+        set("properties", { ...current, [key]: toBuffer(value) });
+      }
+    }
+  }
+  return (copy ?? p) as unknown as MqttPacket.Packet;
+}
+
+function isPlainBytes(value: unknown): value is Uint8Array {
+  return value instanceof Uint8Array && !Buffer.isBuffer(value);
+}
+
+function toBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}

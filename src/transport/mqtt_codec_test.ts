@@ -1,0 +1,223 @@
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import {
+  createPacketParser,
+  encodePacket,
+  MalformedPacketError,
+  type Packet,
+  type PacketEvent,
+} from "./mqtt_codec.ts";
+
+const bytes = (text: string) => new TextEncoder().encode(text);
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
+}
+
+/** The packets of `items`, failing on anything else. */
+function packetsOf(items: PacketEvent[]): Packet[] {
+  return items.map((item) => {
+    assert.equal(item.kind, "packet", `unexpected ${item.kind}`);
+    return (item as { packet: Packet }).packet;
+  });
+}
+
+/** The packet as plain JSON (Buffers as `{type, data}`), without its parsed length. */
+function essence(packet: Packet): Record<string, unknown> {
+  const { length: _length, ...rest } = packet as Packet & { length?: number };
+  return JSON.parse(JSON.stringify(rest));
+}
+
+/** Every field of `expected` is in `actual` (the parser adds defaults such as `dup`). */
+function assertCarries(actual: Packet, expected: Packet): void {
+  const a = essence(actual);
+  for (const [key, value] of Object.entries(essence(expected))) {
+    assert.deepEqual(a[key], value, `field ${key} of ${expected.cmd}`);
+  }
+}
+
+const connect4: Packet = {
+  cmd: "connect",
+  protocolId: "MQTT",
+  protocolVersion: 4,
+  clean: true,
+  clientId: "client-4",
+  keepalive: 30,
+  username: "alice",
+  password: Buffer.from("secret"),
+  will: { topic: "wills/4", payload: Buffer.from("gone"), qos: 1, retain: false },
+};
+
+const connect5: Packet = {
+  cmd: "connect",
+  protocolId: "MQTT",
+  protocolVersion: 5,
+  clean: false,
+  clientId: "client-5",
+  keepalive: 60,
+  properties: { sessionExpiryInterval: 3600, receiveMaximum: 10, maximumPacketSize: 4096 },
+};
+
+const publish5: Packet = {
+  cmd: "publish",
+  topic: "a/b",
+  payload: Buffer.from("hello"),
+  qos: 2,
+  messageId: 7,
+  retain: true,
+  dup: false,
+  properties: { contentType: "text/plain", userProperties: { k: "v" } },
+};
+
+const subscribe4: Packet = {
+  cmd: "subscribe",
+  messageId: 3,
+  subscriptions: [{ topic: "a/+", qos: 1 }, { topic: "b/#", qos: 2 }],
+};
+
+Deno.test("CONNECT at level 4 and at level 5 round-trip through the codec", () => {
+  for (const packet of [connect4, connect5]) {
+    const parsed = packetsOf(createPacketParser(4, 65536).push(encodePacket(packet, 4)));
+    assert.equal(parsed.length, 1);
+    assertCarries(parsed[0]!, packet);
+  }
+});
+
+Deno.test("after a level 5 CONNECT the parser reads level 5 properties; a level 4 one keeps 4", () => {
+  const parser = createPacketParser(4, 65536);
+  const items = parser.push(concat([encodePacket(connect5, 5), encodePacket(publish5, 5)]));
+  assert.equal(parser.protocolVersion, 5);
+  const [, publish] = packetsOf(items);
+  assertCarries(publish!, publish5);
+
+  const old = createPacketParser(4, 65536);
+  old.push(encodePacket(connect4, 4));
+  assert.equal(old.protocolVersion, 4);
+});
+
+Deno.test("PUBLISH with a Uint8Array payload and SUBSCRIBE round-trip at level 4", () => {
+  const payload = new Uint8Array([0, 1, 2, 255]);
+  const encoded = encodePacket(
+    { cmd: "publish", topic: "t", payload, qos: 1, messageId: 9, retain: false, dup: false },
+    4,
+  );
+  assert.ok(!Buffer.isBuffer(encoded), "a plain Uint8Array comes out");
+  const [publish, subscribe] = packetsOf(
+    createPacketParser(4, 65536).push(concat([encoded, encodePacket(subscribe4, 4)])),
+  );
+  assert.equal(publish!.cmd, "publish");
+  assert.deepEqual(new Uint8Array((publish as { payload: Uint8Array }).payload), payload);
+  assertCarries(subscribe!, subscribe4);
+});
+
+Deno.test("packets split at every byte, or fed one byte at a time, give the same packets", () => {
+  const stream = concat([
+    encodePacket(connect5, 5),
+    encodePacket(publish5, 5),
+    encodePacket({ cmd: "pingreq" }, 5),
+    encodePacket({ ...publish5, payload: Buffer.alloc(300, 7), messageId: 8 }, 5),
+  ]);
+  const whole = packetsOf(createPacketParser(4, 65536).push(stream)).map(essence);
+  assert.equal(whole.length, 4);
+  for (let cut = 0; cut <= stream.length; cut++) {
+    const parser = createPacketParser(4, 65536);
+    const items = [
+      ...parser.push(stream.subarray(0, cut)),
+      ...parser.push(stream.subarray(cut)),
+    ];
+    assert.deepEqual(packetsOf(items).map(essence), whole, `cut at ${cut}`);
+  }
+  const parser = createPacketParser(4, 65536);
+  const items: PacketEvent[] = [];
+  for (let i = 0; i < stream.length; i++) items.push(...parser.push(stream.slice(i, i + 1)));
+  assert.deepEqual(packetsOf(items).map(essence), whole);
+});
+
+Deno.test("many packets in one chunk come out in order", () => {
+  const packets = Array.from(
+    { length: 500 },
+    (_, i) => encodePacket({ ...publish5, messageId: i + 1 }, 5),
+  );
+  const parser = createPacketParser(4, 65536);
+  parser.push(encodePacket(connect5, 5));
+  const ids = packetsOf(parser.push(concat(packets))).map((p) => p.messageId);
+  assert.deepEqual(ids, packets.map((_, i) => i + 1));
+});
+
+Deno.test("reserved flag bits yield a malformed item and nothing after it", () => {
+  const parser = createPacketParser(4, 65536);
+  const good = encodePacket({ cmd: "pingreq" }, 4);
+  const bad = encodePacket(subscribe4, 4);
+  bad[0] = 0x80; // SUBSCRIBE must have flags 0b0010: 3.1.1 [MQTT-3.8.1-1]
+  const items = parser.push(concat([good, bad, good]));
+  assert.equal(items.length, 2);
+  assert.equal(items[0]!.kind, "packet");
+  assert.equal(items[1]!.kind, "malformed");
+  assert.ok((items[1] as { error: Error }).error instanceof MalformedPacketError);
+  assert.ok(parser.failed);
+  assert.deepEqual(parser.push(good), []);
+});
+
+Deno.test("a Remaining Length of five bytes or not minimally encoded is malformed", () => {
+  for (
+    const header of [[0x30, 0x80, 0x80, 0x80, 0x80, 0x01], [0xc0, 0x80, 0x00], [
+      0x30,
+      0x85,
+      0x80,
+      0x00,
+    ]]
+  ) {
+    const items = createPacketParser(4, 1 << 28).push(new Uint8Array(header));
+    assert.equal(items.length, 1, `header ${header}`);
+    assert.equal(items[0]!.kind, "malformed", `header ${header}`);
+  }
+});
+
+Deno.test("an oversize Remaining Length is refused from the header, before the body arrives", () => {
+  const parser = createPacketParser(4, 1024);
+  // The largest length MQTT allows: 268,435,455 bytes, none of them sent.
+  const items = parser.push(new Uint8Array([0x30, 0xff, 0xff, 0xff, 0x7f]));
+  assert.deepEqual(items, [{ kind: "too-large", limit: 1024, size: 268_435_460 }]);
+  assert.deepEqual(parser.push(new Uint8Array(100)), []);
+});
+
+Deno.test("a packet of exactly maxPacketBytes passes, one byte more is too large", () => {
+  const packet = encodePacket({ ...publish5, payload: Buffer.alloc(200) }, 4);
+  assert.equal(packetsOf(createPacketParser(4, packet.length).push(packet)).length, 1);
+  const [item] = createPacketParser(4, packet.length - 1).push(packet.subarray(0, 3));
+  assert.deepEqual(item, { kind: "too-large", limit: packet.length - 1, size: packet.length });
+});
+
+Deno.test("byte fields of CONNECT and v5 properties may be plain Uint8Arrays", () => {
+  const packet = {
+    ...connect5,
+    username: "bob",
+    password: bytes("pw"),
+    will: { topic: "w", payload: bytes("bye"), qos: 0 as const, retain: false },
+  } as unknown as Packet;
+  const [parsed] = packetsOf(createPacketParser(5, 4096).push(encodePacket(packet, 5)));
+  const connect = parsed as { password: Uint8Array; will: { payload: Uint8Array } };
+  assert.equal(new TextDecoder().decode(connect.password), "pw");
+  assert.equal(new TextDecoder().decode(connect.will.payload), "bye");
+  const correlated = encodePacket({
+    ...publish5,
+    properties: { correlationData: bytes("id-1") as Buffer },
+  }, 5);
+  const parser = createPacketParser(5, 4096);
+  const [publish] = packetsOf(parser.push(correlated));
+  const data = (publish as { properties: { correlationData: Uint8Array } }).properties;
+  assert.equal(new TextDecoder().decode(data.correlationData), "id-1");
+});
+
+Deno.test("a packet mqtt-packet cannot encode throws a TypeError naming its type", () => {
+  assert.throws(
+    () => encodePacket({ cmd: "subscribe", messageId: 1, subscriptions: [] } as Packet, 4),
+    (err: unknown) => err instanceof TypeError && /subscribe/.test(err.message),
+  );
+});
