@@ -77,6 +77,20 @@ export const brokerConfigSchema = z.object({
   tlsKey: z.string().default(""),
   tlsConsumerPort: integer(-1, 65_535, -1),
   tlsPublisherPort: integer(-1, 65_535, -1),
+  // --- MQTT (3.1.1 and 5.0) on the same topics ---
+  // 0 turns the listener off (as Mosquitto's users expect); -1 picks any free port.
+  mqttPort: integer(-1, 65_535, 1883),
+  mqttWsPort: integer(-1, 65_535, 8083),
+  mqttWsPath: z.string().regex(/^\/[\x21-\x7e]*$/).default("/mqtt"),
+  mqttMaxPacketBytes: integer(1024, 268_435_455, 65_536),
+  mqttReceiveMaximum: integer(1, 65_535, 1024),
+  mqttMaxInflight: integer(1, 65_535, 1024),
+  mqttTopicAliasMaximum: integer(0, 65_535, 64),
+  mqttMaxSessionExpiry: integer(0, 4_294_967_295, 1_209_600),
+  mqttMaxKeepalive: integer(0, 65_535, 0),
+  mqttMaxClientIdBytes: integer(23, 1024, 256),
+  mqttMaxRetained: integer(0, 100_000_000, 100_000),
+  mqttSysInterval: integer(0, 86_400, 10),
 });
 
 /** The broker's validated configuration. */
@@ -166,6 +180,38 @@ const HELP: Record<SettingName, SettingHelp> = {
     range(-1, 65_535),
     "TLS port for consumers (-1 = TLS on --consumer-port itself)",
   ],
+  mqttPort: ["port", range(-1, 65_535), "MQTT TCP port (0 = off, -1 = any free port)"],
+  mqttWsPort: [
+    "port",
+    range(-1, 65_535),
+    "MQTT over WebSocket port (0 = off, -1 = any free port)",
+  ],
+  mqttWsPath: ["path", "a URL path starting with /", "MQTT over WebSocket path"],
+  mqttMaxPacketBytes: [
+    "bytes",
+    range(1024, 268_435_455),
+    "largest MQTT packet accepted (v5 Maximum Packet Size)",
+  ],
+  mqttReceiveMaximum: [
+    "n",
+    range(1, 65_535),
+    "inbound MQTT QoS 1/2 PUBLISHes unacknowledged per connection",
+  ],
+  mqttMaxInflight: ["n", range(1, 65_535), "outbound MQTT QoS 1/2 messages in flight per session"],
+  mqttTopicAliasMaximum: ["n", range(0, 65_535), "inbound MQTT 5 topic aliases per connection"],
+  mqttMaxSessionExpiry: [
+    "s",
+    range(0, 4_294_967_295),
+    "longest an MQTT session outlives its connection (also 3.1.1 persistent sessions)",
+  ],
+  mqttMaxKeepalive: [
+    "s",
+    range(0, 65_535),
+    "largest MQTT keep-alive accepted; larger or 0 is replaced (0 = no cap)",
+  ],
+  mqttMaxClientIdBytes: ["bytes", range(23, 1024), "longest MQTT client id"],
+  mqttMaxRetained: ["n", range(0, 100_000_000), "retained messages kept"],
+  mqttSysInterval: ["s", range(0, 86_400), "period of $SYS/broker/... messages (0 = off)"],
   tlsPublisherPort: [
     "port",
     range(-1, 65_535),

@@ -69,6 +69,18 @@ Deno.test("no flags and no environment give the defaults", () => {
     tlsKey: "",
     tlsConsumerPort: -1,
     tlsPublisherPort: -1,
+    mqttPort: 1883,
+    mqttWsPort: 8083,
+    mqttWsPath: "/mqtt",
+    mqttMaxPacketBytes: 65_536,
+    mqttReceiveMaximum: 1024,
+    mqttMaxInflight: 1024,
+    mqttTopicAliasMaximum: 64,
+    mqttMaxSessionExpiry: 1_209_600,
+    mqttMaxKeepalive: 0,
+    mqttMaxClientIdBytes: 256,
+    mqttMaxRetained: 100_000,
+    mqttSysInterval: 10,
   });
   assert.deepEqual(configOf([]), DEFAULTS);
 });

@@ -18,6 +18,11 @@ import { errorText, type RestartPolicy } from "./supervisor.ts";
 import { ConnectionLimits } from "./transport/connection_limits.ts";
 import { type LineConnection, LineServer, type TlsPem } from "./transport/tcp.ts";
 import { readTlsFiles } from "./transport/tls.ts";
+import { type MqttClient, type MqttContext, serveMqtt } from "./protocols/mqtt/client.ts";
+import { startSys } from "./protocols/mqtt/sys.ts";
+import { PacketServer } from "./transport/packet_connection.ts";
+import type { PacketLink } from "./transport/packet_link.ts";
+import { MqttWsServer } from "./transport/websocket.ts";
 
 /** Extras for tests: failure injection and faster timers. */
 export interface StartOptions {
@@ -40,6 +45,10 @@ export interface RunningBroker {
   readonly tlsConsumerPort?: number;
   /** Where publishers can speak TLS, as {@link tlsConsumerPort}. */
   readonly tlsPublisherPort?: number;
+  /** The MQTT port (undefined when MQTT over TCP is off). */
+  readonly mqttPort?: number;
+  /** The MQTT over WebSocket port (undefined when it is off). */
+  readonly mqttWsPort?: number;
   /** Live connections on both ports, with their handlers. */
   readonly connections: ReadonlyMap<LineConnection, Promise<void>>;
   /** Graceful stop: stop accepting, settle in-flight writes, close connections and store. */
@@ -82,6 +91,8 @@ export async function startBroker(
       maxTopicMessages: config.maxTopicMessages,
       maxSubscriptionsPerConsumer: config.maxSubscriptionsPerConsumer,
       maxStoreBytes: config.maxStoreBytes,
+      maxRetained: config.mqttMaxRetained,
+      maxSessionExpirySec: config.mqttMaxSessionExpiry,
       authorizer: acl,
     });
   } catch (err) {
@@ -168,7 +179,99 @@ export async function startBroker(
   const tlsConsumers = beside("consumer", config.tlsConsumerPort);
   const tlsPublishers = beside("publisher", config.tlsPublisherPort);
   const ownTlsPorts = [tlsConsumers, tlsPublishers].filter((s) => s !== undefined);
-  const servers = [consumers, publishers, ...ownTlsPorts];
+  const servers: { start(): void; close(): Promise<void>; readonly port: number }[] = [
+    consumers,
+    publishers,
+    ...ownTlsPorts,
+  ];
+  // --- MQTT
+  const mqttCtx: MqttContext = {
+    broker,
+    auth,
+    maxMessageBytes: config.maxMessageBytes,
+    maxPacketBytes: config.mqttMaxPacketBytes,
+    receiveMaximum: config.mqttReceiveMaximum,
+    maxInflight: config.mqttMaxInflight,
+    topicAliasMaximum: config.mqttTopicAliasMaximum,
+    maxSessionExpirySec: config.mqttMaxSessionExpiry,
+    maxKeepAliveSec: config.mqttMaxKeepalive,
+    maxClientIdBytes: config.mqttMaxClientIdBytes,
+    maxSubscriptions: config.maxSubscriptionsPerConsumer,
+    clients: new Map<string, MqttClient>(),
+    port: "mqtt",
+  };
+  const mqttHandlers = new Map<PacketLink, Promise<void>>();
+  const mqttSockets = new Set<PacketLink>();
+  const serveLink = async (conn: PacketLink, ctx: MqttContext) => {
+    const handling = serveMqtt(conn, ctx);
+    mqttHandlers.set(conn, handling);
+    try {
+      await handling;
+    } finally {
+      mqttHandlers.delete(conn);
+    }
+  };
+  const mqtt = config.mqttPort === 0 ? undefined : new PacketServer({
+    hostname: config.hostname,
+    port: Math.max(0, config.mqttPort),
+    maxPacketBytes: config.mqttMaxPacketBytes,
+    writeBufferBytes: config.writeBufferBytes,
+    // Until the CONNECT: the time allowed to connect; then the client's keep-alive.
+    idleTimeoutMs: config.loginTimeout,
+    async onConnection(conn) {
+      mqttSockets.add(conn);
+      conn.closed.then(() => mqttSockets.delete(conn));
+      const refused = limits.admit(conn.address);
+      if (refused) {
+        log.warning("Refused MQTT connection from {remote}: {reason}", {
+          remote: conn.remote,
+          reason: refused,
+        });
+        conn.close(refused);
+        return;
+      }
+      try {
+        await serveLink(conn, mqttCtx);
+      } finally {
+        limits.release(conn.address);
+      }
+    },
+    onError(err, conn) {
+      log.error("MQTT connection {id} failed: {error}", {
+        id: conn?.id,
+        remote: conn?.remote,
+        error: errorText(err),
+      });
+    },
+  });
+  if (mqtt) servers.push(mqtt);
+  const wsCtx: MqttContext = { ...mqttCtx, port: "mqtt-ws" };
+  const mqttWs = config.mqttWsPort === 0 ? undefined : new MqttWsServer({
+    hostname: config.hostname,
+    port: Math.max(0, config.mqttWsPort),
+    path: config.mqttWsPath,
+    maxPacketBytes: config.mqttMaxPacketBytes,
+    writeBufferBytes: config.writeBufferBytes,
+    idleTimeoutMs: config.loginTimeout,
+    // Admitted before the upgrade (503 when refused), released when it closes.
+    limits,
+    async onConnection(conn) {
+      mqttSockets.add(conn);
+      conn.closed.then(() => mqttSockets.delete(conn));
+      await serveLink(conn, wsCtx);
+    },
+    onRefused(remote, reason) {
+      log.warning("Refused MQTT WebSocket connection from {remote}: {reason}", { remote, reason });
+    },
+    onError(err, conn) {
+      log.error("MQTT WebSocket connection {id} failed: {error}", {
+        id: conn?.id,
+        remote: conn?.remote,
+        error: errorText(err),
+      });
+    },
+  });
+  if (mqttWs) servers.push(mqttWs);
   try {
     for (const s of servers) s.start();
   } catch (err) {
@@ -192,17 +295,38 @@ export async function startBroker(
   announce("consumer", consumers, onMain(config.tlsConsumerPort) !== undefined);
   announce("publisher", tlsPublishers, true);
   announce("consumer", tlsConsumers, true);
+  if (mqtt) {
+    log.info("Server mqtt accepting MQTT 3.1.1 and 5.0 connections on {hostname}:{port}", {
+      hostname: config.hostname,
+      port: mqtt.port,
+    });
+  }
+  if (mqttWs) {
+    log.info("Server mqtt-ws accepting MQTT over WebSocket on ws://{hostname}:{port}{path}", {
+      hostname: config.hostname,
+      port: mqttWs.port,
+      path: config.mqttWsPath,
+    });
+  }
+  const sys = startSys(broker, config.mqttSysInterval, () => mqttHandlers.size);
 
   let stopping: Promise<void> | null = null;
   const stop = async () => {
     log.info("Stopping: no new connections");
+    sys.stop();
     await Promise.all(servers.map((s) => s.close()));
+    for (const c of mqttHandlers.keys()) c.stopReading();
     // Read no new line, but answer every line already taken: a PUB stored during the
     // stop must get its PUBREC, or its publisher could never release it.
     for (const c of connections.keys()) c.stopReading();
-    await settleWithin([...connections.values()], config.shutdownTimeout);
+    await settleWithin(
+      [...connections.values(), ...mqttHandlers.values()],
+      config.shutdownTimeout,
+    );
     for (const c of sockets) c.close("broker stopping");
-    await Promise.all([...sockets].map((c) => c.closed));
+    for (const c of mqttSockets) c.close("broker stopping");
+    await Promise.all([...sockets, ...mqttSockets].map((c) => c.closed));
+    await Promise.allSettled(mqttHandlers.values());
     await broker.close();
     dir.close();
     log.info("Stopped; store closed");
@@ -213,6 +337,8 @@ export async function startBroker(
     publisherPort: publishers.port,
     tlsConsumerPort: tls ? (tlsConsumers ?? consumers).port : undefined,
     tlsPublisherPort: tls ? (tlsPublishers ?? publishers).port : undefined,
+    mqttPort: mqtt?.port,
+    mqttWsPort: mqttWs?.port,
     connections,
     stop: () => stopping ??= stop(),
   };

@@ -277,6 +277,10 @@ export async function startTestBroker(
     hostname: "127.0.0.1",
     consumerPort: 0,
     publisherPort: 0,
+    // MQTT is off unless a test asks for it (-1 = any free port).
+    mqttPort: 0,
+    mqttWsPort: 0,
+    mqttSysInterval: 0,
     retryInterval: 200,
     ...config,
     dataDir,
@@ -288,6 +292,8 @@ export async function startTestBroker(
     publisherPort: running.publisherPort,
     tlsConsumerPort: running.tlsConsumerPort,
     tlsPublisherPort: running.tlsPublisherPort,
+    mqttPort: running.mqttPort,
+    mqttWsPort: running.mqttWsPort,
     connections: running.connections,
     stop: running.stop,
     dataDir,
@@ -315,16 +321,19 @@ export class ChildBroker {
   readonly process: Deno.ChildProcess;
   readonly consumerPort: number;
   readonly publisherPort: number;
+  /** The MQTT port, when the child was started with `--mqtt-port` other than 0. */
+  readonly mqttPort: number;
   #output: Promise<string>;
 
   private constructor(
     process: Deno.ChildProcess,
-    ports: [number, number],
+    ports: [number, number, number],
     output: Promise<string>,
   ) {
     this.process = process;
     this.consumerPort = ports[0];
     this.publisherPort = ports[1];
+    this.mqttPort = ports[2];
     this.#output = output;
   }
 
@@ -346,6 +355,12 @@ export class ChildBroker {
         dataDir,
         "--log-level",
         "info",
+        "--mqtt-port",
+        "0",
+        "--mqtt-ws-port",
+        "0",
+        "--mqtt-sys-interval",
+        "0",
         ...args,
       ],
       stdout: "piped",
@@ -357,8 +372,11 @@ export class ChildBroker {
     let log = "";
     let consumer = 0;
     let publisher = 0;
+    let mqtt = 0;
+    const i = args.lastIndexOf("--mqtt-port");
+    const wantMqtt = i >= 0 && args[i + 1] !== "0";
     const deadline = Date.now() + 15_000;
-    while (!(consumer && publisher)) {
+    while (!(consumer && publisher && (mqtt || !wantMqtt))) {
       if (Date.now() > deadline) break;
       const { value, done } = await reader.read();
       if (done) break;
@@ -366,6 +384,8 @@ export class ChildBroker {
       const m = /Server (consumer|publisher) accepting connections on .*:(\d+)/.exec(value);
       if (m?.[1] === "consumer") consumer = Number(m[2]);
       if (m?.[1] === "publisher") publisher = Number(m[2]);
+      const q = /Server mqtt accepting .* on .*:(\d+)/.exec(value);
+      if (q) mqtt = Number(q[1]);
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     const rest = (async () => {
@@ -378,14 +398,14 @@ export class ChildBroker {
     })();
     const stderr = new Response(process.stderr).text();
     const output = Promise.all([rest, stderr]).then(([o, e]) => o + e);
-    if (!(consumer && publisher)) {
+    if (!(consumer && publisher && (mqtt || !wantMqtt))) {
       try {
         process.kill("SIGKILL");
       } catch { /* already gone */ }
       await process.status;
       throw new Error(`broker did not start:\n${await output}`);
     }
-    return new ChildBroker(process, [consumer, publisher], output);
+    return new ChildBroker(process, [consumer, publisher, mqtt], output);
   }
 
   /** Sends a signal and waits for the exit; returns the exit code and all output. */

@@ -12,14 +12,25 @@
 import { getLogger } from "../log.ts";
 import type { RestartPolicy } from "../supervisor.ts";
 import { Supervisor } from "../supervisor.ts";
-import type { BrokerStore, PayloadFormat, PendingPublish } from "../store/store.ts";
+import type {
+  BrokerStore,
+  MessageProps,
+  PayloadFormat,
+  PendingPublish,
+  Qos,
+  StoredMessage,
+} from "../store/store.ts";
+import { FilterIndex } from "./filter_index.ts";
+import { matches } from "./filters.ts";
+import { type FilterEntry, innerFilter } from "./session.ts";
+import { SessionRegistry } from "./sessions.ts";
 import { type DeadLetter, deadLetterBody } from "./dead_letters.ts";
 import { ALLOW_ALL, type Authorizer } from "./authorizer.ts";
 import type { RetryOptions } from "./delivery.ts";
 import { IdAllocator } from "./ids.ts";
 import { DEAD_LETTER_TOPIC, topicError } from "./names.ts";
 import { ConsumerSession, type SessionSink } from "./consumer_session.ts";
-import { Topic, type TopicHooks } from "./topic.ts";
+import { type Reach, Topic, type TopicHooks } from "./topic.ts";
 
 /** Core settings. */
 export interface BrokerOptions {
@@ -45,6 +56,27 @@ export interface BrokerOptions {
    * it new PUBs are refused until retention frees space.
    */
   maxStoreBytes?: number;
+  /** Longest a filter session may outlive its connection, in seconds. */
+  maxSessionExpirySec?: number;
+  /** Retained messages kept; a new retained topic past it is stored as a normal message. */
+  maxRetained?: number;
+}
+
+/** A message published through {@link Broker.publish} (MQTT, wills). */
+export interface PublishInput {
+  topic: string;
+  payload: Uint8Array;
+  format: PayloadFormat;
+  qos: Qos;
+  retain: boolean;
+  /** The publishing session, for No Local. */
+  from?: string;
+  expiresAt?: number;
+  props?: MessageProps;
+  /** Store an inbound QoS 2 receipt under this session and packet identifier. */
+  receipt?: { sid: string; tag: number };
+  /** This is the will of that session: its record goes in the same atomic. */
+  willOf?: string;
 }
 
 /**
@@ -64,13 +96,20 @@ export interface PublishSource {
   /** The logged-in user, or null when publishers do not log in. */
   user: string | null;
   quota?: PendingQuota;
+  /** The broker itself (`$SYS`): topic rules and the ACL do not apply. */
+  system?: boolean;
 }
+
+/** Why the core refused a request; protocols map it to their reason codes. */
+export type BrokerErrorCode = "invalid-topic" | "denied" | "quota" | "full" | "unknown";
 
 /** A request the core refuses, with a message fit to show the client. */
 export class BrokerError extends Error {
-  constructor(message: string) {
+  readonly code: BrokerErrorCode;
+  constructor(message: string, code: BrokerErrorCode = "unknown") {
     super(message);
     this.name = "BrokerError";
+    this.code = code;
   }
 }
 
@@ -99,6 +138,22 @@ export class Broker {
   #retentionTimer: ReturnType<typeof setInterval> | undefined;
   #retentionRunning: Promise<void> | null = null;
   #closed = false;
+  /** Topic filters of every filter session (MQTT), durable ones loaded at start-up. */
+  readonly filterIndex = new FilterIndex<FilterEntry>();
+  #reachCache = new Map<string, { version: number; subs: { sid: string; durable: boolean }[] }>();
+  /** Retained messages by topic. */
+  readonly retained = new Map<string, StoredMessage>();
+  /** Filter sessions (MQTT client ids). */
+  readonly sessions: SessionRegistry;
+  /** Counters for `$SYS` and the admin API. */
+  readonly metrics = {
+    messagesReceived: 0,
+    messagesStored: 0,
+    bytesReceived: 0,
+    messagesSent: 0,
+    bytesSent: 0,
+  };
+  #reach: Reach;
 
   private constructor(store: BrokerStore, options: BrokerOptions) {
     this.store = store;
@@ -110,6 +165,14 @@ export class Broker {
       getLogger("supervisor"),
       options.supervisorPolicy,
     );
+    this.sessions = new SessionRegistry(this);
+    this.#reach = {
+      subscribersOf: (topic) => this.#subscribersOf(topic),
+      materialised: (topic, sids, seq) => {
+        for (const sid of sids) this.sessions.live(sid)?.reached(topic, seq);
+      },
+      appended: (m) => this.#appended(m),
+    };
   }
 
   /** Loads durable state (pending PUBs, the dead letter topic) and starts the core. */
@@ -117,6 +180,10 @@ export class Broker {
     const b = new Broker(store, options);
     for (const p of await store.loadPending()) b.#pending.set(p.id, p);
     if (options.maxStoreBytes) b.#payloadBytes = await store.payloadBytes();
+    // Filters before any topic starts: the first append must see every filter.
+    for (const f of await store.loadFilters()) b.filterIndex.add({ ...f, durable: true });
+    for (const m of await store.loadRetained()) b.retained.set(m.topic, m);
+    await b.sessions.start();
     await b.topic(DEAD_LETTER_TOPIC);
     const interval = options.retentionIntervalMs ?? 5_000;
     b.#retentionTimer = setInterval(() => b.#sweep(), interval);
@@ -135,7 +202,13 @@ export class Broker {
   topic(name: string): Promise<Topic> {
     let t = this.#topics.get(name);
     if (!t) {
-      t = Topic.start(name, this.store, this.topicSupervisor, this.options.topicHooks);
+      t = Topic.start(
+        name,
+        this.store,
+        this.topicSupervisor,
+        this.options.topicHooks,
+        this.#reach,
+      );
       this.#topics.set(name, t);
       t.then((topic) => {
         this.#started.set(name, topic);
@@ -252,6 +325,118 @@ export class Broker {
     });
   }
 
+  /**
+   * Publishes a message straight to its topic (MQTT PUBLISH, wills): resolves once it
+   * is durable, with the stored message.
+   * @throws BrokerError for a bad topic name, a denied topic, or a limit reached.
+   */
+  async publish(input: PublishInput, source: PublishSource): Promise<StoredMessage> {
+    return await (await this.submit(input, source)).committed;
+  }
+
+  /**
+   * Like {@link publish}, in two steps: resolves once the message has its place in its
+   * topic's order (checks passed, append queued), with `committed` for its durability.
+   * A connection that waits for each `submit` before the next keeps its messages in
+   * order without waiting for their commits.
+   */
+  async submit(
+    input: PublishInput,
+    source: PublishSource,
+  ): Promise<{ committed: Promise<StoredMessage> }> {
+    const { topic, payload } = input;
+    const bad = source.system ? null : this.topicError(topic);
+    if (bad) throw new BrokerError(bad, "invalid-topic");
+    if (!source.system && topic === DEAD_LETTER_TOPIC) {
+      throw new BrokerError(`topic "${DEAD_LETTER_TOPIC}" is written by the broker only`, "denied");
+    }
+    // $SYS figures are the broker's own: the ACL is for clients.
+    if (!source.system && !this.authorizer.canPublish(source.user, topic)) {
+      log.warning("Denied: {user} may not publish to {topic}", {
+        user: source.user ?? "(anonymous)",
+        topic,
+        origin: source.origin,
+      });
+      throw new BrokerError(
+        `not authorised to publish to topic ${JSON.stringify(topic)}`,
+        "denied",
+      );
+    }
+    const maxBytes = this.options.maxStoreBytes ?? 0;
+    if (maxBytes > 0 && this.#payloadBytes + payload.byteLength > maxBytes) {
+      throw new BrokerError(
+        `the store is full (${this.#payloadBytes} payload bytes held, limit ${maxBytes})`,
+        "full",
+      );
+    }
+    const t = await this.topic(topic);
+    const max = this.options.maxTopicMessages;
+    if (max !== undefined && t.storedCount >= max) {
+      throw new BrokerError(`topic ${JSON.stringify(topic)} is full (${max} messages)`, "full");
+    }
+    let retain = input.retain;
+    const maxRetained = this.options.maxRetained;
+    if (
+      retain && payload.byteLength > 0 && maxRetained !== undefined &&
+      !this.retained.has(topic) && this.retained.size >= maxRetained
+    ) {
+      log.warning("Retained message on {topic} kept as a normal message: {max} retained held", {
+        topic,
+        max: maxRetained,
+      });
+      retain = false;
+    }
+    this.metrics.messagesReceived++;
+    this.metrics.bytesReceived += payload.byteLength;
+    const id = await this.#ids.next();
+    const committed = t.append({
+      id,
+      payload,
+      format: input.format,
+      qos: input.qos,
+      retain,
+      from: input.from,
+      expiresAt: input.expiresAt,
+      props: input.props,
+      receipt: input.receipt,
+      willOf: input.willOf,
+    });
+    committed.then(() => this.#payloadBytes += payload.byteLength, () => {});
+    return { committed };
+  }
+
+  #subscribersOf(topic: string): { sid: string; durable: boolean }[] {
+    const version = this.filterIndex.version;
+    const cached = this.#reachCache.get(topic);
+    if (cached?.version === version) return cached.subs;
+    const bySid = new Map<string, boolean>();
+    for (const e of this.filterIndex.match(topic)) {
+      bySid.set(e.sid, (bySid.get(e.sid) ?? false) || e.durable);
+    }
+    const subs = [...bySid].map(([sid, durable]) => ({ sid, durable }));
+    this.#reachCache.set(topic, { version, subs });
+    return subs;
+  }
+
+  #appended(m: StoredMessage): void {
+    this.metrics.messagesStored++;
+    if (!m.retain) return;
+    if (m.payload.byteLength === 0) this.retained.delete(m.topic);
+    else this.retained.set(m.topic, m);
+  }
+
+  /** Retained messages whose topics `filter` matches. */
+  retainedFor(filter: string): StoredMessage[] {
+    const inner = innerFilter(filter);
+    const out: StoredMessage[] = [];
+    const now = Date.now();
+    for (const m of this.retained.values()) {
+      if (m.expiresAt !== undefined && m.expiresAt <= now) continue;
+      if (matches(inner, m.topic)) out.push(m);
+    }
+    return out;
+  }
+
   // --- dead letters -----------------------------------------------------------------
 
   /** Appends a dead letter to {@link DEAD_LETTER_TOPIC}; failures are only logged. */
@@ -331,6 +516,7 @@ export class Broker {
     this.#closed = true;
     clearInterval(this.#retentionTimer);
     for (const s of [...this.#sessions.values()]) s.close();
+    await this.sessions.close();
     await this.#retentionRunning;
     await Promise.allSettled(this.#releasing.values());
     await this.store.flush();

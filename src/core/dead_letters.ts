@@ -6,7 +6,11 @@
  *
  * - `reason`: `invalid-json`, `unknown-command`, `invalid-command`, `wrong-port`,
  *   `invalid-utf8` (rejected input lines) or `delivery-exhausted` (a subscriber did not
- *   acknowledge a message after every retry; the message stays queued for it);
+ *   acknowledge a message after every retry; the message stays queued for it),
+ *   `mqtt-malformed` (an MQTT packet that breaks the framing or the codec, or is too
+ *   large), `mqtt-protocol-error` (a packet out of place: before CONNECT, a second
+ *   CONNECT, a wildcard or empty PUBLISH topic, a bad alias, Receive Maximum exceeded)
+ *   and `mqtt-publish-denied` (a 3.1.1 PUBLISH the ACL refused, acknowledged and dropped);
  * - `detail`: a sentence saying what was wrong;
  * - `raw` (rejected input): the line as received, cut at {@link MAX_RAW_CHARS}
  *   characters (`rawTruncated: true` then);
@@ -31,7 +35,10 @@ export type DeadLetterReason =
   | "invalid-command"
   | "wrong-port"
   | "invalid-utf8"
-  | "delivery-exhausted";
+  | "delivery-exhausted"
+  | "mqtt-malformed"
+  | "mqtt-protocol-error"
+  | "mqtt-publish-denied";
 
 /** A dead letter before it is stored. */
 export interface DeadLetter {

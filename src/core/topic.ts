@@ -13,7 +13,16 @@
  * @module
  */
 import type { Restartable, Supervisor } from "../supervisor.ts";
-import type { BrokerStore, PayloadFormat, StoredMessage, TopicRecord } from "../store/store.ts";
+import type {
+  AppendEffects,
+  BrokerStore,
+  MessageProps,
+  PayloadFormat,
+  Qos,
+  StoredMessage,
+  SubscriptionRecord,
+  TopicRecord,
+} from "../store/store.ts";
 import { getLogger } from "../log.ts";
 import { Mailbox } from "./mailbox.ts";
 
@@ -26,6 +35,30 @@ export interface AppendInput {
   format: PayloadFormat;
   /** The pending PUB this append releases, removed in the same atomic. */
   releasedId?: number;
+  qos?: Qos;
+  retain?: boolean;
+  from?: string;
+  expiresAt?: number;
+  props?: MessageProps;
+  /** An inbound MQTT QoS 2 receipt to store with the message (its seq is filled in). */
+  receipt?: { sid: string; tag: number };
+  /** Publishing this session's will: its record is deleted in the same atomic. */
+  willOf?: string;
+}
+
+/**
+ * Subscribers whose topic filters reach a topic. The topic asks before each append and
+ * gives every one that has no position yet a position at the appended message, in the
+ * append's own atomic: a filter covers every message appended after it was registered,
+ * also in topics that did not exist then.
+ */
+export interface Reach {
+  /** Subscribers whose filters match `topic`; `durable` ones get a stored position. */
+  subscribersOf(topic: string): readonly { sid: string; durable: boolean }[];
+  /** Called after the commit that created positions for `sids` at `seq`. */
+  materialised(topic: Topic, sids: string[], seq: number): void;
+  /** Called after the commit of every append (retained messages, counters). */
+  appended?(message: StoredMessage): void;
 }
 
 /** Something to wake when a message becomes readable (a delivery). */
@@ -64,6 +97,7 @@ export class Topic implements Restartable {
   #store: BrokerStore;
   #supervisor: Supervisor;
   #hooks: TopicHooks;
+  #reach: Reach | undefined;
   #mailbox: Mailbox<AppendMsg>;
   #state: "running" | "restarting" | "down" | "stopped" = "running";
   #held: AppendMsg[] = [];
@@ -81,8 +115,15 @@ export class Topic implements Restartable {
   /** Log entries below this are deleted (by retention) or never existed. */
   trimmedTo = 0;
 
-  private constructor(name: string, store: BrokerStore, supervisor: Supervisor, hooks: TopicHooks) {
+  private constructor(
+    name: string,
+    store: BrokerStore,
+    supervisor: Supervisor,
+    hooks: TopicHooks,
+    reach: Reach | undefined,
+  ) {
     this.topic = name;
+    this.#reach = reach;
     this.#store = store;
     this.#supervisor = supervisor;
     this.#hooks = hooks;
@@ -98,8 +139,9 @@ export class Topic implements Restartable {
     store: BrokerStore,
     supervisor: Supervisor,
     hooks: TopicHooks = {},
+    reach?: Reach,
   ): Promise<Topic> {
-    const t = new Topic(name, store, supervisor, hooks);
+    const t = new Topic(name, store, supervisor, hooks, reach);
     await t.#load(true);
     return t;
   }
@@ -164,24 +206,46 @@ export class Topic implements Restartable {
       return;
     }
     this.#hooks.beforeAppend?.(this.topic);
+    const input = m.input;
     const message: StoredMessage = {
-      id: m.input.id,
+      id: input.id,
       seq: this.#nextSeq++,
       topic: this.topic,
-      payload: m.input.payload,
-      format: m.input.format,
+      payload: input.payload,
+      format: input.format,
       publishedAt: Date.now(),
     };
+    if (input.qos !== undefined && input.qos !== 2) message.qos = input.qos;
+    if (input.retain) message.retain = true;
+    if (input.from !== undefined) message.from = input.from;
+    if (input.expiresAt !== undefined) message.expiresAt = input.expiresAt;
+    if (input.props !== undefined) message.props = input.props;
     const head: TopicRecord = {
       name: this.topic,
       nextSeq: this.#nextSeq,
       createdAt: this.#createdAt,
     };
+    const effects: AppendEffects = {};
+    if (input.releasedId !== undefined) effects.releasedId = input.releasedId;
+    if (input.receipt) {
+      effects.receipt = {
+        ...input.receipt,
+        msgId: message.id,
+        topic: this.topic,
+        seq: message.seq,
+        at: message.publishedAt,
+      };
+    }
+    if (input.retain) effects.retained = input.payload.byteLength === 0 ? "clear" : "set";
+    if (input.willOf !== undefined) effects.willOf = input.willOf;
+    const reached = this.#materialise(message.seq, effects);
     const epoch = this.#epoch;
-    this.#store.append(message, head, m.input.releasedId).then(() => {
+    this.#store.append(message, head, effects).then(() => {
       m.resolve(message);
       if (epoch !== this.#epoch) return; // a restart reloaded the state since
       this.#remember(message);
+      if (reached.length > 0) this.#reach?.materialised(this, reached, message.seq);
+      this.#reach?.appended?.(message);
       for (const s of this.#subscribers) s.wake();
     }, (err) => {
       // The store refused the write (disk full, read-only file...): not a fault of the
@@ -190,6 +254,35 @@ export class Topic implements Restartable {
       m.reject(err);
       this.#resync(err);
     });
+  }
+
+  /** Gives filter subscribers without a position here one at `seq`; returns their ids. */
+  #materialise(seq: number, effects: AppendEffects): string[] {
+    const subs = this.#reach?.subscribersOf(this.topic);
+    if (!subs || subs.length === 0) return [];
+    const reached: string[] = [];
+    const now = Date.now();
+    for (const { sid, durable } of subs) {
+      if (this.#positions.has(sid)) continue;
+      this.#positions.set(sid, seq);
+      reached.push(sid);
+      if (durable) {
+        const rec: SubscriptionRecord = {
+          subscriber: sid,
+          topic: this.topic,
+          position: seq,
+          received: null,
+          createdAt: now,
+        };
+        (effects.positions ??= []).push(rec);
+      }
+    }
+    return reached;
+  }
+
+  /** True when `subscriber` has a position (durable or tracked) in this topic. */
+  hasPosition(subscriber: string): boolean {
+    return this.#positions.has(subscriber);
   }
 
   #remember(message: StoredMessage): void {

@@ -1,49 +1,88 @@
 /**
  * The broker's store on Deno KV.
  *
- * Key layout (schema version 1):
+ * Key layout (schema version 2; `sid` is a session id, `mqtt:<client id>` or
+ * `share:<group>/<filter>`):
  *
- * | key                              | value                | written when                    |
- * |----------------------------------|----------------------|---------------------------------|
- * | ["meta", "schema"]               | number (1)           | first start                     |
- * | ["meta", "owner"]                | {token, pid, at}     | every start (the fencing token) |
- * | ["meta", "ids"]                  | number               | a block of ids is reserved      |
- * | ["topic", name]                  | TopicRecord          | topic created, message appended |
- * | ["log", topic, seq]              | StoredMessage        | message released to the topic   |
- * | ["pending", id]                  | PendingPublish       | PUB stored, deleted at PUBREL   |
- * | ["released", id]                 | ReleasedRecord       | PUBREL (expires after a week)   |
- * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP            |
- * | ["subscriber", subscriber, topic]| number (created at)  | SUB; deleted at UNSUB           |
- * | ["quarantine", ...key]           | the damaged value    | a read found the wrong shape    |
+ * | key                              | value                | written when                      |
+ * |----------------------------------|----------------------|-----------------------------------|
+ * | ["meta", "schema"]               | number (2)           | first start; migration from 1     |
+ * | ["meta", "owner"]                | {token, pid, at}     | every start (the fencing token)   |
+ * | ["meta", "ids"]                  | number               | a block of ids is reserved        |
+ * | ["topic", name]                  | TopicRecord          | topic created, message appended   |
+ * | ["log", topic, seq]              | StoredMessage        | message released to the topic     |
+ * | ["pending", id]                  | PendingPublish       | PUB stored, deleted at PUBREL     |
+ * | ["released", id]                 | ReleasedRecord       | PUBREL (expires after a week)     |
+ * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP; with append |
+ * | ["subscriber", subscriber, topic]| number (created at)  | SUB, with append; deleted at UNSUB|
+ * | ["session", sid]                 | SessionRecord        | CONNECT, disconnect               |
+ * | ["filter", sid, filter]          | FilterRecord         | SUBSCRIBE; deleted at UNSUBSCRIBE |
+ * | ["inflight", sid, tag]           | InflightRecord       | outbound QoS 2 send, PUBREC       |
+ * | ["receipt", sid, tag]            | ReceiptRecord        | inbound QoS 2 append; PUBREL      |
+ * | ["retained", topic]              | StoredMessage        | RETAIN append (empty one clears)  |
+ * | ["will", sid]                    | WillRecord           | CONNECT with a will; published    |
+ * | ["quarantine", ...key]           | the damaged value    | a read found the wrong shape      |
+ *
+ * A session's keys (`session`, `filter`, `inflight`, `receipt`, and its positions in
+ * `sub` / `subscriber`) go together in {@link KvStore.deleteSession}; its `will` and the
+ * `retained` messages outlive it.
+ *
+ * Version 1 stores (the JSON-line broker's keys only) are migrated by rewriting the
+ * schema number: no key changed meaning, and the fields version 2 added to existing
+ * values are optional.
  *
  * Every write goes through the {@link GroupCommitter}, so it is fenced by the owner key
  * and batched with whatever else is being written at the same moment.
  *
  * @module
  */
-import { type Fence, FencedError, GroupCommitter, type Mutation } from "./group_commit.ts";
+import {
+  DEFAULT_LIMITS,
+  estimateSize,
+  type Fence,
+  FencedError,
+  GroupCommitter,
+  type Mutation,
+} from "./group_commit.ts";
 import type { z } from "zod";
 import { getLogger } from "../log.ts";
 import {
+  filterRecord,
+  inflightRecord,
   pendingPublish,
+  receiptRecord,
   releasedRecord,
+  sessionRecord,
   storedMessage,
   subscriptionRecord,
   topicRecord,
+  willRecord,
 } from "./records.ts";
 import type {
+  AppendEffects,
   BrokerStore,
+  FilterRecord,
+  InflightRecord,
   PendingPublish,
+  ReceiptRecord,
   ReleasedRecord,
+  SessionRecord,
   StoredMessage,
   SubscriptionRecord,
   TopicRecord,
+  WillRecord,
 } from "./store.ts";
 
 const log = getLogger("store");
 
 /** The layout version this code writes and reads. */
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
+
+/** Older layouts this code opens, each migrated by rewriting the schema number. */
+const MIGRATES_FROM: readonly number[] = [1];
+
+/** Mutations per operation when a session's keys are deleted. */
+const DELETE_BATCH = 500;
 
 /** How long a release is remembered to answer a repeated PUBREL with PUBCOMP. */
 export const RELEASED_TTL_MS = 7 * 24 * 3600 * 1000;
@@ -84,23 +123,45 @@ export class KvStore implements BrokerStore {
 
   /**
    * Opens (or creates) the store at `path` (a file path or ":memory:"), checks the
-   * schema version and takes ownership by rewriting the owner key.
+   * schema version (migrating a version 1 store to version 2) and takes ownership by
+   * rewriting the owner key.
    */
   static async open(path: string): Promise<KvStore> {
     const kv = await Deno.openKv(path);
     try {
-      const schema = await kv.get<number>(["meta", "schema"]);
-      if (schema.value === null) {
-        await kv.atomic().check(schema).set(["meta", "schema"], SCHEMA_VERSION).commit();
-      } else if (schema.value !== SCHEMA_VERSION) {
-        throw new SchemaError(schema.value);
-      }
+      await KvStore.#settleSchema(kv);
       const owner = { token: crypto.randomUUID(), pid: Deno.pid, at: Date.now() };
       const res = await kv.set(["meta", "owner"], owner);
       return new KvStore(kv, { key: ["meta", "owner"], versionstamp: res.versionstamp });
     } catch (err) {
       kv.close();
       throw err;
+    }
+  }
+
+  /**
+   * Leaves ["meta", "schema"] at {@link SCHEMA_VERSION}: writes it in a new store,
+   * rewrites it in a store of a version this code migrates from (every change since is
+   * additive), refuses anything else. Each write is checked against the value read.
+   */
+  static async #settleSchema(kv: Deno.Kv): Promise<void> {
+    for (;;) {
+      const schema = await kv.get<unknown>(["meta", "schema"]);
+      const found = schema.value;
+      if (found === SCHEMA_VERSION) return;
+      if (found !== null && !MIGRATES_FROM.includes(found as number)) {
+        throw new SchemaError(found);
+      }
+      const res = await kv.atomic().check(schema).set(["meta", "schema"], SCHEMA_VERSION)
+        .commit();
+      if (!res.ok) continue; // written meanwhile: look again
+      if (found !== null) {
+        log.info("Store migrated from schema version {from} to {to}", {
+          from: found,
+          to: SCHEMA_VERSION,
+        });
+      }
+      return;
     }
   }
 
@@ -182,7 +243,7 @@ export class KvStore implements BrokerStore {
 
   async payloadBytes(): Promise<number> {
     let bytes = 0;
-    for (const prefix of [["log"], ["pending"]]) {
+    for (const prefix of [["log"], ["pending"], ["retained"], ["will"], ["inflight"]]) {
       for await (const e of this.#kv.list({ prefix }, { batchSize: 1000 })) {
         bytes += payloadSize(e.value);
       }
@@ -198,11 +259,20 @@ export class KvStore implements BrokerStore {
     return await this.#collect(this.#kv.list({ prefix: ["pending"] }), pendingPublish);
   }
 
-  append(message: StoredMessage, head: TopicRecord, releasedId?: number): Promise<void> {
+  /**
+   * One operation for the message, its head and every effect. When that would exceed
+   * the group committer's per-operation limits (many or long positions), the positions
+   * are committed first, in operations of their own: a position at a message not yet
+   * written is harmless (nothing is at or after it until the message is), whereas the
+   * other order could let a subscription miss its first message. A rejected append may
+   * then have written positions, but never the message or its other effects.
+   */
+  async append(message: StoredMessage, head: TopicRecord, effects?: AppendEffects): Promise<void> {
     const m: Mutation[] = [
       { type: "set", key: ["log", message.topic, message.seq], value: message },
       { type: "set", key: ["topic", head.name], value: head },
     ];
+    const releasedId = effects?.releasedId;
     if (releasedId !== undefined) {
       const released: ReleasedRecord = { id: releasedId, topic: message.topic, seq: message.seq };
       m.push({ type: "delete", key: ["pending", releasedId] });
@@ -213,7 +283,24 @@ export class KvStore implements BrokerStore {
         expireIn: RELEASED_TTL_MS,
       });
     }
-    return this.#gc.commit(m);
+    const receipt = effects?.receipt;
+    if (receipt) {
+      m.push({ type: "set", key: ["receipt", receipt.sid, receipt.tag], value: receipt });
+    }
+    if (effects?.retained === "set") {
+      m.push({ type: "set", key: ["retained", message.topic], value: message });
+    } else if (effects?.retained === "clear") {
+      m.push({ type: "delete", key: ["retained", message.topic] });
+    }
+    if (effects?.willOf !== undefined) m.push({ type: "delete", key: ["will", effects.willOf] });
+
+    const positions = (effects?.positions ?? []).map(subscriptionMutations);
+    const all = [...positions.flat(), ...m];
+    if (positions.length === 0 || fits(measure(all), DEFAULT_LIMITS.maxMutations)) {
+      return await this.#gc.commit(all);
+    }
+    await this.#commitInBatches(positions, DEFAULT_LIMITS.maxMutations);
+    await this.#gc.commit(m);
   }
 
   async getReleased(id: number): Promise<ReleasedRecord | null> {
@@ -221,10 +308,7 @@ export class KvStore implements BrokerStore {
   }
 
   saveSubscription(r: SubscriptionRecord): Promise<void> {
-    return this.#gc.commit([
-      { type: "set", key: ["sub", r.topic, r.subscriber], value: r },
-      { type: "set", key: ["subscriber", r.subscriber, r.topic], value: r.createdAt },
-    ]);
+    return this.#gc.commit(subscriptionMutations(r));
   }
 
   savePosition(r: SubscriptionRecord): Promise<void> {
@@ -252,6 +336,130 @@ export class KvStore implements BrokerStore {
 
   async loadTopicSubscriptions(topic: string): Promise<SubscriptionRecord[]> {
     return await this.#collect(this.#kv.list({ prefix: ["sub", topic] }), subscriptionRecord);
+  }
+
+  // --- sessions ----------------------------------------------------------------------
+
+  saveSession(r: SessionRecord): Promise<void> {
+    return this.#gc.commit([{ type: "set", key: ["session", r.sid], value: r }]);
+  }
+
+  async loadSession(sid: string): Promise<SessionRecord | null> {
+    return this.#checked(await this.#kv.get(["session", sid]), sessionRecord);
+  }
+
+  async loadSessions(): Promise<SessionRecord[]> {
+    return await this.#collect(this.#kv.list({ prefix: ["session"] }), sessionRecord);
+  }
+
+  /**
+   * Deletes the session's filters, positions (found through its subscriber index),
+   * in-flight entries and receipts in operations of at most {@link DELETE_BATCH}
+   * mutations, one after the other, and its record in the last one: a session whose
+   * deletion was interrupted still has its record, and deleting it again finishes the
+   * job. Its will is left alone.
+   */
+  async deleteSession(sid: string): Promise<void> {
+    const kv = this.#kv;
+    async function* groups(): AsyncIterable<Mutation[]> {
+      for (const prefix of [["filter", sid], ["inflight", sid], ["receipt", sid]]) {
+        for await (const e of kv.list({ prefix }, { batchSize: DELETE_BATCH })) {
+          yield [{ type: "delete", key: e.key }];
+        }
+      }
+      for await (const e of kv.list({ prefix: ["subscriber", sid] }, { batchSize: DELETE_BATCH })) {
+        const topic = e.key[2];
+        const index: Mutation = { type: "delete", key: e.key };
+        yield typeof topic === "string"
+          ? [{ type: "delete", key: ["sub", topic, sid] }, index]
+          : [index];
+      }
+      yield [{ type: "delete", key: ["session", sid] }];
+    }
+    await this.#commitInBatches(groups(), DELETE_BATCH);
+  }
+
+  saveFilter(r: FilterRecord): Promise<void> {
+    return this.#gc.commit([{ type: "set", key: ["filter", r.sid, r.filter], value: r }]);
+  }
+
+  deleteFilter(sid: string, filter: string): Promise<void> {
+    return this.#gc.commit([{ type: "delete", key: ["filter", sid, filter] }]);
+  }
+
+  async loadFilters(): Promise<FilterRecord[]> {
+    return await this.#collect(this.#kv.list({ prefix: ["filter"] }), filterRecord);
+  }
+
+  /** Deletions first, then the writes: a tag both removed and set ends up set. */
+  saveInflight(
+    set: InflightRecord[],
+    remove: { sid: string; tag: number }[] = [],
+    position?: SubscriptionRecord,
+  ): Promise<void> {
+    const m: Mutation[] = remove.map((r) => ({ type: "delete", key: ["inflight", r.sid, r.tag] }));
+    for (const r of set) m.push({ type: "set", key: ["inflight", r.sid, r.tag], value: r });
+    if (position) {
+      m.push({ type: "set", key: ["sub", position.topic, position.subscriber], value: position });
+    }
+    return m.length === 0 ? Promise.resolve() : this.#gc.commit(m);
+  }
+
+  async loadInflight(sid: string): Promise<InflightRecord[]> {
+    return await this.#collect(this.#kv.list({ prefix: ["inflight", sid] }), inflightRecord);
+  }
+
+  async loadReceipt(sid: string, tag: number): Promise<ReceiptRecord | null> {
+    return this.#checked(await this.#kv.get(["receipt", sid, tag]), receiptRecord);
+  }
+
+  async loadReceipts(sid: string): Promise<ReceiptRecord[]> {
+    return await this.#collect(this.#kv.list({ prefix: ["receipt", sid] }), receiptRecord);
+  }
+
+  deleteReceipt(sid: string, tag: number): Promise<void> {
+    return this.#gc.commit([{ type: "delete", key: ["receipt", sid, tag] }]);
+  }
+
+  async loadRetained(): Promise<StoredMessage[]> {
+    return await this.#collect(this.#kv.list({ prefix: ["retained"] }), storedMessage);
+  }
+
+  saveWill(r: WillRecord): Promise<void> {
+    return this.#gc.commit([{ type: "set", key: ["will", r.sid], value: r }]);
+  }
+
+  deleteWill(sid: string): Promise<void> {
+    return this.#gc.commit([{ type: "delete", key: ["will", sid] }]);
+  }
+
+  async loadWills(): Promise<WillRecord[]> {
+    return await this.#collect(this.#kv.list({ prefix: ["will"] }), willRecord);
+  }
+
+  /**
+   * Commits `groups` of mutations in consecutive operations of at most `maxMutations`
+   * mutations (and within the group committer's byte limits), each awaited before the
+   * next is built. A group is never split across operations.
+   */
+  async #commitInBatches(
+    groups: Iterable<Mutation[]> | AsyncIterable<Mutation[]>,
+    maxMutations: number,
+  ): Promise<void> {
+    let batch: Mutation[] = [];
+    let size = ZERO;
+    for await (const group of groups) {
+      const next = plus(size, measure(group));
+      if (batch.length > 0 && !fits(next, maxMutations)) {
+        await this.#gc.commit(batch);
+        batch = [...group];
+        size = measure(group);
+      } else {
+        batch.push(...group);
+        size = next;
+      }
+    }
+    if (batch.length > 0) await this.#gc.commit(batch);
   }
 
   flush(): Promise<void> {
@@ -298,7 +506,48 @@ export class KvStore implements BrokerStore {
   }
 }
 
+/** A subscription record and its subscriber index entry. */
+function subscriptionMutations(r: SubscriptionRecord): Mutation[] {
+  return [
+    { type: "set", key: ["sub", r.topic, r.subscriber], value: r },
+    { type: "set", key: ["subscriber", r.subscriber, r.topic], value: r.createdAt },
+  ];
+}
+
+/** An operation's size as the {@link GroupCommitter} estimates it. */
+interface OpSize {
+  count: number;
+  bytes: number;
+  keyBytes: number;
+}
+
+const ZERO: OpSize = { count: 0, bytes: 0, keyBytes: 0 };
+
+function measure(mutations: Mutation[]): OpSize {
+  let bytes = 0;
+  let keyBytes = 0;
+  for (const m of mutations) {
+    const k = estimateSize(m.key);
+    keyBytes += k;
+    bytes += k + (m.type === "set" ? estimateSize(m.value) : 0);
+  }
+  return { count: mutations.length, bytes, keyBytes };
+}
+
+function plus(a: OpSize, b: OpSize): OpSize {
+  return { count: a.count + b.count, bytes: a.bytes + b.bytes, keyBytes: a.keyBytes + b.keyBytes };
+}
+
+/** Whether the group committer accepts an operation of this size as one operation. */
+function fits(size: OpSize, maxMutations: number): boolean {
+  const l = DEFAULT_LIMITS;
+  return size.count <= Math.min(maxMutations, l.maxMutations) && size.bytes <= l.maxBytes &&
+    size.keyBytes <= l.maxKeyBytes;
+}
+
+/** Payload bytes of a stored value: its own payload, or that of the message it embeds. */
 function payloadSize(value: unknown): number {
-  const p = (value as { payload?: unknown } | null)?.payload;
+  const v = value as { payload?: unknown; message?: { payload?: unknown } | null } | null;
+  const p = v?.payload ?? v?.message?.payload;
   return p instanceof Uint8Array ? p.byteLength : 0;
 }

@@ -7,7 +7,17 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { FencedError } from "./group_commit.ts";
 import { KvStore, SCHEMA_VERSION, SchemaError } from "./kv_store.ts";
-import type { PendingPublish, StoredMessage, SubscriptionRecord, TopicRecord } from "./store.ts";
+import type {
+  FilterRecord,
+  InflightRecord,
+  PendingPublish,
+  ReceiptRecord,
+  SessionRecord,
+  StoredMessage,
+  SubscriptionRecord,
+  TopicRecord,
+  WillRecord,
+} from "./store.ts";
 
 const encoder = new TextEncoder();
 
@@ -54,6 +64,88 @@ function head(name: string, nextSeq: number): TopicRecord {
 
 function subscription(subscriber: string, topic: string, position = 1): SubscriptionRecord {
   return { subscriber, topic, position, received: null, createdAt: 42 };
+}
+
+function session(sid: string, extra: Partial<SessionRecord> = {}): SessionRecord {
+  return {
+    sid,
+    clientId: sid.replace(/^mqtt:/, ""),
+    protocolVersion: 5,
+    expirySec: 3600,
+    user: null,
+    createdAt: 10,
+    disconnectedAt: null,
+    ...extra,
+  };
+}
+
+function filter(sid: string, f: string, extra: Partial<FilterRecord> = {}): FilterRecord {
+  return {
+    sid,
+    filter: f,
+    qos: 1,
+    noLocal: false,
+    retainAsPublished: false,
+    retainHandling: 0,
+    createdAt: 11,
+    ...extra,
+  };
+}
+
+function inflight(sid: string, tag: number, extra: Partial<InflightRecord> = {}): InflightRecord {
+  return {
+    sid,
+    tag,
+    topic: "t",
+    seq: tag,
+    msgId: 500 + tag,
+    qos: 2,
+    phase: "sent",
+    ...extra,
+  };
+}
+
+function receipt(sid: string, tag: number, msgId = 900 + tag, seq = 1): ReceiptRecord {
+  return { sid, tag, msgId, topic: "t", seq, at: 12 };
+}
+
+function will(sid: string, extra: Partial<WillRecord> = {}): WillRecord {
+  return {
+    sid,
+    topic: `wills/${sid}`,
+    payload: encoder.encode(`bye ${sid}`),
+    format: "text",
+    qos: 1,
+    retain: false,
+    delaySec: 0,
+    user: null,
+    dueAt: null,
+    ...extra,
+  };
+}
+
+/** A message using every optional field of schema version 2. */
+function mqttMessage(topic: string, seq: number, id = 2000 + seq): StoredMessage {
+  return {
+    ...message(topic, seq, id),
+    format: "binary",
+    payload: new Uint8Array([0, 1, 254, 255]),
+    qos: 1,
+    retain: true,
+    from: "mqtt:pub",
+    expiresAt: 99_999,
+    props: {
+      payloadFormatIndicator: false,
+      contentType: "application/octet-stream",
+      responseTopic: "replies/pub",
+      correlationData: new Uint8Array([7, 8, 9]),
+      userProperties: { a: "1", b: ["2", "3"] },
+    },
+  };
+}
+
+function byTag(rs: { tag: number }[]): number[] {
+  return rs.map((r) => r.tag).sort((a, b) => a - b);
 }
 
 /** Appends `seqs` to `topic`, each in its own operation, all in flight together. */
@@ -144,7 +236,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     assert.deepEqual((await store.loadPending())[0], pending);
     assert.equal(await store.getReleased(31), null);
 
-    await store.append(message("t", 4, 31), head("t", 5), 31);
+    await store.append(message("t", 4, 31), head("t", 5), { releasedId: 31 });
     assert.deepEqual((await store.loadPending()).map((p) => p.id), [32]);
     assert.deepEqual(await store.getReleased(31), { id: 31, topic: "t", seq: 4 });
     assert.equal(await store.getReleased(32), null);
@@ -193,6 +285,265 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     assert.deepEqual(seqsOf(await store.readLog("t", 1, 3)), [3, 4, 5]);
   });
 
+  test("a message with every schema 2 field round-trips through the log", async ({ store }) => {
+    const m = mqttMessage("t", 1);
+    await store.append(m, head("t", 2));
+    const [back] = await store.readLog("t", 1, 10);
+    assert.deepEqual(back, m);
+    assert.ok(back?.props?.correlationData instanceof Uint8Array);
+  });
+
+  test("sessions save, load, list and rewrite", async ({ store }) => {
+    assert.equal(await store.loadSession("mqtt:a"), null);
+    assert.deepEqual(await store.loadSessions(), []);
+    await store.saveSession(session("mqtt:a"));
+    await store.saveSession(session("mqtt:b", { protocolVersion: 4, user: "bob" }));
+    assert.deepEqual(await store.loadSession("mqtt:a"), session("mqtt:a"));
+    const ended = session("mqtt:a", { disconnectedAt: 77, expirySec: 0 });
+    await store.saveSession(ended);
+    assert.deepEqual(await store.loadSession("mqtt:a"), ended);
+    assert.deepEqual(
+      (await store.loadSessions()).sort((x, y) => x.sid.localeCompare(y.sid)),
+      [ended, session("mqtt:b", { protocolVersion: 4, user: "bob" })],
+    );
+  });
+
+  test("filters save, list and delete", async ({ store }) => {
+    const a1 = filter("mqtt:a", "sensors/#", { subscriptionId: 3, noLocal: true });
+    const a2 = filter("mqtt:a", "$share/g/x/+", { qos: 2, retainHandling: 2 });
+    const b1 = filter("mqtt:b", "sensors/#", { retainAsPublished: true, qos: 0 });
+    for (const f of [a1, a2, b1]) await store.saveFilter(f);
+    const key = (f: FilterRecord) => `${f.sid} ${f.filter}`;
+    const sorted = (fs: FilterRecord[]) => [...fs].sort((x, y) => key(x).localeCompare(key(y)));
+    assert.deepEqual(sorted(await store.loadFilters()), sorted([a1, a2, b1]));
+    await store.saveFilter({ ...a1, qos: 0 });
+    await store.deleteFilter("mqtt:a", "$share/g/x/+");
+    await store.deleteFilter("mqtt:a", "never/subscribed");
+    assert.deepEqual(sorted(await store.loadFilters()), sorted([{ ...a1, qos: 0 }, b1]));
+  });
+
+  test("saveInflight writes, deletes and moves a position in one operation", async ({ store }) => {
+    const retained = mqttMessage("r", 0, 41);
+    await store.saveSubscription(subscription("mqtt:a", "t", 1));
+    await store.saveInflight([
+      inflight("mqtt:a", 1),
+      inflight("mqtt:a", 2, { qos: 1 }),
+      inflight("mqtt:a", 3, { topic: "r", seq: 0, msgId: 41, message: retained }),
+      inflight("mqtt:b", 1),
+    ]);
+    assert.deepEqual(byTag(await store.loadInflight("mqtt:a")), [1, 2, 3]);
+    const [embedded] = (await store.loadInflight("mqtt:a")).filter((r) => r.tag === 3);
+    assert.deepEqual(embedded?.message, retained);
+
+    const before = store.commitStats.operations;
+    const moved = subscription("mqtt:a", "t", 3);
+    await store.saveInflight(
+      [inflight("mqtt:a", 2, { phase: "done" }), inflight("mqtt:a", 1, { seq: 9, msgId: 99 })],
+      [{ sid: "mqtt:a", tag: 1 }, { sid: "mqtt:a", tag: 3 }, { sid: "mqtt:a", tag: 400 }],
+      moved,
+    );
+    assert.equal(store.commitStats.operations, before + 1);
+    const a = await store.loadInflight("mqtt:a");
+    assert.deepEqual(byTag(a), [1, 2]);
+    assert.deepEqual(a.find((r) => r.tag === 1), inflight("mqtt:a", 1, { seq: 9, msgId: 99 }));
+    assert.equal(a.find((r) => r.tag === 2)?.phase, "done");
+    assert.deepEqual(await store.loadSubscription("mqtt:a", "t"), moved);
+    assert.deepEqual(await store.loadInflight("mqtt:b"), [inflight("mqtt:b", 1)]);
+
+    await store.saveInflight([]); // nothing to do
+    await store.saveInflight([], [{ sid: "mqtt:b", tag: 1 }]);
+    assert.deepEqual(await store.loadInflight("mqtt:b"), []);
+  });
+
+  test("receipts are stored with their append, listed per session and deleted", async ({ store }) => {
+    await store.append(message("t", 1, 901), head("t", 2), { receipt: receipt("mqtt:a", 7, 901) });
+    await store.append(message("t", 2, 902), head("t", 3), {
+      receipt: receipt("mqtt:a", 8, 902, 2),
+    });
+    await store.append(message("t", 3, 903), head("t", 4), {
+      receipt: receipt("mqtt:b", 7, 903, 3),
+    });
+    assert.deepEqual(await store.loadReceipt("mqtt:a", 7), receipt("mqtt:a", 7, 901));
+    assert.equal(await store.loadReceipt("mqtt:a", 9), null);
+    assert.deepEqual(byTag(await store.loadReceipts("mqtt:a")), [7, 8]);
+    await store.deleteReceipt("mqtt:a", 7);
+    await store.deleteReceipt("mqtt:a", 7);
+    assert.equal(await store.loadReceipt("mqtt:a", 7), null);
+    assert.deepEqual(await store.loadReceipts("mqtt:a"), [receipt("mqtt:a", 8, 902, 2)]);
+    assert.deepEqual(await store.loadReceipts("mqtt:b"), [receipt("mqtt:b", 7, 903, 3)]);
+  });
+
+  test("retained messages are set and cleared by appends, one per topic", async ({ store }) => {
+    assert.deepEqual(await store.loadRetained(), []);
+    const first = mqttMessage("a", 1);
+    await store.append(first, head("a", 2), { retained: "set" });
+    await store.append(message("b", 1), head("b", 2), { retained: "set" });
+    assert.deepEqual(
+      (await store.loadRetained()).map((m) => [m.topic, m.id]).sort(),
+      [["a", 2001], ["b", 1001]],
+    );
+    assert.deepEqual((await store.loadRetained()).find((m) => m.topic === "a"), first);
+
+    await store.append(message("a", 2), head("a", 3)); // RETAIN 0 leaves it alone
+    assert.equal((await store.loadRetained()).find((m) => m.topic === "a")?.id, 2001);
+    await store.append(mqttMessage("a", 3), head("a", 4), { retained: "set" });
+    assert.equal((await store.loadRetained()).find((m) => m.topic === "a")?.seq, 3);
+    await store.append(message("a", 4, 1004, ""), head("a", 5), { retained: "clear" });
+    assert.deepEqual((await store.loadRetained()).map((m) => m.topic), ["b"]);
+    assert.deepEqual(seqsOf(await store.readLog("a", 1, 10)), [1, 2, 3, 4]);
+  });
+
+  test("wills save, list and delete, also by the append that publishes them", async ({ store }) => {
+    const a = will("mqtt:a", { props: { contentType: "text/plain" }, expiryIntervalSec: 60 });
+    await store.saveWill(a);
+    await store.saveWill(will("mqtt:b", { delaySec: 30, dueAt: 1234, retain: true, qos: 2 }));
+    const sorted = async () => (await store.loadWills()).sort((x, y) => x.sid.localeCompare(y.sid));
+    assert.deepEqual(await sorted(), [
+      a,
+      will("mqtt:b", {
+        delaySec: 30,
+        dueAt: 1234,
+        retain: true,
+        qos: 2,
+      }),
+    ]);
+    await store.append(message("wills/mqtt:b", 1), head("wills/mqtt:b", 2), { willOf: "mqtt:b" });
+    assert.deepEqual(await sorted(), [a]);
+    await store.deleteWill("mqtt:a");
+    await store.deleteWill("mqtt:a");
+    assert.deepEqual(await store.loadWills(), []);
+  });
+
+  test("append commits the message and every effect in one operation", async ({ store }) => {
+    const pending: PendingPublish = {
+      id: 60,
+      topic: "t",
+      payload: encoder.encode("held"),
+      format: "text",
+      receivedAt: 1,
+      origin: "publisher 127.0.0.1:1",
+    };
+    await store.savePending(pending);
+    await store.saveWill(will("mqtt:w"));
+    await store.saveWill(will("mqtt:other"));
+    await store.saveSubscription(subscription("old", "t", 1));
+    await store.flush();
+
+    const m = { ...mqttMessage("t", 5, 60), retain: true };
+    const positions = [subscription("mqtt:x", "t", 5), subscription("share:g/t", "t", 5)];
+    const before = { ...store.commitStats };
+    await store.append(m, head("t", 6), {
+      releasedId: 60,
+      receipt: receipt("mqtt:w", 3, 60, 5),
+      retained: "set",
+      positions,
+      willOf: "mqtt:w",
+    });
+    assert.equal(store.commitStats.operations, before.operations + 1);
+    assert.equal(store.commitStats.atomics, before.atomics + 1);
+
+    assert.deepEqual(await store.readLog("t", 1, 10), [m]);
+    assert.equal((await store.loadTopic("t"))?.nextSeq, 6);
+    assert.deepEqual(await store.loadPending(), []);
+    assert.deepEqual(await store.getReleased(60), { id: 60, topic: "t", seq: 5 });
+    assert.deepEqual(await store.loadReceipt("mqtt:w", 3), receipt("mqtt:w", 3, 60, 5));
+    assert.deepEqual(await store.loadRetained(), [m]);
+    for (const p of positions) {
+      assert.deepEqual(await store.loadSubscription(p.subscriber, "t"), p);
+      assert.deepEqual(await store.loadSubscriberTopics(p.subscriber), ["t"]);
+    }
+    assert.equal((await store.loadTopicSubscriptions("t")).length, 3);
+    assert.deepEqual((await store.loadWills()).map((w) => w.sid), ["mqtt:other"]);
+  });
+
+  test("append with more positions than one operation holds commits them all", async ({ store }) => {
+    // 700 positions are 1,400 mutations, over the 1,000 of one operation: the positions
+    // go first in operations of their own, then the message with its other effects.
+    const positions = range(0, 700).map((i) => subscription(`mqtt:s${i}`, "wide", 1));
+    const ops = store.commitStats.operations;
+    await store.append(message("wide", 1), head("wide", 2), { positions, retained: "set" });
+    assert.equal(store.commitStats.operations - ops, 3, "two of positions, then the message");
+    assert.deepEqual(seqsOf(await store.readLog("wide", 1, 10)), [1]);
+    assert.equal((await store.loadRetained()).length, 1);
+    const subs = await store.loadTopicSubscriptions("wide");
+    assert.equal(subs.length, 700);
+    assert.deepEqual(await store.loadSubscriberTopics("mqtt:s699"), ["wide"]);
+
+    // Long keys (topic 1,000 characters, session id 260) hit the estimated key bytes of
+    // one operation at about 13 positions, before the mutation count does.
+    const long = "x/".repeat(500);
+    const many = range(0, 30).map((i) => subscription(`mqtt:${"c".repeat(250)}${i}`, long, 1));
+    const before = store.commitStats.operations;
+    await store.append(message(long, 1), head(long, 2), { positions: many });
+    assert.ok(store.commitStats.operations - before >= 3, "positions split by bytes");
+    assert.equal((await store.loadTopicSubscriptions(long)).length, 30);
+    assert.equal((await store.readLog(long, 1, 10)).length, 1);
+  });
+
+  test("deleteSession removes everything of that session and nothing of another", async ({ store }) => {
+    const sids = ["mqtt:a", "mqtt:b"];
+    for (const sid of sids) {
+      await store.saveSession(session(sid));
+      await store.saveFilter(filter(sid, "t/#"));
+      await store.saveFilter(filter(sid, "u"));
+      await store.saveSubscription(subscription(sid, "t/1", 1));
+      await store.saveWill(will(sid));
+    }
+    // Positions materialised by appends, receipts, and enough in-flight entries to take
+    // several operations.
+    await store.append(message("t/2", 1), head("t/2", 2), {
+      positions: sids.map((sid) => subscription(sid, "t/2", 1)),
+      receipt: receipt("mqtt:a", 1),
+      retained: "set",
+    });
+    await store.append(message("u", 1), head("u", 2), { receipt: receipt("mqtt:b", 1) });
+    for (let tag = 1; tag <= 1200; tag += 400) {
+      await store.saveInflight(range(tag, tag + 400).map((t) => inflight("mqtt:a", t)));
+    }
+    await store.saveInflight([inflight("mqtt:b", 1)]);
+    await store.saveSubscription(subscription("json-consumer", "t/1", 1));
+
+    const before = store.commitStats.operations;
+    await store.deleteSession("mqtt:a");
+    assert.ok(store.commitStats.operations - before >= 3, "deleted in several operations");
+
+    assert.equal(await store.loadSession("mqtt:a"), null);
+    assert.deepEqual((await store.loadFilters()).map((f) => f.sid), ["mqtt:b", "mqtt:b"]);
+    assert.equal(await store.loadSubscription("mqtt:a", "t/1"), null);
+    assert.equal(await store.loadSubscription("mqtt:a", "t/2"), null);
+    assert.deepEqual(await store.loadSubscriberTopics("mqtt:a"), []);
+    assert.deepEqual(await store.loadInflight("mqtt:a"), []);
+    assert.deepEqual(await store.loadReceipts("mqtt:a"), []);
+    // Not session state: the will, the retained message and the log stay.
+    assert.deepEqual((await store.loadWills()).map((w) => w.sid).sort(), sids);
+    assert.equal((await store.loadRetained()).length, 1);
+    assert.equal((await store.readLog("t/2", 1, 10)).length, 1);
+
+    // The other session, and the JSON-line consumer, are untouched.
+    assert.deepEqual(await store.loadSession("mqtt:b"), session("mqtt:b"));
+    assert.deepEqual((await store.loadSubscriberTopics("mqtt:b")).sort(), ["t/1", "t/2"]);
+    assert.deepEqual(await store.loadInflight("mqtt:b"), [inflight("mqtt:b", 1)]);
+    assert.deepEqual(await store.loadReceipts("mqtt:b"), [receipt("mqtt:b", 1)]);
+    assert.deepEqual(
+      (await store.loadTopicSubscriptions("t/1")).map((s) => s.subscriber).sort(),
+      ["json-consumer", "mqtt:b"],
+    );
+
+    await store.deleteSession("mqtt:a"); // idempotent
+    await store.deleteSession("mqtt:never");
+    assert.deepEqual((await store.loadSessions()).map((s) => s.sid), ["mqtt:b"]);
+  });
+
+  test("payloadBytes counts retained, will and embedded in-flight payloads", async ({ store }) => {
+    await store.append(message("t", 1, 1001, "abc"), head("t", 2), { retained: "set" }); // 3 + 3
+    await store.saveWill(will("mqtt:a", { payload: new Uint8Array(10) })); // 10
+    await store.saveInflight([
+      inflight("mqtt:a", 1, { message: { ...message("r", 0, 5), payload: new Uint8Array(7) } }),
+      inflight("mqtt:a", 2), // no embedded message
+    ]);
+    assert.equal(await store.payloadBytes(), 3 + 3 + 10 + 7);
+  });
+
   test("flush() resolves after every write submitted so far is readable", async ({ store }) => {
     for (let i = 1; i <= 50; i++) void store.append(message("f", i), head("f", i + 1));
     await store.flush();
@@ -236,7 +587,7 @@ Deno.test("KvStore (file): reopening keeps topics, log, pending, releases and su
       receivedAt: 1,
       origin: "x",
     });
-    await s.append(message("t", 4, 51), head("t", 5), 51);
+    await s.append(message("t", 4, 51), head("t", 5), { releasedId: 51 });
     await s.saveSubscription(subscription("alice", "t", 3));
 
     const r = await (fx.reopen as () => Promise<KvStore>)();
@@ -326,5 +677,214 @@ Deno.test("KvStore: a second open of the same file fences the first one's writes
     } finally {
       first.close();
     }
+  });
+});
+
+Deno.test("KvStore (file): a fenced append writes neither the message nor any effect", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    const first = await KvStore.open(path);
+    try {
+      await first.saveWill(will("mqtt:w"));
+      const second = await KvStore.open(path);
+      try {
+        await assert.rejects(
+          first.append(message("t", 1), head("t", 2), {
+            receipt: receipt("mqtt:w", 1),
+            retained: "set",
+            positions: [subscription("mqtt:x", "t", 1)],
+            willOf: "mqtt:w",
+          }),
+          FencedError,
+        );
+        assert.deepEqual(await second.readLog("t", 1, 10), []);
+        assert.equal(await second.loadTopic("t"), null);
+        assert.equal(await second.loadReceipt("mqtt:w", 1), null);
+        assert.deepEqual(await second.loadRetained(), []);
+        assert.equal(await second.loadSubscription("mqtt:x", "t"), null);
+        assert.deepEqual((await second.loadWills()).map((w) => w.sid), ["mqtt:w"]);
+      } finally {
+        second.close();
+      }
+    } finally {
+      first.close();
+    }
+  });
+});
+
+Deno.test("KvStore (file): corrupt session-state values are quarantined, not thrown", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    const first = await KvStore.open(path);
+    try {
+      await first.saveSession(session("mqtt:ok"));
+      await first.saveFilter(filter("mqtt:ok", "a/#"));
+      await first.saveInflight([inflight("mqtt:ok", 1)]);
+      await first.saveWill(will("mqtt:ok"));
+      await first.append(message("ok", 1), head("ok", 2), {
+        retained: "set",
+        receipt: receipt("mqtt:ok", 1),
+      });
+    } finally {
+      first.close();
+    }
+    // Written behind the store's back: wrong shapes under every new prefix.
+    const bad: [Deno.KvKey, unknown][] = [
+      [["session", "mqtt:bad"], { ...session("mqtt:bad"), protocolVersion: 3 }],
+      [["filter", "mqtt:bad", "x"], "not a filter"],
+      [["filter", "mqtt:ok", "y"], { ...filter("mqtt:ok", "y"), qos: 3 }],
+      [["inflight", "mqtt:ok", 2], { ...inflight("mqtt:ok", 2), phase: "lost" }],
+      [["receipt", "mqtt:ok", 2], { tag: 2 }],
+      [["retained", "bad"], { ...message("bad", 1), payload: "text, not bytes" }],
+      [["will", "mqtt:bad"], { ...will("mqtt:bad"), dueAt: "soon" }],
+    ];
+    const raw = await Deno.openKv(path);
+    for (const [key, value] of bad) await raw.set(key, value);
+    raw.close();
+
+    const store = await KvStore.open(path);
+    try {
+      assert.equal(await store.loadSession("mqtt:bad"), null);
+      assert.deepEqual((await store.loadSessions()).map((s) => s.sid), ["mqtt:ok"]);
+      assert.deepEqual(await store.loadFilters(), [filter("mqtt:ok", "a/#")]);
+      assert.deepEqual(await store.loadInflight("mqtt:ok"), [inflight("mqtt:ok", 1)]);
+      assert.equal(await store.loadReceipt("mqtt:ok", 2), null);
+      assert.deepEqual(await store.loadReceipts("mqtt:ok"), [receipt("mqtt:ok", 1)]);
+      assert.deepEqual((await store.loadRetained()).map((m) => m.topic), ["ok"]);
+      assert.deepEqual((await store.loadWills()).map((w) => w.sid), ["mqtt:ok"]);
+      await store.flush();
+    } finally {
+      store.close();
+    }
+
+    const check = await Deno.openKv(path);
+    try {
+      for (const [key, value] of bad) {
+        assert.equal((await check.get(key)).versionstamp, null, `${String(key)} still in place`);
+        assert.deepEqual((await check.get(["quarantine", ...key])).value, value);
+      }
+    } finally {
+      check.close();
+    }
+  });
+});
+
+// --- schema version 1 -----------------------------------------------------------------
+
+/** Checks that `path` now has schema version 2 and nothing else in `meta` was lost. */
+async function assertSchema2(path: string): Promise<void> {
+  const kv = await Deno.openKv(path);
+  try {
+    assert.equal((await kv.get(["meta", "schema"])).value, 2);
+  } finally {
+    kv.close();
+  }
+}
+
+Deno.test("KvStore: a version 1 store is migrated to version 2 and its data stays readable", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    // What a version 1 broker wrote, value shapes included (no schema 2 fields).
+    const v1Message = {
+      id: 7,
+      seq: 1,
+      topic: "t",
+      payload: encoder.encode("v1"),
+      format: "text",
+      publishedAt: 3,
+    };
+    const kv = await Deno.openKv(path);
+    await kv.set(["meta", "schema"], 1);
+    await kv.set(["meta", "ids"], 1001);
+    await kv.set(["topic", "t"], { name: "t", nextSeq: 2, createdAt: 1 });
+    await kv.set(["log", "t", 1], v1Message);
+    await kv.set(["sub", "t", "alice"], {
+      subscriber: "alice",
+      topic: "t",
+      position: 1,
+      received: { seq: 1, id: 7 },
+      createdAt: 2,
+    });
+    await kv.set(["subscriber", "alice", "t"], 2);
+    kv.close();
+
+    const store = await KvStore.open(path);
+    try {
+      assert.equal(SCHEMA_VERSION, 2);
+      assert.deepEqual(await store.readLog("t", 1, 10), [v1Message]);
+      assert.equal((await store.loadTopic("t"))?.nextSeq, 2);
+      assert.deepEqual(await store.loadSubscription("alice", "t"), {
+        subscriber: "alice",
+        topic: "t",
+        position: 1,
+        received: { seq: 1, id: 7 },
+        createdAt: 2,
+      });
+      assert.deepEqual(await store.loadSubscriberTopics("alice"), ["t"]);
+      assert.equal(await store.reserveIds(1), 1001);
+      await store.append(mqttMessage("t", 2), head("t", 3), { retained: "set" });
+      assert.deepEqual(seqsOf(await store.readLog("t", 1, 10)), [1, 2]);
+    } finally {
+      store.close();
+    }
+    await assertSchema2(path);
+    (await KvStore.open(path)).close(); // and it opens again as version 2
+    await assertSchema2(path);
+  });
+});
+
+Deno.test("KvStore: the version 1 fixture written by the version 1 broker opens as version 2", async () => {
+  // testdata/schema_v1.kv was written by KvStore at schema version 1 (see
+  // testdata/README.md). It is copied first: opening migrates it.
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    await Deno.copyFile(new URL("./testdata/schema_v1.kv", import.meta.url), path);
+    const kv = await Deno.openKv(path);
+    try {
+      assert.equal((await kv.get(["meta", "schema"])).value, 1);
+    } finally {
+      kv.close();
+    }
+
+    const store = await KvStore.open(path);
+    try {
+      assert.deepEqual(await store.loadTopics(), [
+        { name: "sensors/a", nextSeq: 5, createdAt: 1700000000000 },
+      ]);
+      const log = await store.readLog("sensors/a", 1, 10);
+      assert.deepEqual(log.map((m) => [m.seq, m.id, m.format]), [
+        [1, 1, "text"],
+        [2, 2, "text"],
+        [3, 3, "text"],
+        [4, 5, "json"],
+      ]);
+      assert.equal(new TextDecoder().decode(log[3]?.payload), '{"v":5}');
+      assert.ok(log.every((m) => m.qos === undefined && m.props === undefined));
+      assert.deepEqual(await store.loadPending(), [{
+        id: 4,
+        topic: "sensors/a",
+        payload: new Uint8Array([0, 255]),
+        format: "binary",
+        receivedAt: 1700000000010,
+        origin: "publisher 127.0.0.1:5321",
+      }]);
+      assert.deepEqual(await store.loadSubscription("alice", "sensors/a"), {
+        subscriber: "alice",
+        topic: "sensors/a",
+        position: 2,
+        received: { seq: 2, id: 2 },
+        createdAt: 1700000000005,
+      });
+      assert.deepEqual(
+        (await store.loadTopicSubscriptions("sensors/a")).map((s) => s.subscriber),
+        ["alice", "bob"],
+      );
+      assert.equal(await store.reserveIds(1), 1001);
+      assert.deepEqual(await store.loadSessions(), []);
+      assert.equal(await store.payloadBytes(), 2 + 2 + 2 + 7 + 2); // log m1..m3, {"v":5}, pending
+    } finally {
+      store.close();
+    }
+    await assertSchema2(path);
   });
 });

@@ -19,6 +19,119 @@ export interface StoredMessage {
   format: PayloadFormat;
   /** Milliseconds since the epoch when the message was released to the topic. */
   publishedAt: number;
+  /** The QoS it was published with; absent means 2 (every JSON-line PUB is QoS 2). */
+  qos?: Qos;
+  /** Published with the RETAIN flag (MQTT). */
+  retain?: boolean;
+  /** The session that published it (`mqtt:<client id>`), for MQTT No Local. */
+  from?: string;
+  /** Milliseconds since the epoch after which it is not delivered (MQTT 5 Message Expiry). */
+  expiresAt?: number;
+  /** MQTT 5 properties carried through unaltered. */
+  props?: MessageProps;
+}
+
+/** Quality of service: 0 at most once, 1 at least once, 2 exactly once. */
+export type Qos = 0 | 1 | 2;
+
+/** The MQTT 5 PUBLISH properties a broker forwards unaltered. */
+export interface MessageProps {
+  payloadFormatIndicator?: boolean;
+  contentType?: string;
+  responseTopic?: string;
+  correlationData?: Uint8Array;
+  userProperties?: Record<string, string | string[]>;
+}
+
+/**
+ * A session that outlives its connection (MQTT, Session Expiry Interval above 0, or
+ * clean session 0). `sid` is `mqtt:<client id>`.
+ */
+export interface SessionRecord {
+  sid: string;
+  clientId: string;
+  /** MQTT protocol level the client last connected with (4 = 3.1.1, 5 = 5.0). */
+  protocolVersion: 4 | 5;
+  /** Seconds the session is kept after its connection ends. */
+  expirySec: number;
+  user: string | null;
+  createdAt: number;
+  /** When its last connection ended; null while connected (or at a crash). */
+  disconnectedAt: number | null;
+}
+
+/** One subscription filter of a session (MQTT SUBSCRIBE). */
+export interface FilterRecord {
+  sid: string;
+  /** The filter as subscribed, `$share/group/...` included. */
+  filter: string;
+  qos: Qos;
+  noLocal: boolean;
+  retainAsPublished: boolean;
+  retainHandling: 0 | 1 | 2;
+  subscriptionId?: number;
+  createdAt: number;
+}
+
+/**
+ * An outbound QoS 1 or 2 message sent to a session and not yet completed, under the
+ * packet identifier (`tag`) it was sent with. `done` entries are completed but above
+ * the topic position (completed out of order); they go when the position passes them.
+ */
+export interface InflightRecord {
+  sid: string;
+  tag: number;
+  topic: string;
+  seq: number;
+  msgId: number;
+  qos: 1 | 2;
+  phase: "sent" | "received" | "done";
+  /** The message itself when it is not in the topic log (a retained message). */
+  message?: StoredMessage;
+}
+
+/**
+ * An inbound MQTT QoS 2 PUBLISH stored in its topic and awaiting its PUBREL, keyed by
+ * the client's packet identifier: a PUBLISH repeated with the same identifier is
+ * answered without being stored again.
+ */
+export interface ReceiptRecord {
+  sid: string;
+  tag: number;
+  msgId: number;
+  topic: string;
+  seq: number;
+  at: number;
+}
+
+/** A last will, published when its connection ends without a normal DISCONNECT. */
+export interface WillRecord {
+  sid: string;
+  topic: string;
+  payload: Uint8Array;
+  format: PayloadFormat;
+  qos: Qos;
+  retain: boolean;
+  props?: MessageProps;
+  expiryIntervalSec?: number;
+  delaySec: number;
+  user: string | null;
+  /** When to publish it; null while its connection lives. */
+  dueAt: number | null;
+}
+
+/** What commits in the same atomic as an appended message. */
+export interface AppendEffects {
+  /** The pending JSON-line PUB this append releases (removed, and its release remembered). */
+  releasedId?: number;
+  /** An MQTT QoS 2 receipt to store with the message. */
+  receipt?: ReceiptRecord;
+  /** Set or clear the topic's retained message. */
+  retained?: "set" | "clear";
+  /** Positions of subscriptions that start at this message (filters reaching a topic). */
+  positions?: SubscriptionRecord[];
+  /** The will of this session is being published: delete it. */
+  willOf?: string;
 }
 
 /** An inbound QoS 2 message stored at PUB and released to its topic by PUBREL. */
@@ -89,10 +202,10 @@ export interface BrokerStore {
   savePending(pending: PendingPublish): Promise<void>;
   loadPending(): Promise<PendingPublish[]>;
   /**
-   * Appends `message` to its topic and advances the topic's head, atomically with
-   * removing the pending PUB `releasedId` (if given) and remembering its release.
+   * Appends `message` to its topic and advances the topic's head, atomically with its
+   * `effects` (a pending PUB released, a receipt, the retained message, new positions).
    */
-  append(message: StoredMessage, head: TopicRecord, releasedId?: number): Promise<void>;
+  append(message: StoredMessage, head: TopicRecord, effects?: AppendEffects): Promise<void>;
   getReleased(id: number): Promise<ReleasedRecord | null>;
 
   /** Creates or rewrites a subscription and the subscriber's index entry. */
@@ -105,6 +218,45 @@ export interface BrokerStore {
   loadSubscriberTopics(subscriber: string): Promise<string[]>;
   /** Every subscription to a topic (for retention). */
   loadTopicSubscriptions(topic: string): Promise<SubscriptionRecord[]>;
+
+  // --- sessions (MQTT) ---------------------------------------------------------------
+
+  saveSession(record: SessionRecord): Promise<void>;
+  loadSession(sid: string): Promise<SessionRecord | null>;
+  loadSessions(): Promise<SessionRecord[]>;
+  /**
+   * Deletes everything a session owns: its record, filters, positions (and their index
+   * entries), in-flight entries and receipts; not its will. In as many atomics as needed.
+   */
+  deleteSession(sid: string): Promise<void>;
+
+  saveFilter(record: FilterRecord): Promise<void>;
+  deleteFilter(sid: string, filter: string): Promise<void>;
+  /** Every filter of every session (to build the in-memory index at start-up). */
+  loadFilters(): Promise<FilterRecord[]>;
+
+  /**
+   * Writes in-flight entries and deletes others, and rewrites a position if given, all
+   * in one operation.
+   */
+  saveInflight(
+    set: InflightRecord[],
+    remove?: { sid: string; tag: number }[],
+    position?: SubscriptionRecord,
+  ): Promise<void>;
+  loadInflight(sid: string): Promise<InflightRecord[]>;
+
+  loadReceipt(sid: string, tag: number): Promise<ReceiptRecord | null>;
+  /** Every receipt of a session. */
+  loadReceipts(sid: string): Promise<ReceiptRecord[]>;
+  deleteReceipt(sid: string, tag: number): Promise<void>;
+
+  /** Every retained message (topic, payload, ...), one per topic. */
+  loadRetained(): Promise<StoredMessage[]>;
+
+  saveWill(record: WillRecord): Promise<void>;
+  deleteWill(sid: string): Promise<void>;
+  loadWills(): Promise<WillRecord[]>;
 
   /** Resolves once every write submitted so far has settled. */
   flush(): Promise<void>;

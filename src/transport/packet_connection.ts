@@ -15,6 +15,7 @@ import {
   type PacketParser,
   type ProtocolVersion,
 } from "./mqtt_codec.ts";
+import type { PacketLink } from "./packet_link.ts";
 import { SocketServer, type SocketServerOptions } from "./socket_server.ts";
 
 export type { PacketEvent } from "./mqtt_codec.ts";
@@ -50,7 +51,7 @@ export interface PacketConnectionOptions extends ConnectionOptions {
  * await conn.closed;
  * ```
  */
-export class PacketConnection extends SocketConnection {
+export class PacketConnection extends SocketConnection implements PacketLink {
   readonly #parser: PacketParser;
   readonly #onIdle: PacketConnectionOptions["onIdle"];
   #packetsCalled = false;

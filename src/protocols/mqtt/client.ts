@@ -1,0 +1,925 @@
+/**
+ * One MQTT connection (3.1.1 or 5.0): the state machine from CONNECT to the end, mapped
+ * onto the core. Topics are the core's durable logs, a client id is a core
+ * {@link Session}, PUBLISH is {@link Broker.submit}. Clause ids cite the OASIS
+ * specifications: "v5 [MQTT-x]" for MQTT 5.0, "3.1.1 [MQTT-x]" for 3.1.1, a bare id
+ * where both say the same.
+ *
+ * @module
+ */
+import type { Authenticator } from "../../auth/authenticator.ts";
+import { type Broker, BrokerError } from "../../core/broker.ts";
+import type { DeadLetterReason } from "../../core/dead_letters.ts";
+import { filterError, hasWildcard, parseShare } from "../../core/filters.ts";
+import { usernameError } from "../../core/names.ts";
+import type { FilterEntry, Outbound, Session, SessionOutput } from "../../core/session.ts";
+import { getLogger } from "../../log.ts";
+import type { MessageProps, PayloadFormat, Qos, WillRecord } from "../../store/store.ts";
+import type { IConnectPacket, IPublishPacket, Packet } from "../../transport/mqtt_codec.ts";
+import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
+import { encodePacket } from "../../transport/mqtt_codec.ts";
+import type { PacketLink } from "../../transport/packet_link.ts";
+import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
+
+const log = getLogger("mqtt");
+
+/** The connection surface the adapter needs: TCP, TLS or WebSocket. */
+export type Link = PacketLink;
+
+/** Settings and collaborators shared by every MQTT connection. */
+export interface MqttContext {
+  broker: Broker;
+  auth?: Authenticator;
+  /** Largest PUBLISH payload in bytes. */
+  maxMessageBytes: number;
+  /** Largest inbound packet (v5 Maximum Packet Size, sent in CONNACK). */
+  maxPacketBytes: number;
+  /** Inbound QoS 1/2 PUBLISHes unacknowledged per connection (v5 Receive Maximum). */
+  receiveMaximum: number;
+  /** Outbound QoS 1/2 messages in flight per session, at most. */
+  maxInflight: number;
+  /** Inbound topic aliases per connection (v5 Topic Alias Maximum). */
+  topicAliasMaximum: number;
+  /** Cap on the session expiry, seconds; also the expiry of 3.1.1 persistent sessions. */
+  maxSessionExpirySec: number;
+  /** When above 0, a larger or zero Keep Alive is replaced by it (v5 Server Keep Alive). */
+  maxKeepAliveSec: number;
+  maxClientIdBytes: number;
+  /** Filters per session. */
+  maxSubscriptions: number;
+  /** Live connections by client id, for takeover. */
+  clients: Map<string, MqttClient>;
+  /** "mqtt" or "mqtt-ws", for dead letters and logs. */
+  port: string;
+}
+
+type State = "awaiting-connect" | "connecting" | "connected" | "closing";
+
+const encoder = new TextEncoder();
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** A closing of the connection with a reason, thrown from packet handlers. */
+class Close extends Error {
+  constructor(
+    readonly reason: string,
+    /** v5 DISCONNECT reason code (sent only after a CONNACK), undefined = just close. */
+    readonly code?: number,
+    readonly deadLetter?: DeadLetterReason,
+  ) {
+    super(reason);
+  }
+}
+
+/** Serves one MQTT connection until it ends. */
+export function serveMqtt(link: Link, ctx: MqttContext): Promise<void> {
+  return new MqttClient(link, ctx).run();
+}
+
+/** The state of one MQTT connection. */
+export class MqttClient {
+  readonly link: Link;
+  #ctx: MqttContext;
+  #state: State = "awaiting-connect";
+  #version: 4 | 5 = 4;
+  #clientId = "";
+  #sid = "";
+  #user: string | null = null;
+  #session: Session | null = null;
+  #expirySec = 0;
+  #normalDisconnect = false;
+  #publishWill = false;
+  #hasWill = false;
+  /** Output window: the client's Receive Maximum (v5) or ours. */
+  #clientMaxPacket = 0;
+  #clientAliasMax = 0;
+  #outAliases = new Map<string, number>();
+  #inAliases = new Map<number, string>();
+  /** Inbound QoS 1/2 PUBLISHes not yet acknowledged. */
+  #inboundPending = 0;
+  /** Submissions in arrival order: each waits for the one before it. */
+  #submitting: Promise<unknown> = Promise.resolve();
+  /** Replies in arrival order. */
+  #replying: Promise<unknown> = Promise.resolve();
+  #takenOver = Promise.withResolvers<void>();
+  #finished = Promise.withResolvers<void>();
+
+  constructor(link: Link, ctx: MqttContext) {
+    this.link = link;
+    this.#ctx = ctx;
+  }
+
+  /** Resolves once the connection is fully ended (session detached). */
+  get finished(): Promise<void> {
+    return this.#finished.promise;
+  }
+
+  async run(): Promise<void> {
+    try {
+      await this.#loop();
+    } catch (err) {
+      log.error("MQTT connection {id} failed: {error}", {
+        id: this.link.id,
+        error: err instanceof Error ? err.stack ?? err.message : String(err),
+      });
+      this.link.close("handler failed");
+    } finally {
+      await this.#end();
+    }
+  }
+
+  async #loop(): Promise<void> {
+    for await (const item of this.link.packets()) {
+      if (this.#state === "closing") break;
+      try {
+        if (item.kind === "too-large") {
+          // v5 [MQTT-3.1.2-24] is the client's side; ours: Maximum Packet Size exceeded.
+          throw new Close(
+            `packet of ${item.size} bytes over the limit of ${item.limit}`,
+            RC.packetTooLarge,
+            "mqtt-malformed",
+          );
+        }
+        if (item.kind === "malformed") {
+          // A malformed packet closes the connection, 3.1.1 [MQTT-4.8.0-1], v5 [MQTT-4.13.1-1].
+          throw new Close(
+            `malformed packet: ${item.error.message}`,
+            RC.malformedPacket,
+            "mqtt-malformed",
+          );
+        }
+        await this.#dispatch(item.packet);
+      } catch (err) {
+        if (!(err instanceof Close)) throw err;
+        this.#refuse(err);
+        break;
+      }
+    }
+    this.#state = "closing";
+    // Answer what was already accepted before the socket goes.
+    await this.#replying.catch(() => {});
+  }
+
+  #refuse(c: Close): void {
+    this.#state = "closing";
+    log.warning("MQTT connection {id} from {remote} closed: {reason}", {
+      id: this.link.id,
+      remote: this.link.remote,
+      clientId: this.#clientId,
+      reason: c.reason,
+    });
+    if (c.deadLetter) {
+      void this.#ctx.broker.deadLetter({
+        reason: c.deadLetter,
+        detail: c.reason,
+        port: this.#ctx.port,
+        remote: this.link.remote,
+        user: this.#user ?? undefined,
+        subscriber: this.#clientId || undefined,
+      });
+    }
+    // v5 sends DISCONNECT with the reason, but only after a CONNACK, v5 [MQTT-3.14.0-1].
+    if (this.#version === 5 && this.#session && c.code !== undefined) {
+      this.link.send({
+        cmd: "disconnect",
+        reasonCode: c.code,
+        properties: { reasonString: c.reason.slice(0, 200) },
+      });
+    }
+    this.link.stopReading();
+  }
+
+  async #dispatch(p: Packet): Promise<void> {
+    if (this.#state === "awaiting-connect") {
+      // The first packet must be CONNECT, [MQTT-3.1.0-1].
+      if (p.cmd !== "connect") {
+        throw new Close(`${p.cmd} before CONNECT`, undefined, "mqtt-protocol-error");
+      }
+      await this.#connect(p);
+      return;
+    }
+    switch (p.cmd) {
+      case "connect":
+        // A second CONNECT is a protocol violation, [MQTT-3.1.0-2].
+        throw new Close("a second CONNECT", RC.protocolError, "mqtt-protocol-error");
+      case "publish":
+        return this.#publish(p);
+      case "puback":
+        this.#needId(p.messageId);
+        if ((p.reasonCode ?? 0) >= 0x80) this.#session?.refused(p.messageId as number);
+        else this.#session?.acknowledged(p.messageId as number);
+        return;
+      case "pubrec":
+        return this.#pubrec(p.messageId, p.reasonCode);
+      case "pubrel":
+        return this.#pubrel(p.messageId);
+      case "pubcomp":
+        this.#needId(p.messageId);
+        this.#session?.completed(p.messageId as number);
+        return;
+      case "subscribe":
+        return this.#subscribe(p);
+      case "unsubscribe":
+        return this.#unsubscribe(p);
+      case "pingreq":
+        // [MQTT-3.12.4-1]
+        this.#reply(() => this.link.send({ cmd: "pingresp" }));
+        return;
+      case "disconnect":
+        return this.#disconnect(p);
+      case "auth":
+        throw new Close("AUTH is not supported (no enhanced authentication)", RC.protocolError);
+      default:
+        // Server-to-client packets from a client are a protocol violation.
+        throw new Close(
+          `unexpected ${p.cmd} from a client`,
+          RC.protocolError,
+          "mqtt-protocol-error",
+        );
+    }
+  }
+
+  // --- CONNECT ---------------------------------------------------------------------------
+
+  async #connect(p: IConnectPacket): Promise<void> {
+    this.#state = "connecting";
+    const version = p.protocolVersion;
+    if (version !== 4 && version !== 5) {
+      // 3.1.1 [MQTT-3.1.2-2]: unsupported level → CONNACK 0x01, then close.
+      this.link.send({
+        cmd: "connack",
+        returnCode: CONNACK_V4.unacceptableProtocol,
+        sessionPresent: false,
+      });
+      throw new Close(`protocol level ${version} is not supported`);
+    }
+    this.#version = version;
+    const props = p.properties ?? {};
+    const refuse = (v4: number, v5: number, why: string): never => {
+      // A refused CONNECT is answered and the connection closed, 3.1.1 [MQTT-3.2.2-5],
+      // v5 [MQTT-3.2.2-7].
+      this.#sendConnack(v4, v5, false);
+      throw new Close(`CONNECT refused: ${why}`);
+    };
+    if (containsBadText(p.clientId) || (p.username !== undefined && containsBadText(p.username))) {
+      throw new Close("CONNECT strings are not well-formed UTF-8", undefined, "mqtt-malformed");
+    }
+    // --- identity
+    let user: string | null = null;
+    if (this.#ctx.auth) {
+      const password = p.password === undefined ? undefined : decodeUtf8(p.password);
+      if (p.username === undefined || password === undefined || usernameError(p.username)) {
+        refuse(CONNACK_V4.badUserNameOrPassword, RC.badUserNameOrPassword, "credentials missing");
+      }
+      const result = await this.#ctx.auth.login(
+        this.link.address,
+        p.username as string,
+        password as string,
+        this.link.closed,
+      );
+      if (!result.ok) {
+        if (result.reason === "throttled") {
+          refuse(CONNACK_V4.notAuthorized, RC.notAuthorized, "too many failed logins");
+        }
+        refuse(CONNACK_V4.badUserNameOrPassword, RC.badUserNameOrPassword, "wrong credentials");
+      }
+      user = p.username as string;
+    } else if (p.username !== undefined && !usernameError(p.username)) {
+      user = p.username;
+    }
+    this.#user = user;
+    // --- client id
+    let clientId = p.clientId;
+    let assigned = false;
+    if (clientId === "") {
+      // An empty id gets one of ours: v5 [MQTT-3.1.3-6]; 3.1.1 only with clean session,
+      // else 0x02, 3.1.1 [MQTT-3.1.3-8].
+      if (version === 4 && !p.clean) {
+        refuse(
+          CONNACK_V4.identifierRejected,
+          RC.clientIdNotValid,
+          "empty client id without clean session",
+        );
+      }
+      clientId = `auto-${crypto.randomUUID()}`;
+      assigned = true;
+    }
+    if (encoder.encode(clientId).byteLength > this.#ctx.maxClientIdBytes) {
+      refuse(CONNACK_V4.identifierRejected, RC.clientIdNotValid, "client id too long");
+    }
+    this.#clientId = clientId;
+    this.#sid = `mqtt:${clientId}`;
+    // --- will
+    if (p.will) {
+      const topicProblem = this.#ctx.broker.topicError(p.will.topic) ??
+        (hasWildcard(p.will.topic) ? "wildcards in the will topic" : null);
+      if (topicProblem) refuse(CONNACK_V4.serverUnavailable, RC.topicNameInvalid, topicProblem);
+      if (!this.#ctx.broker.authorizer.canPublish(user, p.will.topic)) {
+        refuse(CONNACK_V4.notAuthorized, RC.notAuthorized, "will topic not allowed");
+      }
+    }
+    // --- session
+    const clean = p.clean ?? true;
+    let expirySec: number;
+    let expiryCapped = false;
+    if (version === 5) {
+      expirySec = props.sessionExpiryInterval ?? 0;
+      if (expirySec > this.#ctx.maxSessionExpirySec) {
+        expirySec = this.#ctx.maxSessionExpirySec;
+        expiryCapped = true;
+      }
+    } else {
+      // 3.1.1 has no expiry: a persistent session is kept for the configured maximum.
+      expirySec = clean ? 0 : this.#ctx.maxSessionExpirySec;
+    }
+    // Takeover: the live connection of this client id is closed, v5 [MQTT-3.1.4-3],
+    // 3.1.1 [MQTT-3.1.4-2].
+    const previous = this.#ctx.clients.get(clientId);
+    this.#ctx.clients.set(clientId, this);
+    if (previous && previous !== this) await previous.takeOver();
+    if (this.link.isClosed) throw new Close("connection closed during CONNECT");
+    const { session, present } = await this.#ctx.broker.sessions.open(this.#sid, {
+      clean,
+      expirySec,
+      user,
+      clientId,
+      protocolVersion: version,
+    });
+    this.#session = session;
+    this.#expirySec = expirySec;
+    if (p.will) {
+      const wp = p.will.properties ?? {};
+      const payload = typeof p.will.payload === "string"
+        ? encoder.encode(p.will.payload)
+        : new Uint8Array(p.will.payload);
+      const will: WillRecord = {
+        sid: this.#sid,
+        topic: p.will.topic,
+        payload,
+        format: wp.payloadFormatIndicator ? "text" : "binary",
+        qos: p.will.qos as Qos,
+        retain: p.will.retain ?? false,
+        delaySec: version === 5 ? (wp.willDelayInterval ?? 0) : 0,
+        user,
+        dueAt: null,
+      };
+      const wprops = messageProps(wp);
+      if (wprops) will.props = wprops;
+      if (wp.messageExpiryInterval !== undefined) will.expiryIntervalSec = wp.messageExpiryInterval;
+      await this.#ctx.broker.sessions.setWill(will);
+      this.#hasWill = true;
+    }
+    // --- keep alive, windows
+    let keepAlive = p.keepalive ?? 0;
+    let serverKeepAlive: number | undefined;
+    const maxKeep = this.#ctx.maxKeepAliveSec;
+    if (version === 5 && maxKeep > 0 && (keepAlive === 0 || keepAlive > maxKeep)) {
+      keepAlive = maxKeep;
+      serverKeepAlive = maxKeep; // v5 [MQTT-3.2.2-21]
+    }
+    // 1.5 × Keep Alive without a packet closes, 3.1.1 [MQTT-3.1.2-24], v5 [MQTT-3.1.2-22].
+    this.link.setKeepAlive(keepAlive * 1500);
+    const window = Math.min(props.receiveMaximum ?? 65_535, this.#ctx.maxInflight);
+    this.#clientMaxPacket = props.maximumPacketSize ?? 0;
+    this.#clientAliasMax = props.topicAliasMaximum ?? 0;
+    const connackProps: Record<string, unknown> = {
+      receiveMaximum: this.#ctx.receiveMaximum,
+      maximumPacketSize: this.#ctx.maxPacketBytes,
+      topicAliasMaximum: this.#ctx.topicAliasMaximum,
+      retainAvailable: true,
+      wildcardSubscriptionAvailable: true,
+      subscriptionIdentifiersAvailable: true,
+      sharedSubscriptionAvailable: false,
+    };
+    if (assigned) connackProps.assignedClientIdentifier = clientId; // v5 [MQTT-3.2.2-16]
+    if (expiryCapped) connackProps.sessionExpiryInterval = expirySec;
+    if (serverKeepAlive !== undefined) connackProps.serverKeepAlive = serverKeepAlive;
+    this.#state = "connected";
+    // Session Present: v5 [MQTT-3.2.2-2], [MQTT-3.2.2-3]; 3.1.1 [MQTT-3.2.2-1..3].
+    this.#sendConnack(CONNACK_V4.accepted, RC.success, present, connackProps);
+    log.info("MQTT client {clientId} connected from {remote} (v{version}, {kind} session)", {
+      clientId,
+      remote: this.link.remote,
+      version: version === 5 ? "5.0" : "3.1.1",
+      kind: present ? "resumed" : session.durable ? "persistent" : "clean",
+    });
+    session.attach(this.#output(), window);
+  }
+
+  #sendConnack(v4: number, v5: number, present: boolean, props?: Record<string, unknown>): void {
+    if (this.#version === 5) {
+      const packet: Record<string, unknown> = {
+        cmd: "connack",
+        reasonCode: v5,
+        sessionPresent: present,
+      };
+      if (props) packet.properties = props;
+      this.link.send(packet as unknown as OutboundPacket);
+    } else {
+      this.link.send({ cmd: "connack", returnCode: v4, sessionPresent: present });
+    }
+  }
+
+  /** Another connection took this client id: close this one, v5 with 0x8E. */
+  async takeOver(): Promise<void> {
+    if (this.#state === "connected" && this.#version === 5) {
+      this.link.send({ cmd: "disconnect", reasonCode: RC.sessionTakenOver });
+    }
+    this.#state = "closing";
+    this.link.stopReading();
+    this.link.close("session taken over");
+    this.#takenOver.resolve();
+    await this.#finished.promise;
+  }
+
+  // --- PUBLISH (inbound) -------------------------------------------------------------------
+
+  #publish(p: IPublishPacket): void {
+    const qos = p.qos as Qos;
+    if (qos > 0) this.#needId(p.messageId);
+    const props = p.properties ?? {};
+    let topic = p.topic;
+    if (this.#version === 5 && props.topicAlias !== undefined) {
+      const alias = props.topicAlias;
+      // v5 [MQTT-3.3.2-8], [MQTT-3.3.2-9]: 0 and values above our maximum are errors.
+      if (alias === 0 || alias > this.#ctx.topicAliasMaximum) {
+        throw new Close(
+          `topic alias ${alias} out of range`,
+          RC.topicAliasInvalid,
+          "mqtt-protocol-error",
+        );
+      }
+      if (topic === "") {
+        const known = this.#inAliases.get(alias);
+        if (known === undefined) {
+          throw new Close(`unknown topic alias ${alias}`, RC.protocolError, "mqtt-protocol-error");
+        }
+        topic = known;
+      } else {
+        this.#inAliases.set(alias, topic);
+      }
+    }
+    if (topic === "") {
+      // A topic name is at least one character, 3.1.1 [MQTT-4.7.3-1]; v5 [MQTT-3.3.2-1].
+      throw new Close(
+        "PUBLISH with an empty topic and no alias",
+        RC.protocolError,
+        "mqtt-protocol-error",
+      );
+    }
+    if (containsBadText(topic)) {
+      // Ill-formed UTF-8 or U+0000 in a topic: 3.1.1 [MQTT-1.5.3-1], [MQTT-1.5.3-2].
+      throw new Close(
+        "PUBLISH topic is not well-formed UTF-8",
+        RC.topicNameInvalid,
+        "mqtt-malformed",
+      );
+    }
+    if (hasWildcard(topic)) {
+      // No wildcards in a topic name, [MQTT-3.3.2-2].
+      throw new Close(
+        `wildcard in PUBLISH topic ${JSON.stringify(topic)}`,
+        RC.topicNameInvalid,
+        "mqtt-protocol-error",
+      );
+    }
+    if (props.subscriptionIdentifier !== undefined) {
+      // v5 [MQTT-3.3.4-6]
+      throw new Close(
+        "PUBLISH from a client with a Subscription Identifier",
+        RC.protocolError,
+        "mqtt-protocol-error",
+      );
+    }
+    if (qos > 0 && ++this.#inboundPending > this.#ctx.receiveMaximum) {
+      if (this.#version === 5) {
+        // v5 [MQTT-3.3.4-9]: more than Receive Maximum unacknowledged.
+        throw new Close(
+          "Receive Maximum exceeded",
+          RC.receiveMaximumExceeded,
+          "mqtt-protocol-error",
+        );
+      }
+    }
+    const payload = new Uint8Array(p.payload as Uint8Array);
+    const session = this.#session as Session;
+    const tag = p.messageId as number;
+    const ack = (code: number) => {
+      if (qos === 0) return;
+      this.#inboundPending--;
+      const packet: Record<string, unknown> = {
+        cmd: qos === 1 ? "puback" : "pubrec",
+        messageId: tag,
+      };
+      if (this.#version === 5 && code !== 0) packet.reasonCode = code;
+      this.link.send(packet as unknown as OutboundPacket);
+    };
+    // A QoS 2 PUBLISH whose identifier has a receipt was stored already: answer it again
+    // and store nothing, 3.1.1 [MQTT-4.3.3-2], v5 [MQTT-4.3.3-10].
+    if (qos === 2 && session.receipts.has(tag)) {
+      this.#reply(() => ack(RC.success));
+      return;
+    }
+    const refusal = this.#checkPublish(topic, payload, props);
+    if (refusal) {
+      this.#reply(() => this.#refusePublish(refusal, qos, topic, ack));
+      return;
+    }
+    if (qos === 2) session.receipts.add(tag);
+    const format: PayloadFormat = props.payloadFormatIndicator ? "text" : "binary";
+    const input = {
+      topic,
+      payload,
+      format,
+      qos,
+      retain: p.retain,
+      from: this.#sid,
+      expiresAt: props.messageExpiryInterval === undefined
+        ? undefined
+        : Date.now() + props.messageExpiryInterval * 1000,
+      props: messageProps(props),
+      receipt: qos === 2 && session.durable ? { sid: this.#sid, tag } : undefined,
+    };
+    const source = { origin: `mqtt ${this.#clientId} ${this.link.remote}`, user: this.#user };
+    const submitted = this.#submitting.then(() => this.#ctx.broker.submit(input, source));
+    this.#submitting = submitted.catch(() => {});
+    const committed = submitted.then((s) => s.committed);
+    this.#reply(() =>
+      committed.then(() => ack(RC.success), (err) => {
+        if (qos === 2) session.receipts.delete(tag);
+        this.#refusePublish(err, qos, topic, ack);
+      })
+    );
+  }
+
+  /** A reason not to store a PUBLISH that the protocol answers without closing. */
+  #checkPublish(
+    topic: string,
+    payload: Uint8Array,
+    props: { payloadFormatIndicator?: boolean },
+  ): BrokerError | null {
+    if (payload.byteLength > this.#ctx.maxMessageBytes) {
+      return new BrokerError(
+        `payload of ${payload.byteLength} bytes over the limit of ${this.#ctx.maxMessageBytes}`,
+        "full",
+      );
+    }
+    if (props.payloadFormatIndicator && decodeUtf8(payload) === undefined) {
+      return new BrokerError("payload marked as UTF-8 is not", "invalid-payload" as never);
+    }
+    const bad = this.#ctx.broker.topicError(topic);
+    if (bad) return new BrokerError(bad, "invalid-topic");
+    return null;
+  }
+
+  #refusePublish(err: unknown, qos: Qos, topic: string, ack: (code: number) => void): void {
+    const e = err instanceof BrokerError ? err : null;
+    const why = err instanceof Error ? err.message : String(err);
+    log.warning("MQTT PUBLISH from {clientId} to {topic} not stored: {error}", {
+      clientId: this.#clientId,
+      topic,
+      error: why,
+    });
+    const code = !e
+      ? RC.unspecified
+      : e.code === "denied"
+      ? RC.notAuthorized
+      : e.code === "invalid-topic"
+      ? RC.topicNameInvalid
+      : e.code === "full"
+      ? RC.quotaExceeded
+      : (e.code as string) === "invalid-payload"
+      ? RC.payloadFormatInvalid
+      : RC.unspecified;
+    if (this.#version === 5) {
+      ack(code);
+      return;
+    }
+    if (e?.code === "denied") {
+      // 3.1.1 [MQTT-3.3.5-2]: acknowledge positively and drop, or close. We drop.
+      void this.#ctx.broker.deadLetter({
+        reason: "mqtt-publish-denied",
+        detail: why,
+        topic,
+        port: this.#ctx.port,
+        remote: this.link.remote,
+        user: this.#user ?? undefined,
+        subscriber: this.#clientId,
+      });
+      ack(RC.success);
+      return;
+    }
+    if (qos === 0) return;
+    // 3.1.1 has no negative acknowledgement: close, the client sends it again later.
+    this.#state = "closing";
+    this.link.stopReading();
+    this.link.close(`PUBLISH refused: ${why}`);
+  }
+
+  // --- QoS acknowledgements ----------------------------------------------------------------
+
+  #pubrec(id: number | undefined, reasonCode: number | undefined): void {
+    this.#needId(id);
+    const session = this.#session as Session;
+    const tag = id as number;
+    if ((reasonCode ?? 0) >= 0x80) {
+      session.refused(tag);
+      return;
+    }
+    const received = session.received(tag);
+    this.#reply(() =>
+      received.then((known) => {
+        const packet: Record<string, unknown> = { cmd: "pubrel", messageId: tag };
+        if (!known && this.#version === 5) packet.reasonCode = RC.packetIdNotFound;
+        this.link.send(packet as unknown as OutboundPacket);
+      })
+    );
+  }
+
+  #pubrel(id: number | undefined): void {
+    this.#needId(id);
+    const session = this.#session as Session;
+    const tag = id as number;
+    const had = session.receipts.delete(tag);
+    const done = had && session.durable
+      ? this.#ctx.broker.store.deleteReceipt(this.#sid, tag)
+      : Promise.resolve();
+    // PUBCOMP after the receipt is gone, v5 [MQTT-4.3.3-11]. An unknown identifier is
+    // answered too: a lost PUBCOMP and a PUBREL repeated after it look the same.
+    this.#reply(() => done.then(() => this.link.send({ cmd: "pubcomp", messageId: tag })));
+  }
+
+  // --- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------
+
+  async #subscribe(p: Extract<Packet, { cmd: "subscribe" }>): Promise<void> {
+    this.#needId(p.messageId);
+    if (p.subscriptions.length === 0) {
+      // 3.1.1 [MQTT-3.8.3-3], v5 [MQTT-3.8.3-2]: at least one filter.
+      throw new Close("SUBSCRIBE without filters", RC.protocolError, "mqtt-protocol-error");
+    }
+    const session = this.#session as Session;
+    const subId = p.properties?.subscriptionIdentifier as number | undefined;
+    const granted: number[] = [];
+    const retained: { entry: FilterEntry; isNew: boolean }[] = [];
+    for (const s of p.subscriptions) {
+      const filter = s.topic;
+      const problem = filterError(filter, this.#ctx.broker.options.maxTopicBytes);
+      if (problem) {
+        if (containsBadText(filter) || /[#+]/.test(filter)) {
+          // Malformed filters close the connection, 3.1.1 [MQTT-4.7.1-2], v5 [MQTT-4.7.1-1].
+          throw new Close(
+            `bad topic filter: ${problem}`,
+            RC.topicFilterInvalid,
+            "mqtt-protocol-error",
+          );
+        }
+        granted.push(this.#version === 5 ? RC.topicFilterInvalid : SUBACK_FAILURE_V4);
+        continue;
+      }
+      if (parseShare(filter)) {
+        granted.push(this.#version === 5 ? RC.sharedSubscriptionsNotSupported : SUBACK_FAILURE_V4);
+        continue;
+      }
+      const az = this.#ctx.broker.authorizer;
+      const allowed = az.canSubscribeFilter
+        ? az.canSubscribeFilter(this.#user, filter)
+        : az.canSubscribe(this.#user, filter);
+      if (!allowed) {
+        log.warning("Denied: {user} may not subscribe to {filter}", {
+          user: this.#user ?? "(anonymous)",
+          filter,
+        });
+        granted.push(this.#version === 5 ? RC.notAuthorized : SUBACK_FAILURE_V4);
+        continue;
+      }
+      const mine = this.#ctx.broker.filterIndex.entriesOf(this.#sid);
+      if (!mine.some((f) => f.filter === filter) && mine.length >= this.#ctx.maxSubscriptions) {
+        granted.push(this.#version === 5 ? RC.quotaExceeded : SUBACK_FAILURE_V4);
+        continue;
+      }
+      const qos = Math.min(s.qos, 2) as Qos;
+      const entry: FilterEntry = {
+        sid: this.#sid,
+        filter,
+        qos,
+        noLocal: this.#version === 5 && (s.nl ?? false),
+        retainAsPublished: this.#version === 5 && (s.rap ?? false),
+        retainHandling: (this.#version === 5 ? (s.rh ?? 0) : 0) as 0 | 1 | 2,
+        createdAt: Date.now(),
+        durable: session.durable,
+      };
+      if (subId !== undefined) entry.subscriptionId = subId;
+      try {
+        const { existed } = await this.#ctx.broker.sessions.subscribe(session, entry);
+        retained.push({ entry, isNew: !existed });
+        granted.push(qos);
+      } catch (err) {
+        log.warning("SUBSCRIBE of {clientId} to {filter} failed: {error}", {
+          clientId: this.#clientId,
+          filter,
+          error: String(err),
+        });
+        granted.push(this.#version === 5 ? RC.unspecified : SUBACK_FAILURE_V4);
+      }
+    }
+    this.#reply(() => {
+      this.link.send({ cmd: "suback", messageId: p.messageId as number, granted });
+      // Retained messages after the SUBACK: v5 Retain Handling 0 always, 1 for a new
+      // subscription only, 2 never (v5 [MQTT-3.3.1-9..11]); 3.1.1 always [MQTT-3.3.1-6].
+      for (const { entry, isNew } of retained) {
+        if (entry.retainHandling === 2 || (entry.retainHandling === 1 && !isNew)) continue;
+        session.sendRetained(this.#ctx.broker.retainedFor(entry.filter), entry);
+      }
+    });
+  }
+
+  async #unsubscribe(p: Extract<Packet, { cmd: "unsubscribe" }>): Promise<void> {
+    this.#needId(p.messageId);
+    if (p.unsubscriptions.length === 0) {
+      // 3.1.1 [MQTT-3.10.3-2], v5 [MQTT-3.10.3-2]
+      throw new Close("UNSUBSCRIBE without filters", RC.protocolError, "mqtt-protocol-error");
+    }
+    const session = this.#session as Session;
+    const codes: number[] = [];
+    for (const filter of p.unsubscriptions) {
+      const removed = await this.#ctx.broker.sessions.unsubscribe(session, filter);
+      codes.push(removed ? RC.success : RC.noSubscriptionExisted);
+    }
+    this.#reply(() => {
+      const packet: Record<string, unknown> = { cmd: "unsuback", messageId: p.messageId };
+      if (this.#version === 5) packet.granted = codes;
+      this.link.send(packet as unknown as OutboundPacket);
+    });
+  }
+
+  // --- DISCONNECT ----------------------------------------------------------------------------
+
+  #disconnect(p: Extract<Packet, { cmd: "disconnect" }>): void {
+    const code = p.reasonCode ?? 0;
+    const expiry = p.properties?.sessionExpiryInterval;
+    if (expiry !== undefined) {
+      // Raising the expiry from 0 at DISCONNECT is a Protocol Error, v5 [MQTT-3.14.2-2].
+      if (this.#expirySec === 0 && expiry > 0) {
+        throw new Close(
+          "Session Expiry raised from 0 at DISCONNECT",
+          RC.protocolError,
+          "mqtt-protocol-error",
+        );
+      }
+      this.#expirySec = Math.min(expiry, this.#ctx.maxSessionExpirySec);
+    }
+    this.#normalDisconnect = true;
+    // 0x04 asks for the will anyway; otherwise a DISCONNECT drops it, [MQTT-3.14.4-3] / v5 [MQTT-3.1.2-10].
+    this.#publishWill = code === RC.disconnectWithWill;
+    this.#state = "closing";
+    this.link.stopReading();
+  }
+
+  // --- the end -------------------------------------------------------------------------------
+
+  async #end(): Promise<void> {
+    this.#state = "closing";
+    await this.#replying.catch(() => {});
+    const session = this.#session;
+    if (this.#ctx.clients.get(this.#clientId) === this) this.#ctx.clients.delete(this.#clientId);
+    try {
+      if (session) {
+        const sessions = this.#ctx.broker.sessions;
+        if (this.#hasWill) {
+          if (this.#normalDisconnect && !this.#publishWill) await sessions.dropWill(this.#sid);
+          else sessions.willDue(this.#sid, this.#expirySec);
+        }
+        await sessions.disconnected(session, this.#expirySec);
+      }
+    } catch (err) {
+      log.warning("Ending MQTT session {clientId}: {error}", {
+        clientId: this.#clientId,
+        error: String(err),
+      });
+    } finally {
+      this.link.close(this.#normalDisconnect ? "client disconnected" : "connection ended");
+      this.#finished.resolve();
+    }
+  }
+
+  // --- output ----------------------------------------------------------------------------------
+
+  #output(): SessionOutput {
+    return {
+      publish: (out, tag, dup) => {
+        if (this.#state === "closing" && !this.link.isClosed) {
+          // Still sent: the socket flushes what is queued before it closes.
+        }
+        this.#sendPublish(out, tag, dup);
+      },
+      release: (tag) => this.link.send({ cmd: "pubrel", messageId: tag }),
+      fail: (reason) => {
+        this.#refuse(new Close(reason, RC.unspecified));
+        this.link.close(reason);
+      },
+    };
+  }
+
+  #sendPublish(out: Outbound, tag: number | null, dup: boolean): void {
+    const m = out.message;
+    const packet: Record<string, unknown> = {
+      cmd: "publish",
+      topic: m.topic,
+      payload: m.payload,
+      qos: out.qos,
+      dup,
+      retain: out.retain,
+    };
+    if (tag !== null) packet.messageId = tag;
+    if (this.#version === 5) {
+      const props: Record<string, unknown> = {};
+      const mp = m.props;
+      if (m.format === "text" || m.format === "json") props.payloadFormatIndicator = true;
+      if (m.format === "json" && !mp?.contentType) props.contentType = "application/json";
+      if (mp) {
+        if (mp.contentType !== undefined) props.contentType = mp.contentType;
+        if (mp.responseTopic !== undefined) props.responseTopic = mp.responseTopic;
+        if (mp.correlationData !== undefined) props.correlationData = mp.correlationData;
+        if (mp.userProperties !== undefined) props.userProperties = mp.userProperties;
+      }
+      if (m.expiresAt !== undefined) {
+        // The remaining lifetime, v5 [MQTT-3.3.2-6].
+        props.messageExpiryInterval = Math.max(0, Math.ceil((m.expiresAt - Date.now()) / 1000));
+      }
+      if (out.subscriptionIds.length === 1) props.subscriptionIdentifier = out.subscriptionIds[0];
+      else if (out.subscriptionIds.length > 1) props.subscriptionIdentifier = out.subscriptionIds;
+      if (this.#clientAliasMax > 0) {
+        // Aliases first come, first served, never reassigned, v5 [MQTT-3.3.2-11].
+        const known = this.#outAliases.get(m.topic);
+        if (known !== undefined) {
+          props.topicAlias = known;
+          packet.topic = "";
+        } else if (this.#outAliases.size < this.#clientAliasMax) {
+          const alias = this.#outAliases.size + 1;
+          this.#outAliases.set(m.topic, alias);
+          props.topicAlias = alias;
+        }
+      }
+      if (Object.keys(props).length > 0) packet.properties = props;
+    }
+    const bytes = encodePacket(packet as unknown as OutboundPacket, this.#version);
+    if (this.#clientMaxPacket > 0 && bytes.byteLength > this.#clientMaxPacket) {
+      // Too large for the client: dropped as if sent, v5 [MQTT-3.1.2-25].
+      log.warning("Message {msgId} on {topic} is larger than {clientId} accepts; not sent", {
+        msgId: m.id,
+        topic: m.topic,
+        clientId: this.#clientId,
+      });
+      if (tag !== null) this.#session?.refused(tag);
+      return;
+    }
+    this.link.sendBytes(bytes);
+  }
+
+  // --- helpers ---------------------------------------------------------------------------------
+
+  /** Queues a reply after every earlier one, so replies keep the packets' order. */
+  #reply(send: () => void | Promise<void>): void {
+    this.#replying = this.#replying.then(send).catch((err) => {
+      log.warning("MQTT reply to {clientId} failed: {error}", {
+        clientId: this.#clientId,
+        error: String(err),
+      });
+      this.link.close("reply failed");
+    });
+  }
+
+  /** Packet identifiers are non-zero, 3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]. */
+  #needId(id: number | undefined): void {
+    if (!id) {
+      throw new Close("packet identifier 0 or missing", RC.malformedPacket, "mqtt-malformed");
+    }
+  }
+}
+
+/** True when a decoded string shows ill-formed UTF-8 (replaced by U+FFFD) or U+0000. */
+function containsBadText(s: string): boolean {
+  return s.includes("\uFFFD") || s.includes("\u0000");
+}
+
+function decodeUtf8(bytes: Uint8Array): string | undefined {
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The forwarded MQTT 5 properties of a PUBLISH or will, or undefined when none. */
+function messageProps(p: {
+  contentType?: string;
+  responseTopic?: string;
+  correlationData?: Uint8Array;
+  userProperties?: Record<string, string | string[]>;
+}): MessageProps | undefined {
+  const out: MessageProps = {};
+  if (p.contentType !== undefined) out.contentType = p.contentType;
+  if (p.responseTopic !== undefined) out.responseTopic = p.responseTopic;
+  if (p.correlationData !== undefined) out.correlationData = new Uint8Array(p.correlationData);
+  if (p.userProperties !== undefined) out.userProperties = p.userProperties;
+  return Object.keys(out).length > 0 ? out : undefined;
+}

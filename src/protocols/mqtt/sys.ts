@@ -1,0 +1,62 @@
+/**
+ * `$SYS/broker/...`: the broker's figures, published as retained QoS 0 messages every
+ * interval, under the names Mosquitto uses. Clients cannot publish to `$` topics (the
+ * topic name rules refuse them), and a filter starting with a wildcard never matches
+ * them ([MQTT-4.7.2-1]): a client asks for `$SYS/#` by name.
+ *
+ * @module
+ */
+import type { Broker } from "../../core/broker.ts";
+import { getLogger } from "../../log.ts";
+
+const log = getLogger("sys");
+const encoder = new TextEncoder();
+
+/** The version reported in `$SYS/broker/version`. */
+export const BROKER_VERSION = "MessageBroker 0.2.0";
+
+/** Starts the `$SYS` publisher; `intervalSec` 0 turns it off. */
+export function startSys(
+  broker: Broker,
+  intervalSec: number,
+  connectedClients: () => number,
+): { stop(): void; publishNow(): Promise<void> } {
+  const startedAt = Date.now();
+  let running: Promise<void> | null = null;
+  const publishNow = async () => {
+    const m = broker.metrics;
+    const figures: Record<string, string | number> = {
+      "version": BROKER_VERSION,
+      "uptime": `${Math.floor((Date.now() - startedAt) / 1000)} seconds`,
+      "clients/connected": connectedClients(),
+      "clients/total": broker.sessions.count,
+      "messages/received": m.messagesReceived,
+      "messages/sent": m.messagesSent,
+      "messages/stored": m.messagesStored,
+      "bytes/received": m.bytesReceived,
+      "bytes/sent": m.bytesSent,
+      "retained messages/count": broker.retained.size,
+      "subscriptions/count": broker.filterIndex.size,
+    };
+    for (const [name, value] of Object.entries(figures)) {
+      await broker.publish({
+        topic: `$SYS/broker/${name}`,
+        payload: encoder.encode(String(value)),
+        format: "text",
+        qos: 0,
+        retain: true,
+      }, { origin: "$SYS", user: null, system: true });
+    }
+  };
+  const timer = intervalSec > 0
+    ? setInterval(() => {
+      running ??= publishNow().catch((err) =>
+        log.warning("$SYS publish failed: {error}", { error: String(err) })
+      ).finally(() => running = null);
+    }, intervalSec * 1000)
+    : undefined;
+  return {
+    stop: () => clearInterval(timer),
+    publishNow,
+  };
+}

@@ -1,0 +1,80 @@
+/**
+ * What the MQTT protocol adapter needs of a connection, whatever carries it: TCP or TLS
+ * ({@link PacketConnection}) or WebSocket ({@link WsPacketConnection}).
+ *
+ * @module
+ */
+
+import type { OutboundPacket, PacketEvent, ProtocolVersion } from "./mqtt_codec.ts";
+
+/**
+ * One client connection seen as MQTT packets in ({@link packets}) and out
+ * ({@link send}). Until a CONNECT arrives the connection's idle limit applies (time
+ * allowed to connect); the adapter then calls {@link setKeepAlive}.
+ *
+ * Nothing closes a link behind its owner's back except a peer that stops reading
+ * (output over the write buffer), a transport failure, a protocol error of the
+ * transport itself (a WebSocket text frame), and the idle or keep-alive timer.
+ *
+ * @example
+ * ```ts
+ * async function serve(link: PacketLink): Promise<void> {
+ *   for await (const item of link.packets()) {
+ *     if (item.kind !== "packet") break; // malformed or too large: close
+ *     if (item.packet.cmd === "pingreq") link.send({ cmd: "pingresp" });
+ *   }
+ *   link.close("input ended");
+ *   await link.closed;
+ * }
+ * ```
+ */
+export interface PacketLink {
+  /** Unique among connections of one kind in this process; for logs and tables. */
+  readonly id: number;
+  /** The peer's address as "host:port" ("[::1]:port" for IPv6). */
+  readonly remote: string;
+  /** The peer's host alone ("127.0.0.1", "[::1]"): what per-address limits count. */
+  readonly address: string;
+  /** True when the transport is encrypted (TLS). */
+  readonly tls: boolean;
+  /** Resolves once the transport is closed and nothing of it is pending. */
+  readonly closed: Promise<void>;
+  /** True once closing has begun (by us, the peer or a failure); sends are then ignored. */
+  readonly isClosed: boolean;
+  /** Why the connection was closed, once it is. */
+  readonly closeReason: string | undefined;
+  /** The level packets are parsed and sent at: 4 until a CONNECT says otherwise. */
+  readonly protocolVersion: ProtocolVersion;
+  /**
+   * The input as {@link PacketEvent}s, in order. Ends when the peer closes, the
+   * connection is closed or stops reading, or after a `malformed` or `too-large` item.
+   *
+   * @throws {Error} if called a second time: the input can be read once
+   */
+  packets(): AsyncIterableIterator<PacketEvent>;
+  /**
+   * Encodes `packet` at {@link protocolVersion} and queues it; everything sent in one
+   * turn leaves together. Ignored once closed.
+   *
+   * @throws {TypeError} if the packet cannot be encoded (a bug in the caller)
+   */
+  send(packet: OutboundPacket): void;
+  /**
+   * Queues bytes already encoded (one encoding shared by many receivers); they must not
+   * change afterwards. Never throws; ignored once closed.
+   */
+  sendBytes(bytes: Uint8Array): void;
+  /**
+   * Closes the connection when nothing is received for `ms` (0 turns it off), counted
+   * from the last packet received.
+   */
+  setKeepAlive(ms: number): void;
+  /** Ends the input after the item being handled; output still goes out until {@link close}. */
+  stopReading(): void;
+  /**
+   * Sends what is queued, then closes. Idempotent; await {@link closed} for the end.
+   *
+   * @param reason kept in {@link closeReason} for logs
+   */
+  close(reason?: string): void;
+}
