@@ -24,6 +24,8 @@ import { FilterIndex } from "./filter_index.ts";
 import { matches } from "./filters.ts";
 import { type FilterEntry, innerFilter } from "./session.ts";
 import { SessionRegistry } from "./sessions.ts";
+import { groupId, SharedGroups } from "./shared.ts";
+import { parseShare } from "./filters.ts";
 import { type DeadLetter, deadLetterBody } from "./dead_letters.ts";
 import { ALLOW_ALL, type Authorizer } from "./authorizer.ts";
 import type { RetryOptions } from "./delivery.ts";
@@ -145,6 +147,8 @@ export class Broker {
   readonly retained = new Map<string, StoredMessage>();
   /** Filter sessions (MQTT client ids). */
   readonly sessions: SessionRegistry;
+  /** Shared subscription groups (MQTT 5 `$share/...`). */
+  readonly shared: SharedGroups;
   /** Counters for `$SYS` and the admin API. */
   readonly metrics = {
     messagesReceived: 0,
@@ -166,10 +170,13 @@ export class Broker {
       options.supervisorPolicy,
     );
     this.sessions = new SessionRegistry(this);
+    this.shared = new SharedGroups(this);
     this.#reach = {
       subscribersOf: (topic) => this.#subscribersOf(topic),
       materialised: (topic, sids, seq) => {
-        for (const sid of sids) this.sessions.live(sid)?.reached(topic, seq);
+        for (const sid of sids) {
+          (this.sessions.live(sid) ?? this.shared.get(sid)?.session)?.reached(topic, seq);
+        }
       },
       appended: (m) => this.#appended(m),
     };
@@ -411,7 +418,9 @@ export class Broker {
     if (cached?.version === version) return cached.subs;
     const bySid = new Map<string, boolean>();
     for (const e of this.filterIndex.match(topic)) {
-      bySid.set(e.sid, (bySid.get(e.sid) ?? false) || e.durable);
+      // A shared subscription has one position per group, whatever its members.
+      const sid = parseShare(e.filter) ? groupId(e.filter) : e.sid;
+      bySid.set(sid, (bySid.get(sid) ?? false) || e.durable);
     }
     const subs = [...bySid].map(([sid, durable]) => ({ sid, durable }));
     this.#reachCache.set(topic, { version, subs });

@@ -48,6 +48,8 @@ export class FilterIndex<E extends { sid: string; filter: string }> {
   #root: Node<E> = newNode(undefined, "");
   /** sid → filter → slot: finds an entry for removal without walking the trie. */
   #bySid = new Map<string, Map<string, Slot<E>>>();
+  /** Shared filter (`$share/...`) → its slots: the members of a group. */
+  #byShare = new Map<string, Set<Slot<E>>>();
   #size = 0;
   #version = 0;
   #nodes = 1;
@@ -99,7 +101,20 @@ export class FilterIndex<E extends { sid: string; filter: string }> {
       this.#bySid.set(entry.sid, filters);
     }
     filters.set(entry.filter, slot);
+    if (inner !== entry.filter) {
+      let members = this.#byShare.get(entry.filter);
+      if (!members) {
+        members = new Set();
+        this.#byShare.set(entry.filter, members);
+      }
+      members.add(slot);
+    }
     this.#size++;
+  }
+
+  /** The entries of every session subscribed to the shared filter `$share/...`. */
+  sharing(filter: string): E[] {
+    return [...(this.#byShare.get(filter) ?? [])].map((slot) => slot.entry);
   }
 
   /** Removes the entry of a sid and filter; returns it, or undefined if there was none. */
@@ -164,7 +179,15 @@ export class FilterIndex<E extends { sid: string; filter: string }> {
   }
 
   /** Takes a slot out of its node and drops the nodes left without entries or children. */
+  #unshare(slot: Slot<E>): void {
+    const members = this.#byShare.get(slot.entry.filter);
+    if (!members) return;
+    members.delete(slot);
+    if (members.size === 0) this.#byShare.delete(slot.entry.filter);
+  }
+
   #detach(slot: Slot<E>): void {
+    this.#unshare(slot);
     slot.node.slots.delete(slot);
     this.#size--;
     this.#version++;

@@ -110,19 +110,38 @@ export class Session {
   #pumpScheduled = false;
   #ended = false;
   #broken = false;
+  #filtersFor: (topic: string) => FilterEntry[];
+  #checkAcl: boolean;
+  /** Tags lent out for messages of shared groups this session is a member of. */
+  #lent = new Set<number>();
   /** Inbound QoS 2 packet identifiers stored and awaiting PUBREL. */
   readonly receipts = new Set<number>();
 
   constructor(
     broker: Broker,
     sid: string,
-    options: { durable: boolean; user: string | null; expirySec: number },
+    options: {
+      durable: boolean;
+      user: string | null;
+      expirySec: number;
+      /** The filters matching a topic; default: this session's own (a group's are its members'). */
+      filtersFor?: (topic: string) => FilterEntry[];
+      /** Check each topic against the ACL for `user` (default true; groups have no user). */
+      checkAcl?: boolean;
+    },
   ) {
     this.#broker = broker;
     this.sid = sid;
     this.durable = options.durable;
     this.user = options.user;
     this.expirySec = options.expirySec;
+    this.#checkAcl = options.checkAcl ?? true;
+    // A session's own filters; its shared ones are served by their groups.
+    this.#filtersFor = options.filtersFor ??
+      ((topic) =>
+        this.#broker.filterIndex.entriesOf(this.sid).filter((f) =>
+          !parseShare(f.filter) && matches(f.filter, topic)
+        ));
   }
 
   /** Messages sent and not yet acknowledged. */
@@ -252,7 +271,7 @@ export class Session {
   /** Topics reached by a filter of this session got a position at `seq`. */
   reached(topic: Topic, seq: number): void {
     if (this.#ended || this.#streams.has(topic.topic)) return;
-    if (!this.#broker.authorizer.canSubscribe(this.user, topic.topic)) {
+    if (this.#checkAcl && !this.#broker.authorizer.canSubscribe(this.user, topic.topic)) {
       // The filter was allowed because it can reach allowed topics; this one is not.
       return;
     }
@@ -277,14 +296,38 @@ export class Session {
    * UNSUBSCRIBE); their positions are deleted. Messages in flight stay until acknowledged.
    */
   async dropUnmatched(): Promise<void> {
-    const filters = this.#broker.filterIndex.entriesOf(this.sid);
     for (const [name, s] of [...this.#streams]) {
-      if (filters.some((f) => matches(innerFilter(f.filter), name))) continue;
+      if (this.#filtersFor(name).length > 0) continue;
       this.#streams.delete(name);
       s.topic.detach(s);
       s.topic.untrackPosition(this.sid);
       if (this.durable) await this.#broker.store.deleteSubscription(this.sid, name);
     }
+  }
+
+  /** Free room in the window: messages that may be put in flight now. */
+  room(): number {
+    return this.#window - this.#inflight.size - this.#lent.size;
+  }
+
+  /** A packet identifier for a message of a shared group, counted in this window. */
+  lendTag(): number {
+    const tag = this.#allocateTag();
+    this.#lent.add(tag);
+    return tag;
+  }
+
+  /** Returns a lent identifier; `pump` is nudged, as room freed. */
+  returnTag(tag: number): void {
+    if (this.#lent.delete(tag)) this.#schedule();
+  }
+
+  /** Sends a message in flight again (its holder left a shared group). */
+  resend(tag: number): void {
+    const f = this.#inflight.get(tag);
+    if (!f || !f.stored || !this.#output) return;
+    if (f.phase === "sent") this.#output.publish(f.out, f.tag, true);
+    else this.#output.release(f.tag);
   }
 
   // --- acknowledgements -----------------------------------------------------------------
@@ -447,7 +490,7 @@ export class Session {
     const output = this.#output;
     if (!output || this.#ended) return;
     const toStore: Inflight[] = [];
-    const room = () => this.#inflight.size < this.#window;
+    const room = () => this.room() > 0;
     while (this.#retainedQueue.length > 0) {
       const out = this.#retainedQueue[0] as Outbound;
       if (out.qos > 0 && !room()) break;
@@ -535,9 +578,7 @@ export class Session {
   /** How `m` goes to this session, or null when it is not sent (No Local, expired). */
   #deliverable(m: StoredMessage): Outbound | null {
     if (m.expiresAt !== undefined && m.expiresAt <= Date.now()) return null;
-    const entries = this.#broker.filterIndex.entriesOf(this.sid).filter((f) =>
-      matches(innerFilter(f.filter), m.topic)
-    );
+    const entries = this.#filtersFor(m.topic);
     if (entries.length === 0) return null;
     const local = m.from === this.sid;
     let qos = -1;
@@ -598,7 +639,7 @@ export class Session {
     for (;;) {
       const tag = this.#nextTag;
       this.#nextTag = tag === MAX_TAG ? 1 : tag + 1;
-      if (!this.#inflight.has(tag)) return tag;
+      if (!this.#inflight.has(tag) && !this.#lent.has(tag)) return tag;
     }
   }
 

@@ -13,6 +13,7 @@
 import { getLogger } from "../log.ts";
 import type { SessionRecord, WillRecord } from "../store/store.ts";
 import type { Broker } from "./broker.ts";
+import { parseShare } from "./filters.ts";
 import { type FilterEntry, Session } from "./session.ts";
 
 const log = getLogger("session");
@@ -154,13 +155,16 @@ export class SessionRegistry {
     const s = this.#live.get(sid);
     this.#live.delete(sid);
     s?.end();
-    this.#broker.filterIndex.removeSession(sid);
+    const removed = this.#broker.filterIndex.removeSession(sid);
     for (const name of s?.topics ?? []) {
       (await this.#broker.topic(name)).untrackPosition(sid);
     }
     if (this.#stored.has(sid) || s?.durable) {
       this.#stored.delete(sid);
       await this.#broker.store.deleteSession(sid);
+    }
+    for (const f of removed) {
+      if (parseShare(f.filter)) await this.#broker.shared.endIfUnused(f.filter);
     }
   }
 
@@ -181,6 +185,7 @@ export class SessionRegistry {
     if (!removed) return false;
     if (session.durable) await this.#broker.store.deleteFilter(session.sid, filter);
     await session.dropUnmatched();
+    if (parseShare(filter)) await this.#broker.shared.endIfUnused(filter);
     return true;
   }
 

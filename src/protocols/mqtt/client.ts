@@ -13,6 +13,7 @@ import type { DeadLetterReason } from "../../core/dead_letters.ts";
 import { filterError, hasWildcard, parseShare } from "../../core/filters.ts";
 import { usernameError } from "../../core/names.ts";
 import type { FilterEntry, Outbound, Session, SessionOutput } from "../../core/session.ts";
+import { groupId, type GroupMember, type SharedGroup } from "../../core/shared.ts";
 import { getLogger } from "../../log.ts";
 import type { MessageProps, PayloadFormat, Qos, WillRecord } from "../../store/store.ts";
 import type { IConnectPacket, IPublishPacket, Packet } from "../../transport/mqtt_codec.ts";
@@ -101,6 +102,13 @@ export class MqttClient {
   /** Replies in arrival order. */
   #replying: Promise<unknown> = Promise.resolve();
   #takenOver = Promise.withResolvers<void>();
+  #window = 1;
+  /** Shared groups this connection is a member of. */
+  #groups = new Map<string, SharedGroup>();
+  /** Our packet identifiers lent to shared group messages → the group and its tag. */
+  #lent = new Map<number, { group: SharedGroup; groupTag: number; qos: Qos }>();
+  /** `${group}:${groupTag}` → our packet identifier. */
+  #lentBy = new Map<string, number>();
   #finished = Promise.withResolvers<void>();
 
   constructor(link: Link, ctx: MqttContext) {
@@ -205,8 +213,11 @@ export class MqttClient {
         return this.#publish(p);
       case "puback":
         this.#needId(p.messageId);
-        if ((p.reasonCode ?? 0) >= 0x80) this.#session?.refused(p.messageId as number);
+        if (this.#lent.has(p.messageId as number)) {
+          this.#groupAck(p.messageId as number, "puback", p.reasonCode ?? 0);
+        } else if ((p.reasonCode ?? 0) >= 0x80) this.#session?.refused(p.messageId as number);
         else this.#session?.acknowledged(p.messageId as number);
+        this.#drainGroups();
         return;
       case "pubrec":
         return this.#pubrec(p.messageId, p.reasonCode);
@@ -214,7 +225,10 @@ export class MqttClient {
         return this.#pubrel(p.messageId);
       case "pubcomp":
         this.#needId(p.messageId);
-        this.#session?.completed(p.messageId as number);
+        if (this.#lent.has(p.messageId as number)) {
+          this.#groupAck(p.messageId as number, "pubcomp", p.reasonCode ?? 0);
+        } else this.#session?.completed(p.messageId as number);
+        this.#drainGroups();
         return;
       case "subscribe":
         return this.#subscribe(p);
@@ -388,7 +402,7 @@ export class MqttClient {
       retainAvailable: true,
       wildcardSubscriptionAvailable: true,
       subscriptionIdentifiersAvailable: true,
-      sharedSubscriptionAvailable: false,
+      sharedSubscriptionAvailable: true,
     };
     if (assigned) connackProps.assignedClientIdentifier = clientId; // v5 [MQTT-3.2.2-16]
     if (expiryCapped) connackProps.sessionExpiryInterval = expirySec;
@@ -403,6 +417,10 @@ export class MqttClient {
       kind: present ? "resumed" : session.durable ? "persistent" : "clean",
     });
     session.attach(this.#output(), window);
+    this.#window = window;
+    for (const f of this.#ctx.broker.filterIndex.entriesOf(this.#sid)) {
+      if (parseShare(f.filter)) await this.#joinGroup(f.filter);
+    }
   }
 
   #sendConnack(v4: number, v5: number, present: boolean, props?: Record<string, unknown>): void {
@@ -467,10 +485,12 @@ export class MqttClient {
       );
     }
     if (containsBadText(topic)) {
-      // Ill-formed UTF-8 or U+0000 in a topic: 3.1.1 [MQTT-1.5.3-1], [MQTT-1.5.3-2].
+      // Ill-formed UTF-8 or U+0000 in a topic: 3.1.1 [MQTT-1.5.3-1], [MQTT-1.5.3-2]. In v5
+      // that is a Malformed Packet, v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2]: 0x81, not 0x90
+      // (0x90 is for a topic that is "correctly formed" but not accepted).
       throw new Close(
         "PUBLISH topic is not well-formed UTF-8",
-        RC.topicNameInvalid,
+        RC.malformedPacket,
         "mqtt-malformed",
       );
     }
@@ -621,6 +641,16 @@ export class MqttClient {
     this.#needId(id);
     const session = this.#session as Session;
     const tag = id as number;
+    const lent = this.#lent.get(tag);
+    if (lent) {
+      if ((reasonCode ?? 0) >= 0x80 || lent.qos !== 2) {
+        this.#groupAck(tag, "pubrec", reasonCode ?? 0);
+        return;
+      }
+      const received = lent.group.session.received(lent.groupTag);
+      this.#reply(() => received.then(() => this.link.send({ cmd: "pubrel", messageId: tag })));
+      return;
+    }
     if ((reasonCode ?? 0) >= 0x80) {
       session.refused(tag);
       return;
@@ -675,9 +705,14 @@ export class MqttClient {
         granted.push(this.#version === 5 ? RC.topicFilterInvalid : SUBACK_FAILURE_V4);
         continue;
       }
-      if (parseShare(filter)) {
-        granted.push(this.#version === 5 ? RC.sharedSubscriptionsNotSupported : SUBACK_FAILURE_V4);
-        continue;
+      const shared = parseShare(filter) !== null;
+      if (shared && this.#version === 5 && s.nl) {
+        // No Local on a shared subscription is a Protocol Error, v5 [MQTT-3.8.3-4].
+        throw new Close(
+          "No Local on a shared subscription",
+          RC.protocolError,
+          "mqtt-protocol-error",
+        );
       }
       const az = this.#ctx.broker.authorizer;
       const allowed = az.canSubscribeFilter
@@ -710,7 +745,12 @@ export class MqttClient {
       if (subId !== undefined) entry.subscriptionId = subId;
       try {
         const { existed } = await this.#ctx.broker.sessions.subscribe(session, entry);
-        retained.push({ entry, isNew: !existed });
+        if (shared) {
+          // Shared subscriptions get no retained messages (v5 §3.3.1.3 names non-shared ones).
+          await this.#joinGroup(filter);
+        } else {
+          retained.push({ entry, isNew: !existed });
+        }
         granted.push(qos);
       } catch (err) {
         log.warning("SUBSCRIBE of {clientId} to {filter} failed: {error}", {
@@ -781,6 +821,12 @@ export class MqttClient {
     await this.#replying.catch(() => {});
     const session = this.#session;
     if (this.#ctx.clients.get(this.#clientId) === this) this.#ctx.clients.delete(this.#clientId);
+    // Leaving hands what this connection held to the other members (sent again, DUP).
+    for (const g of this.#groups.values()) g.leave(this.#member);
+    this.#groups.clear();
+    for (const tag of this.#lent.keys()) session?.returnTag(tag);
+    this.#lent.clear();
+    this.#lentBy.clear();
     try {
       if (session) {
         const sessions = this.#ctx.broker.sessions;
@@ -874,6 +920,80 @@ export class MqttClient {
     }
     this.link.sendBytes(bytes);
   }
+
+  // --- shared subscriptions ---------------------------------------------------------------------
+
+  async #joinGroup(filter: string): Promise<void> {
+    const group = await this.#ctx.broker.shared.group(filter);
+    if (this.#state === "closing" || this.#groups.has(group.sid)) return;
+    this.#groups.set(group.sid, group);
+    group.join(this.#member, this.#ctx.maxInflight);
+  }
+
+  #drainGroups(): void {
+    for (const g of this.#groups.values()) g.drain();
+  }
+
+  /** A shared group message lent our identifier `tag` is finished with. */
+  #groupAck(tag: number, kind: "puback" | "pubrec" | "pubcomp", code: number): void {
+    const l = this.#lent.get(tag);
+    if (!l) return;
+    const g = l.group.session;
+    if (code >= 0x80) {
+      // A refusal completes the message for the group, v5 [MQTT-4.8.2-6].
+      g.refused(l.groupTag);
+    } else if (kind === "pubcomp") {
+      if (!g.completed(l.groupTag)) g.refused(l.groupTag);
+    } else {
+      // PUBACK, or PUBREC of a message the member's QoS turned into QoS 1.
+      if (!g.acknowledged(l.groupTag)) g.refused(l.groupTag);
+    }
+    this.#lent.delete(tag);
+    this.#lentBy.delete(`${l.group.sid}:${l.groupTag}`);
+    this.#session?.returnTag(tag);
+    l.group.settled(l.groupTag);
+  }
+
+  /** This connection as a member of shared groups. */
+  readonly #member: GroupMember = {
+    sid: "",
+    room: () => this.#state === "connected" ? (this.#session?.room() ?? 0) : 0,
+    send: (group, out, groupTag, dup) => {
+      const session = this.#session;
+      if (!session) return;
+      // The member's granted QoS bounds the message's, [MQTT-4.8.2-3].
+      const entry = this.#ctx.broker.filterIndex.entriesOf(this.#sid)
+        .find((f) => parseShare(f.filter) && groupId(f.filter) === group.sid);
+      const qos = Math.min(out.qos, entry?.qos ?? out.qos) as Qos;
+      const mine: Outbound = { ...out, qos };
+      if (qos === 0) {
+        this.#sendPublish(mine, null, false);
+        if (out.qos > 0) {
+          group.session.refused(groupTag);
+          group.settled(groupTag);
+        }
+        return;
+      }
+      const tag = session.lendTag();
+      this.#lent.set(tag, { group, groupTag, qos });
+      this.#lentBy.set(`${group.sid}:${groupTag}`, tag);
+      this.#sendPublish(mine, tag, dup);
+    },
+    release: (group, groupTag) => {
+      const tag = this.#lentBy.get(`${group.sid}:${groupTag}`);
+      if (tag === undefined) return false;
+      this.link.send({ cmd: "pubrel", messageId: tag });
+      return true;
+    },
+    releaseNew: (group, groupTag) => {
+      const session = this.#session;
+      if (!session) return;
+      const tag = session.lendTag();
+      this.#lent.set(tag, { group, groupTag, qos: 2 });
+      this.#lentBy.set(`${group.sid}:${groupTag}`, tag);
+      this.link.send({ cmd: "pubrel", messageId: tag });
+    },
+  };
 
   // --- helpers ---------------------------------------------------------------------------------
 
