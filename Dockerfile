@@ -13,5 +13,5 @@ COPY --from=build /app/message_broker /usr/local/bin/message_broker
 USER broker
 ENV BROKER_DATA_DIR=/data BROKER_HOSTNAME=0.0.0.0
 VOLUME ["/data"]
-EXPOSE 4040 4041
+EXPOSE 4040 4041 1883 8083
 ENTRYPOINT ["/usr/local/bin/message_broker"]

@@ -144,6 +144,18 @@ export class Delivery implements Wakeable {
       return;
     }
     this.#wakeAgain = false;
+    if (message.expiresAt !== undefined && message.expiresAt <= Date.now()) {
+      // Expired (an MQTT 5 Message Expiry Interval) before its first send: it is gone
+      // for every subscriber, so the position moves past it without a handshake.
+      const next = { ...this.#record, position: message.seq + 1, received: null };
+      this.#record = next;
+      this.topic.trackPosition(next.subscriber, next.position);
+      this.#store.savePosition(next).catch(() => {
+        // Not stored: after a restart the message is found expired again and skipped.
+      });
+      this.wake();
+      return;
+    }
     this.#inflight = { id: message.id, seq: message.seq, message, phase: "message", sends: 0 };
     this.#send();
   }

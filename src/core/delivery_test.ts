@@ -301,3 +301,21 @@ Deno.test("stop() during a retry interval with a short timer leaves no timer beh
     assert.equal(sink.sent.length, n);
   });
 });
+
+Deno.test("a message that expired before its first send is skipped and the position passes it", async () => {
+  await withDelivery(async ({ topic, sink, store, deliver }) => {
+    const gone = await topic.append({
+      id: 1,
+      payload: encoder.encode("stale"),
+      format: "text",
+      expiresAt: Date.now() - 1,
+    });
+    const live = await topic.append({ id: 2, payload: encoder.encode("fresh"), format: "text" });
+    const d = await deliver({ position: gone.seq });
+    await sink.count(1);
+    assert.deepEqual(sink.wire, ["message 2 #1"]);
+    assert.equal(d.position, gone.seq + 1);
+    await store.flush();
+    assert.equal((await store.loadSubscription("alice", "t"))?.position, live.seq);
+  });
+});
