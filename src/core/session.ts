@@ -112,6 +112,11 @@ export class Session {
   #broken = false;
   #filtersFor: (topic: string) => FilterEntry[];
   #checkAcl: boolean;
+  /**
+   * Tags of completed messages still stored as `done` (above a position): not reused
+   * until the position passes them and their entries are deleted.
+   */
+  #parked = new Set<number>();
   /** Tags lent out for messages of shared groups this session is a member of. */
   #lent = new Set<number>();
   /** Inbound QoS 2 packet identifiers stored and awaiting PUBREL. */
@@ -184,6 +189,7 @@ export class Session {
       list.push(e);
       byTopic.set(e.topic, list);
     }
+    const stale: number[] = [];
     for (const name of await store.loadSubscriberTopics(this.sid)) {
       const rec = await store.loadSubscription(this.sid, name);
       if (!rec) continue;
@@ -194,10 +200,14 @@ export class Session {
       );
       byTopic.delete(name);
       for (const e of mine) {
-        if (e.seq < stream.position) continue; // completed; its deletion did not land
+        if (e.seq < stream.position) {
+          stale.push(e.tag); // completed; its deletion did not land
+          continue;
+        }
         stream.next = Math.max(stream.next, e.seq + 1);
         if (e.phase === "done") {
           stream.doneTags.set(e.seq, e.tag);
+          this.#parked.add(e.tag);
           continue;
         }
         const m = await topic.read(e.seq);
@@ -208,6 +218,7 @@ export class Session {
             topic: name,
           });
           stream.doneTags.set(e.seq, e.tag);
+          this.#parked.add(e.tag);
           continue;
         }
         stream.outstanding.push(e.seq);
@@ -241,6 +252,7 @@ export class Session {
       }
     }
     for (const s of this.#streams.values()) this.#settlePosition(s);
+    if (stale.length > 0) await this.#write([], stale);
   }
 
   /**
@@ -389,41 +401,29 @@ export class Session {
       this.#schedule();
       return;
     }
-    this.#finish(s, f.seq, f.tag);
+    this.#finish(s, f.seq, f);
     this.#schedule();
   }
 
   /** Marks `seq` of stream `s` complete and moves (and stores) its position. */
-  #finish(s: Stream, seq: number, tag: number | null): void {
+  #finish(s: Stream, seq: number, f: Inflight | null): void {
     const i = s.outstanding.indexOf(seq);
     if (i >= 0) s.outstanding.splice(i, 1);
-    if (tag !== null) s.doneTags.set(seq, tag);
-    this.#settlePosition(s);
+    if (f) {
+      s.doneTags.set(seq, f.tag);
+      this.#parked.add(f.tag);
+    }
+    if (!this.#settlePosition(s) && f && this.durable) {
+      // Completed above the position (out of order): remembered durably as done, so
+      // that a restart does not send it again.
+      void this.#write([{ ...this.#record(f), phase: "done" }], []);
+    }
   }
 
-  #settlePosition(s: Stream): void {
+  /** Moves the position to the lowest incomplete message; false when it did not move. */
+  #settlePosition(s: Stream): boolean {
     const position = s.outstanding[0] ?? s.next;
-    if (position <= s.position) {
-      // Completed above the position (out of order): remember it durably as done.
-      if (this.durable) {
-        const done: InflightRecord[] = [];
-        for (const [seq, tag] of s.doneTags) {
-          if (seq >= s.position) {
-            done.push({
-              sid: this.sid,
-              tag,
-              topic: s.topic.topic,
-              seq,
-              msgId: 0,
-              qos: 1,
-              phase: "done",
-            });
-          }
-        }
-        if (done.length > 0) void this.#write(done, []);
-      }
-      return;
-    }
+    if (position <= s.position) return false;
     s.position = position;
     s.topic.trackPosition(this.sid, position);
     const gone: number[] = [];
@@ -443,6 +443,8 @@ export class Session {
       };
       void this.#write([], gone, rec);
     }
+    for (const tag of gone) this.#parked.delete(tag);
+    return true;
   }
 
   #write(set: InflightRecord[], remove: number[], position?: SubscriptionRecord): Promise<void> {
@@ -639,7 +641,7 @@ export class Session {
     for (;;) {
       const tag = this.#nextTag;
       this.#nextTag = tag === MAX_TAG ? 1 : tag + 1;
-      if (!this.#inflight.has(tag) && !this.#lent.has(tag)) return tag;
+      if (!this.#inflight.has(tag) && !this.#lent.has(tag) && !this.#parked.has(tag)) return tag;
     }
   }
 
