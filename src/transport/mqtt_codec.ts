@@ -200,6 +200,14 @@ class FramingParser implements PacketParser {
     this.#frame = undefined;
     this.#headerBytes = 0;
     this.#filled = 0;
+    const level = unknownConnectLevel(frame);
+    if (level !== undefined) {
+      // mqtt-packet refuses a level it does not know as malformed, but 3.1.1
+      // [MQTT-3.1.2-2] wants CONNACK 0x01 and then the close: pass the name and level on.
+      const packet = { cmd: "connect", protocolId: "MQTT", protocolVersion: level, clientId: "" };
+      this.#out.push({ kind: "packet", packet: packet as unknown as MqttPacket.Packet });
+      return;
+    }
     const left = this.#codec.parse(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
     if (left !== 0 && !this.#failed) {
       this.#malformed(`${left} bytes of the packet left over by the codec`);
@@ -215,6 +223,24 @@ class FramingParser implements PacketParser {
     this.#failed = true;
     this.#out.push(event);
   }
+}
+
+/**
+ * The protocol level of a CONNECT frame naming "MQTT" or "MQIsdp" with a level other
+ * than 3, 4 or 5 (bridge bit 0x80 aside, as mqtt-packet reads it); otherwise undefined.
+ */
+function unknownConnectLevel(frame: Uint8Array): number | undefined {
+  if (frame[0] !== 0x10) return undefined;
+  let i = 1;
+  while (i < frame.length && (frame[i]! & 0x80) !== 0) i++;
+  i++; // past the last Remaining Length byte
+  const nameLength = ((frame[i] ?? 0) << 8) | (frame[i + 1] ?? 0);
+  const levelAt = i + 2 + nameLength;
+  if (levelAt >= frame.length) return undefined;
+  const name = String.fromCharCode(...frame.subarray(i + 2, levelAt));
+  if (name !== "MQTT" && name !== "MQIsdp") return undefined;
+  const level = frame[levelAt]! & 0x7f;
+  return level === 3 || level === 4 || level === 5 ? undefined : level;
 }
 
 /**
