@@ -208,6 +208,11 @@ class FramingParser implements PacketParser {
       this.#out.push({ kind: "packet", packet: packet as unknown as MqttPacket.Packet });
       return;
     }
+    const badTopic = publishTopicProblem(frame);
+    if (badTopic) {
+      this.#malformed(badTopic);
+      return;
+    }
     const left = this.#codec.parse(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
     if (left !== 0 && !this.#failed) {
       this.#malformed(`${left} bytes of the packet left over by the codec`);
@@ -223,6 +228,33 @@ class FramingParser implements PacketParser {
     this.#failed = true;
     this.#out.push(event);
   }
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Checks a PUBLISH frame's topic bytes, which mqtt-packet decodes lossily (ill-formed
+ * UTF-8 would arrive as U+FFFD): the topic must be well-formed UTF-8 without U+0000,
+ * 3.1.1 [MQTT-1.5.3-1], [MQTT-1.5.3-2]; v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2]. Returns what
+ * is wrong, or null (also for other packet types and frames too short to hold a topic,
+ * which the codec itself refuses).
+ */
+function publishTopicProblem(frame: Uint8Array): string | null {
+  if (frame[0]! >> 4 !== 3) return null;
+  let offset = 1;
+  while (offset < frame.length && (frame[offset]! & 0x80) !== 0) offset++;
+  offset++; // the last Remaining Length byte
+  if (offset + 2 > frame.length) return null;
+  const length = (frame[offset]! << 8) | frame[offset + 1]!;
+  const bytes = frame.subarray(offset + 2, offset + 2 + length);
+  if (bytes.length < length) return null;
+  if (bytes.includes(0)) return "PUBLISH topic contains U+0000";
+  try {
+    strictUtf8.decode(bytes);
+  } catch {
+    return "PUBLISH topic is not well-formed UTF-8";
+  }
+  return null;
 }
 
 /**

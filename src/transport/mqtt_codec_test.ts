@@ -221,3 +221,16 @@ Deno.test("a packet mqtt-packet cannot encode throws a TypeError naming its type
     (err: unknown) => err instanceof TypeError && /subscribe/.test(err.message),
   );
 });
+
+Deno.test("a PUBLISH topic is checked strictly: U+FFFD itself passes, ill-formed UTF-8 and U+0000 do not", () => {
+  const publishWithTopic = (topic: Uint8Array) =>
+    concat([new Uint8Array([0x30, 2 + topic.length + 1, 0, topic.length]), topic, bytes("x")]);
+  const ok = createPacketParser(4, 65536).push(publishWithTopic(bytes("a/\uFFFD")));
+  assert.equal(ok[0]?.kind, "packet");
+  assert.equal((ok[0] as { packet: { topic: string } }).packet.topic, "a/\uFFFD");
+  for (const topic of [new Uint8Array([0x61, 0xc3, 0x28]), new Uint8Array([0x61, 0x00])]) {
+    const items = createPacketParser(4, 65536).push(publishWithTopic(topic));
+    assert.equal(items.length, 1);
+    assert.equal(items[0]?.kind, "malformed");
+  }
+});
