@@ -108,6 +108,13 @@ export class Session {
   #retainedQueue: Outbound[] = [];
   #nextTag = 1;
   #pumpScheduled = false;
+  /**
+   * Sends waiting for their in-flight entries to commit, chained so that every batch
+   * goes out in the order it was read (a QoS 0 message never overtakes a QoS 1/2 one
+   * read before it on the same topic).
+   */
+  #sendChain: Promise<void> = Promise.resolve();
+  #sendsWaiting = 0;
   #ended = false;
   #broken = false;
   #filtersFor: (topic: string) => FilterEntry[];
@@ -492,13 +499,16 @@ export class Session {
     const output = this.#output;
     if (!output || this.#ended) return;
     const toStore: Inflight[] = [];
+    // Everything to send, in the order read: QoS 0 included, so that per topic the log
+    // order holds across QoS levels.
+    const batch: (Inflight | Outbound)[] = [];
     const room = () => this.room() > 0;
     while (this.#retainedQueue.length > 0) {
       const out = this.#retainedQueue[0] as Outbound;
       if (out.qos > 0 && !room()) break;
       this.#retainedQueue.shift();
-      if (out.qos === 0) output.publish(out, null, false);
-      else toStore.push(this.#track(out, null, out.message.seq));
+      if (out.qos === 0) batch.push(out);
+      else batch.push(this.#track(out, null, out.message.seq));
     }
     let progress = true;
     while (progress && this.#retainedQueue.length === 0) {
@@ -515,23 +525,32 @@ export class Session {
           continue;
         }
         if (out.qos === 0) {
-          output.publish(out, null, false);
+          batch.push(out);
           this.#finish(s, m.seq, null);
           continue;
         }
         s.outstanding.push(m.seq);
-        toStore.push(this.#track(out, s.topic.topic, m.seq));
+        batch.push(this.#track(out, s.topic.topic, m.seq));
       }
     }
-    if (toStore.length === 0) return;
-    if (!this.durable) {
-      for (const f of toStore) this.#sendNew(f);
+    if (batch.length === 0) return;
+    for (const x of batch) if ("tag" in x) toStore.push(x);
+    const send = () => {
+      for (const x of batch) {
+        if ("tag" in x) this.#sendNew(x);
+        else this.#output?.publish(x, null, false);
+      }
+    };
+    const stored = this.durable && toStore.length > 0
+      ? this.#broker.store.saveInflight(toStore.map((f) => this.#record(f)))
+      : null;
+    if (stored === null && this.#sendsWaiting === 0) {
+      send();
       return;
     }
-    const records = toStore.map((f) => this.#record(f));
-    this.#broker.store.saveInflight(records).then(() => {
-      for (const f of toStore) this.#sendNew(f);
-    }, (err) => {
+    // After the entries commit, and after any earlier batch still waiting for its own.
+    this.#sendsWaiting++;
+    this.#sendChain = this.#sendChain.then(() => stored).then(send, (err) => {
       // Not stored: nothing was sent, so these are not in flight. The positions stay;
       // the messages are read again on the next attach.
       log.warning("Session {sid}: could not store messages in flight: {error}", {
@@ -540,7 +559,7 @@ export class Session {
       });
       this.#broken = true;
       this.#output?.fail("the session's progress could not be stored");
-    });
+    }).finally(() => this.#sendsWaiting--);
   }
 
   #sendNew(f: Inflight): void {
