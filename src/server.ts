@@ -18,7 +18,8 @@ import { errorText, type RestartPolicy } from "./supervisor.ts";
 import { ConnectionLimits } from "./transport/connection_limits.ts";
 import { type LineConnection, LineServer, type TlsPem } from "./transport/tcp.ts";
 import { readTlsFiles } from "./transport/tls.ts";
-import { type MqttClient, type MqttContext, serveMqtt } from "./protocols/mqtt/client.ts";
+import { MqttClient, type MqttContext } from "./protocols/mqtt/client.ts";
+import { RC } from "./protocols/mqtt/reason_codes.ts";
 import { startSys } from "./protocols/mqtt/sys.ts";
 import { PacketServer } from "./transport/packet_connection.ts";
 import type { PacketLink } from "./transport/packet_link.ts";
@@ -202,13 +203,23 @@ export async function startBroker(
   };
   const mqttHandlers = new Map<PacketLink, Promise<void>>();
   const mqttSockets = new Set<PacketLink>();
+  const mqttClients = new WeakMap<PacketLink, MqttClient>();
   const serveLink = async (conn: PacketLink, ctx: MqttContext) => {
-    const handling = serveMqtt(conn, ctx);
+    const client = new MqttClient(conn, ctx);
+    mqttClients.set(conn, client);
+    const handling = client.run();
     mqttHandlers.set(conn, handling);
     try {
       await handling;
     } finally {
       mqttHandlers.delete(conn);
+    }
+  };
+  // Keep Alive timeout: a v5 client is told why (DISCONNECT 0x8D) before the close, but
+  // only after its CONNACK, v5 [MQTT-3.14.0-1].
+  const onIdle = (conn: PacketLink) => {
+    if (conn.protocolVersion === 5 && mqttClients.get(conn)?.connected) {
+      conn.send({ cmd: "disconnect", reasonCode: RC.keepAliveTimeout });
     }
   };
   const mqtt = config.mqttPort === 0 ? undefined : new PacketServer({
@@ -218,6 +229,7 @@ export async function startBroker(
     writeBufferBytes: config.writeBufferBytes,
     // Until the CONNECT: the time allowed to connect; then the client's keep-alive.
     idleTimeoutMs: config.loginTimeout,
+    onIdle,
     async onConnection(conn) {
       mqttSockets.add(conn);
       conn.closed.then(() => mqttSockets.delete(conn));
@@ -253,6 +265,7 @@ export async function startBroker(
     maxPacketBytes: config.mqttMaxPacketBytes,
     writeBufferBytes: config.writeBufferBytes,
     idleTimeoutMs: config.loginTimeout,
+    onIdle,
     // Admitted before the upgrade (503 when refused), released when it closes.
     limits,
     async onConnection(conn) {
@@ -313,7 +326,7 @@ export async function startBroker(
   let stopping: Promise<void> | null = null;
   const stop = async () => {
     log.info("Stopping: no new connections");
-    sys.stop();
+    await sys.stop();
     await Promise.all(servers.map((s) => s.close()));
     for (const c of mqttHandlers.keys()) c.stopReading();
     // Read no new line, but answer every line already taken: a PUB stored during the

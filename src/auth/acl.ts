@@ -42,6 +42,7 @@
  * @module
  */
 import type { Authorizer } from "../core/authorizer.ts";
+import { parseShare } from "../core/filters.ts";
 import { DEAD_LETTER_TOPIC, usernameError } from "../core/names.ts";
 
 const READ = 1;
@@ -150,6 +151,22 @@ export class Acl implements Authorizer {
     return this.#allows(user, topic, READ);
   }
 
+  /**
+   * Whether `user` may subscribe to an MQTT topic filter: true when some rule granting
+   * read overlaps it, that is, at least one topic matches both the filter and the rule.
+   * Level by level, `+` or `#` on either side overlaps anything; a filter starting with
+   * a wildcard reaches no `$` topic ([MQTT-4.7.2-1]) and no `deadLetterChan`, which only
+   * the exact filter does. Each topic the filter reaches is still checked with
+   * {@link canSubscribe}. A shared subscription (`$share/GROUP/FILTER`) is judged by
+   * its FILTER.
+   */
+  canSubscribeFilter(user: string | null, filter: string): boolean {
+    const inner = parseShare(filter)?.filter ?? filter;
+    const g = this.#grants(user);
+    if (inner === DEAD_LETTER_TOPIC) return (g.deadLetters & READ) !== 0;
+    return overlaps(g.root, inner.split("/"), 0);
+  }
+
   #allows(user: string | null, topic: string, want: number): boolean {
     const g = this.#grants(user);
     if (topic === DEAD_LETTER_TOPIC) return (g.deadLetters & want) !== 0;
@@ -219,6 +236,49 @@ function grant(node: Node, levels: readonly string[], i: number, want: number): 
     access |= grant(node.plus, levels, i + 1, want);
   }
   return access;
+}
+
+/**
+ * Whether some topic matched by the filter levels `filter[i..]` gets read access from
+ * the trie below `node` (patterns and filter already agree on the levels before `i`).
+ * `bare` says that those levels can only spell "", which is no topic name: the topic
+ * must then go on.
+ */
+function overlaps(node: Node, filter: readonly string[], i: number, bare = false): boolean {
+  const atEnd = i === filter.length;
+  // A rule's `#` here matches every remaining level, the parent level included.
+  if ((node.hash & READ) !== 0 && !(atEnd && bare)) return true;
+  if (atEnd) return !bare && (node.end & READ) !== 0;
+  const level = filter[i] as string;
+  // A leading wildcard of the filter reaches no topic starting with `$`, [MQTT-4.7.2-1].
+  const reachable = (name: string) => i > 0 || !name.startsWith("$");
+  if (level === "#") {
+    // Zero more levels (`a/#` matches `a`) or any number: any read grant below counts.
+    if (!bare && (node.end & READ) !== 0) return true;
+    for (const [name, child] of node.children) {
+      if (reachable(name) && grantsBelow(child)) return true;
+    }
+    return node.plus !== undefined && grantsBelow(node.plus);
+  }
+  if (level === "+") {
+    for (const [name, child] of node.children) {
+      if (reachable(name) && overlaps(child, filter, i + 1, i === 0 && name === "")) return true;
+    }
+  } else {
+    const child = node.children.get(level);
+    if (child !== undefined && overlaps(child, filter, i + 1, i === 0 && level === "")) {
+      return true;
+    }
+  }
+  // A rule's `+` against the filter's `+` may take any level, a non-empty one included.
+  return node.plus !== undefined && overlaps(node.plus, filter, i + 1, i === 0 && level === "");
+}
+
+/** Whether any pattern at or below `node` grants read. */
+function grantsBelow(node: Node): boolean {
+  if (((node.hash | node.end) & READ) !== 0) return true;
+  for (const child of node.children.values()) if (grantsBelow(child)) return true;
+  return node.plus !== undefined && grantsBelow(node.plus);
 }
 
 /**

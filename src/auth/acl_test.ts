@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
+import { matches as filterMatches } from "../core/filters.ts";
+import { DEAD_LETTER_TOPIC } from "../core/names.ts";
 import { Acl, AclError, loadAcl, parseAcl } from "./acl.ts";
 
 const FILE = `
@@ -236,5 +238,108 @@ Deno.test("matching agrees with plain MQTT filter matching for any set of rules"
       assert.equal(a.canSubscribe("someone", t), read);
     }),
     { numRuns: 2000 },
+  );
+});
+
+// --- canSubscribeFilter: does a filter overlap what the rules let a user read? ---------------
+
+Deno.test("canSubscribeFilter: a filter is allowed when it can reach a topic the rules let the user read", () => {
+  const a = parseAcl(`
+topic read public/#
+topic write inbox/+
+topic read home/%u/#
+user alice
+topic read sensors/+/temp
+topic read exact/one
+topic read $SYS/#
+topic read +/any
+user ops
+topic read deadLetterChan
+`);
+  // Wildcards in the filter that reach granted topics: granted (overlap, not cover).
+  assert.ok(a.canSubscribeFilter(null, "#"));
+  assert.ok(a.canSubscribeFilter(null, "+/news"));
+  assert.ok(a.canSubscribeFilter(null, "public/+/x"));
+  assert.ok(a.canSubscribeFilter(null, "public")); // public/# matches its parent level
+  assert.ok(a.canSubscribeFilter("alice", "sensors/#"));
+  assert.ok(a.canSubscribeFilter("alice", "sensors/kitchen/+"));
+  assert.ok(a.canSubscribeFilter("alice", "+/+/temp"));
+  assert.ok(a.canSubscribeFilter("alice", "exact/#")); // exact/# matches exact/one
+  assert.ok(a.canSubscribeFilter("alice", "exact/+"));
+  assert.ok(a.canSubscribeFilter("alice", "whatever/any")); // rule +/any
+  assert.ok(a.canSubscribeFilter("bob", "home/bob/#"));
+  assert.ok(a.canSubscribeFilter("bob", "home/+/lamp")); // home/bob/lamp
+  // Nothing in common: denied.
+  assert.ok(!a.canSubscribeFilter(null, "inbox/+")); // write only
+  assert.ok(!a.canSubscribeFilter(null, "private/#"));
+  assert.ok(!a.canSubscribeFilter(null, "publicity/#"));
+  assert.ok(!a.canSubscribeFilter("alice", "sensors/kitchen/humidity"));
+  assert.ok(a.canSubscribeFilter("alice", "sensors/+")); // sensors/any, by the rule +/any
+  assert.ok(!a.canSubscribeFilter("alice", "sensors/+/+/+"));
+  assert.ok(!a.canSubscribeFilter("alice", "exact/one/+"));
+  assert.ok(!a.canSubscribeFilter("bob", "sensors/#")); // alice's section only
+  assert.ok(!a.canSubscribeFilter(null, "home/+/lamp")); // %u never applies to anonymous
+  assert.ok(!a.canSubscribeFilter("bob", "home/alice/#"));
+});
+
+Deno.test("canSubscribeFilter: '$' topics hide from leading wildcards; deadLetterChan only by name", () => {
+  const a = parseAcl("user alice\ntopic read $SYS/#\nuser ops\ntopic read deadLetterChan\n");
+  assert.ok(a.canSubscribeFilter("alice", "$SYS/#"));
+  assert.ok(a.canSubscribeFilter("alice", "$SYS/broker/+"));
+  // A filter whose first level is a wildcard matches no '$' topic, [MQTT-4.7.2-1].
+  assert.ok(!a.canSubscribeFilter("alice", "#"));
+  assert.ok(!a.canSubscribeFilter("alice", "+/broker/uptime"));
+  assert.ok(a.canSubscribeFilter("ops", "deadLetterChan"));
+  assert.ok(!a.canSubscribeFilter("ops", "#"));
+  assert.ok(!a.canSubscribeFilter("ops", "+"));
+  assert.ok(!a.canSubscribeFilter("alice", "deadLetterChan"));
+  // A rule of '#' grants every reachable topic, but not the dead letters.
+  const all = parseAcl("topic read #\n");
+  assert.ok(all.canSubscribeFilter(null, "#"));
+  assert.ok(all.canSubscribeFilter(null, "$SYS/#"));
+  assert.ok(!all.canSubscribeFilter(null, "deadLetterChan"));
+});
+
+Deno.test("canSubscribeFilter: a shared subscription is judged by its filter", () => {
+  const a = parseAcl("topic read jobs/+\n");
+  assert.ok(a.canSubscribeFilter(null, "$share/workers/jobs/#"));
+  assert.ok(a.canSubscribeFilter(null, "$share/workers/jobs/x"));
+  assert.ok(!a.canSubscribeFilter(null, "$share/workers/other/#"));
+});
+
+/** Levels for filters and rules; "c" appears in topics only, as a level no pattern names. */
+const patternLevel = fc.constantFrom("a", "b", "", "$s", "+");
+const universe: string[] = (() => {
+  const levels = ["a", "b", "", "$s", "c"];
+  const out: string[] = [DEAD_LETTER_TOPIC];
+  let frontier = [[] as string[]];
+  for (let depth = 1; depth <= 4; depth++) {
+    frontier = frontier.flatMap((p) => levels.map((l) => [...p, l]));
+    for (const p of frontier) out.push(p.join("/"));
+  }
+  return out.filter((t) => t !== ""); // a topic name has at least one character
+})();
+const pattern = fc.oneof(
+  { weight: 9, arbitrary: fc.tuple(fc.array(patternLevel, { maxLength: 3 }), fc.boolean()) },
+  { weight: 1, arbitrary: fc.constant([[DEAD_LETTER_TOPIC], false] as [string[], boolean]) },
+).map(([levels, hash]) => (hash ? [...levels, "#"] : levels).join("/")).filter((f) => f !== "");
+
+Deno.test("canSubscribeFilter is true exactly when some topic matches the filter and may be read", () => {
+  // Patterns have at most 4 levels, so a topic of at most 4 levels over the levels they
+  // name (and one they do not) witnesses every overlap.
+  fc.assert(
+    fc.property(
+      fc.array(fc.tuple(access, pattern), { maxLength: 5 }),
+      fc.array(fc.tuple(access, pattern), { maxLength: 3 }),
+      pattern,
+      fc.constantFrom(null, "alice", "bob"),
+      (general, own, f, user) => {
+        const line = ([x, p]: [string, string]) => `topic ${x} ${JSON.stringify(p)}`;
+        const a = parseAcl([...general.map(line), "user alice", ...own.map(line)].join("\n"));
+        const expected = universe.some((t) => filterMatches(f, t) && a.canSubscribe(user, t));
+        assert.equal(a.canSubscribeFilter(user, f), expected, `${user} ${f}`);
+      },
+    ),
+    { numRuns: 1000 },
   );
 });

@@ -121,6 +121,11 @@ export class MqttClient {
     return this.#finished.promise;
   }
 
+  /** True from the accepting CONNACK until the connection starts closing. */
+  get connected(): boolean {
+    return this.#state === "connected";
+  }
+
   async run(): Promise<void> {
     try {
       await this.#loop();
@@ -484,16 +489,8 @@ export class MqttClient {
         "mqtt-protocol-error",
       );
     }
-    if (containsBadText(topic)) {
-      // Ill-formed UTF-8 or U+0000 in a topic: 3.1.1 [MQTT-1.5.3-1], [MQTT-1.5.3-2]. In v5
-      // that is a Malformed Packet, v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2]: 0x81, not 0x90
-      // (0x90 is for a topic that is "correctly formed" but not accepted).
-      throw new Close(
-        "PUBLISH topic is not well-formed UTF-8",
-        RC.malformedPacket,
-        "mqtt-malformed",
-      );
-    }
+    // Ill-formed UTF-8 and U+0000 in the topic bytes were refused by the framing
+    // (mqtt_codec.ts) as a Malformed Packet, v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2].
     if (hasWildcard(topic)) {
       // No wildcards in a topic name, [MQTT-3.3.2-2].
       throw new Close(

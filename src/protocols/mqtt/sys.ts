@@ -20,9 +20,10 @@ export function startSys(
   broker: Broker,
   intervalSec: number,
   connectedClients: () => number,
-): { stop(): void; publishNow(): Promise<void> } {
+): { stop(): Promise<void>; publishNow(): Promise<void> } {
   const startedAt = Date.now();
   let running: Promise<void> | null = null;
+  let stopped = false;
   const publishNow = async () => {
     const m = broker.metrics;
     const figures: Record<string, string | number> = {
@@ -39,6 +40,7 @@ export function startSys(
       "subscriptions/count": broker.filterIndex.size,
     };
     for (const [name, value] of Object.entries(figures)) {
+      if (stopped) return;
       await broker.publish({
         topic: `$SYS/broker/${name}`,
         payload: encoder.encode(String(value)),
@@ -56,7 +58,12 @@ export function startSys(
     }, intervalSec * 1000)
     : undefined;
   return {
-    stop: () => clearInterval(timer),
+    // Waits for a round in progress, which publishes nothing more: the store may close.
+    stop: async () => {
+      stopped = true;
+      clearInterval(timer);
+      await running;
+    },
     publishNow,
   };
 }
