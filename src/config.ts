@@ -81,6 +81,7 @@ export const brokerConfigSchema = z.object({
   // 0 turns the listener off (as Mosquitto's users expect); -1 picks any free port.
   mqttPort: integer(-1, 65_535, 1883),
   mqttWsPort: integer(-1, 65_535, 8083),
+  mqttTlsPort: integer(-1, 65_535, 8883),
   mqttWsPath: z.string().regex(/^\/[\x21-\x7e]*$/).default("/mqtt"),
   mqttMaxPacketBytes: integer(1024, 268_435_455, 65_536),
   mqttReceiveMaximum: integer(1, 65_535, 1024),
@@ -185,6 +186,11 @@ const HELP: Record<SettingName, SettingHelp> = {
     "port",
     range(-1, 65_535),
     "MQTT over WebSocket port (0 = off, -1 = any free port)",
+  ],
+  mqttTlsPort: [
+    "port",
+    range(-1, 65_535),
+    "MQTT over TLS port, served when --tls-cert/--tls-key are set (0 = off, -1 = any free port)",
   ],
   mqttWsPath: ["path", "a URL path starting with /", "MQTT over WebSocket path"],
   mqttMaxPacketBytes: [

@@ -71,6 +71,7 @@ Deno.test("no flags and no environment give the defaults", () => {
     tlsPublisherPort: -1,
     mqttPort: 1883,
     mqttWsPort: 8083,
+    mqttTlsPort: 8883,
     mqttWsPath: "/mqtt",
     mqttMaxPacketBytes: 65_536,
     mqttReceiveMaximum: 1024,

@@ -48,6 +48,8 @@ export interface RunningBroker {
   readonly tlsPublisherPort?: number;
   /** The MQTT port (undefined when MQTT over TCP is off). */
   readonly mqttPort?: number;
+  /** The MQTT over TLS port (undefined when it or TLS is off). */
+  readonly mqttTlsPort?: number;
   /** The MQTT over WebSocket port (undefined when it is off). */
   readonly mqttWsPort?: number;
   /** Live connections on both ports, with their handlers. */
@@ -222,40 +224,54 @@ export async function startBroker(
       conn.send({ cmd: "disconnect", reasonCode: RC.keepAliveTimeout });
     }
   };
-  const mqtt = config.mqttPort === 0 ? undefined : new PacketServer({
-    hostname: config.hostname,
-    port: Math.max(0, config.mqttPort),
-    maxPacketBytes: config.mqttMaxPacketBytes,
-    writeBufferBytes: config.writeBufferBytes,
-    // Until the CONNECT: the time allowed to connect; then the client's keep-alive.
-    idleTimeoutMs: config.loginTimeout,
-    onIdle,
-    async onConnection(conn) {
-      mqttSockets.add(conn);
-      conn.closed.then(() => mqttSockets.delete(conn));
-      const refused = limits.admit(conn.address);
-      if (refused) {
-        log.warning("Refused MQTT connection from {remote}: {reason}", {
-          remote: conn.remote,
-          reason: refused,
+  const mqttServer = (port: number, pem: TlsPem | undefined, ctx: MqttContext) =>
+    new PacketServer({
+      hostname: config.hostname,
+      port: Math.max(0, port),
+      tls: pem,
+      maxPacketBytes: config.mqttMaxPacketBytes,
+      writeBufferBytes: config.writeBufferBytes,
+      // Until the CONNECT: the time allowed to connect; then the client's keep-alive.
+      idleTimeoutMs: config.loginTimeout,
+      onIdle,
+      async onConnection(conn) {
+        mqttSockets.add(conn);
+        conn.closed.then(() => mqttSockets.delete(conn));
+        const refused = limits.admit(conn.address);
+        if (refused) {
+          log.warning("Refused MQTT connection from {remote}: {reason}", {
+            remote: conn.remote,
+            reason: refused,
+          });
+          conn.close(refused);
+          return;
+        }
+        try {
+          await serveLink(conn, ctx);
+        } finally {
+          limits.release(conn.address);
+        }
+      },
+      onHandshakeError(err, remote) {
+        log.warning("MQTT TLS handshake with {remote}: {error}", {
+          remote: remote ?? "(any peer)",
+          error: errorText(err),
         });
-        conn.close(refused);
-        return;
-      }
-      try {
-        await serveLink(conn, mqttCtx);
-      } finally {
-        limits.release(conn.address);
-      }
-    },
-    onError(err, conn) {
-      log.error("MQTT connection {id} failed: {error}", {
-        id: conn?.id,
-        remote: conn?.remote,
-        error: errorText(err),
-      });
-    },
-  });
+      },
+      onError(err, conn) {
+        log.error("MQTT connection {id} failed: {error}", {
+          id: conn?.id,
+          remote: conn?.remote,
+          error: errorText(err),
+        });
+      },
+    });
+  const mqtt = config.mqttPort === 0 ? undefined : mqttServer(config.mqttPort, undefined, mqttCtx);
+  // MQTT over TLS (conventionally 8883) when the broker has a certificate.
+  const mqttTls = tls && config.mqttTlsPort !== 0
+    ? mqttServer(config.mqttTlsPort, tls, { ...mqttCtx, port: "mqtt-tls" })
+    : undefined;
+  if (mqttTls) servers.push(mqttTls);
   if (mqtt) servers.push(mqtt);
   const wsCtx: MqttContext = { ...mqttCtx, port: "mqtt-ws" };
   const mqttWs = config.mqttWsPort === 0 ? undefined : new MqttWsServer({
@@ -314,6 +330,12 @@ export async function startBroker(
       port: mqtt.port,
     });
   }
+  if (mqttTls) {
+    log.info("Server mqtt-tls accepting MQTT TLS connections on {hostname}:{port}", {
+      hostname: config.hostname,
+      port: mqttTls.port,
+    });
+  }
   if (mqttWs) {
     log.info("Server mqtt-ws accepting MQTT over WebSocket on ws://{hostname}:{port}{path}", {
       hostname: config.hostname,
@@ -352,6 +374,7 @@ export async function startBroker(
     tlsPublisherPort: tls ? (tlsPublishers ?? publishers).port : undefined,
     mqttPort: mqtt?.port,
     mqttWsPort: mqttWs?.port,
+    mqttTlsPort: mqttTls?.port,
     connections,
     stop: () => stopping ??= stop(),
   };

@@ -4,6 +4,7 @@
  * certificate is made by openssl for this run (see src/transport/test_certificate.ts).
  */
 import assert from "node:assert/strict";
+import mqtt from "mqtt";
 import type { BrokerConfig } from "../src/config.ts";
 import { testCertificate, writeTestCertificate } from "../src/transport/test_certificate.ts";
 import { ChildBroker, LineClient, startTestBroker, type TestBroker } from "./helpers.ts";
@@ -313,4 +314,30 @@ Deno.test("the broker process logs where it accepts TLS connections and stops cl
   assert.match(output, /Server consumer accepting TLS connections on 127\.0\.0\.1:\d+/);
   assert.match(output, /Server publisher accepting TLS connections on 127\.0\.0\.1:\d+/);
   assert.match(output, /Server consumer accepting connections on 127\.0\.0\.1:\d+/);
+});
+
+Deno.test("MQTT over TLS: a client verifying the certificate publishes and subscribes; a plain client is refused", async () => {
+  await using files = await certificateDir();
+  await using b = await startTlsBroker(files, { mqttPort: -1, mqttTlsPort: -1 });
+  const { cert } = await testCertificate();
+  const url = `mqtts://localhost:${b.mqttTlsPort}`;
+  const sub = await mqtt.connectAsync(url, { ca: cert, clientId: "tls-sub", reconnectPeriod: 0 });
+  const got = new Promise<string>((resolve) => sub.on("message", (_t, p) => resolve(String(p))));
+  await sub.subscribeAsync("secure/t", { qos: 2 });
+  // A plain MQTT client on the same broker meets the same topic.
+  const pub = await mqtt.connectAsync(`mqtt://127.0.0.1:${b.mqttPort}`, {
+    clientId: "plain-pub",
+    reconnectPeriod: 0,
+  });
+  await pub.publishAsync("secure/t", "over tls", { qos: 2 });
+  assert.equal(await got, "over tls");
+  // Plain MQTT on the TLS port gets no CONNACK.
+  const raw = await Deno.connect({ hostname: "127.0.0.1", port: b.mqttTlsPort as number });
+  await raw.write(new Uint8Array([0x10, 12, 0, 4, 77, 81, 84, 84, 4, 2, 0, 10, 0, 0]));
+  const buf = new Uint8Array(16);
+  const n = await raw.read(buf).catch(() => null);
+  assert.ok(n === null || buf[0] !== 0x20, "no CONNACK in plain text");
+  raw.close();
+  await pub.endAsync();
+  await sub.endAsync();
 });
