@@ -377,8 +377,10 @@ export class ChildBroker {
     let consumer = 0;
     let publisher = 0;
     let mqtt = 0;
-    const i = args.lastIndexOf("--mqtt-port");
-    const wantMqtt = i >= 0 && args[i + 1] !== "0";
+    // `--mqtt-port N` or `--mqtt-port=N` (a negative value needs the second form).
+    const i = args.findLastIndex((a) => a === "--mqtt-port" || a.startsWith("--mqtt-port="));
+    const value = i < 0 ? "0" : args[i]?.includes("=") ? args[i]?.split("=")[1] : args[i + 1];
+    const wantMqtt = value !== "0";
     const deadline = Date.now() + 15_000;
     while (!(consumer && publisher && (mqtt || !wantMqtt))) {
       if (Date.now() > deadline) break;
