@@ -396,7 +396,15 @@ Deno.test("$SYS: a subscriber of $SYS/broker/# gets the broker's figures every i
     await using sys = await client(b, v, `sys${v}`);
     await sys.subscribe("$SYS/broker/#", { qos: 0 });
     const figures = new Map<string, string>();
-    const wanted = ["uptime", "clients/connected", "messages/received", "version"];
+    const wanted = [
+      "uptime",
+      "clients/connected",
+      "messages/received",
+      "messages/sent",
+      "bytes/sent",
+      "store/messages/count",
+      "version",
+    ];
     const deadline = Date.now() + 3500;
     while (!wanted.every((w) => figures.has(w))) {
       const m = await sys.next(Math.max(1, deadline - Date.now()));
@@ -405,6 +413,10 @@ Deno.test("$SYS: a subscriber of $SYS/broker/# gets the broker's figures every i
     }
     assert.match(figures.get("uptime") as string, /^\d+ seconds$/);
     assert.ok(Number(figures.get("clients/connected")) >= 1, `${figures.get("clients/connected")}`);
-    assert.ok(Number.isInteger(Number(figures.get("messages/received"))));
+    for (
+      const name of ["messages/received", "messages/sent", "bytes/sent", "store/messages/count"]
+    ) {
+      assert.match(figures.get(name) as string, /^\d+$/, name);
+    }
   }
 });

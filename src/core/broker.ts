@@ -200,6 +200,18 @@ export class Broker {
     return b;
   }
 
+  /** Messages held in the logs of the topics started so far (an upper bound). */
+  get storedMessages(): number {
+    let n = 0;
+    for (const t of this.#started.values()) n += t.storedCount;
+    return n;
+  }
+
+  /** Payload bytes held in the store (tracked when a store size limit is set). */
+  get storedBytes(): number {
+    return this.#payloadBytes;
+  }
+
   /** Number of PUBs awaiting PUBREL. */
   get pendingCount(): number {
     return this.#pending.size;

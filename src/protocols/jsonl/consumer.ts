@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { BrokerError } from "../../core/broker.ts";
+import { type Broker, BrokerError } from "../../core/broker.ts";
 import type { ConsumerSession } from "../../core/consumer_session.ts";
 import type { DeliverySink } from "../../core/delivery.ts";
 import { getLogger } from "../../log.ts";
@@ -30,11 +30,16 @@ const FAILURE_WINDOW_MS = 10_000;
 /** Puts deliveries on the wire as the seed's JSON lines. */
 class JsonlSink implements DeliverySink {
   #conn: LineConnection;
-  constructor(conn: LineConnection) {
+  #metrics: Broker["metrics"];
+  constructor(conn: LineConnection, metrics: Broker["metrics"]) {
     this.#conn = conn;
+    this.#metrics = metrics;
   }
   sendMessage(m: StoredMessage): void {
-    this.#conn.send(pubLine(bodyJson(m), m.id, m.topic));
+    const line = pubLine(bodyJson(m), m.id, m.topic);
+    this.#metrics.messagesSent++;
+    this.#metrics.bytesSent += line.length;
+    this.#conn.send(line);
   }
   sendRelease(id: number): void {
     this.#conn.send(ackLine("PUBREL", id));
@@ -66,7 +71,7 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
         if (step.kind === "close") break;
         if (step.kind === "in") {
           const name = step.user;
-          session = ctx.broker.openSession(name, new JsonlSink(conn));
+          session = ctx.broker.openSession(name, new JsonlSink(conn, ctx.broker.metrics));
           if (!session) {
             conn.send(`ERROR: user ${name} is already logged in on another connection`);
             break;

@@ -915,6 +915,8 @@ export class MqttClient {
       if (tag !== null) this.#session?.refused(tag);
       return;
     }
+    this.#ctx.broker.metrics.messagesSent++;
+    this.#ctx.broker.metrics.bytesSent += bytes.byteLength;
     this.link.sendBytes(bytes);
   }
 

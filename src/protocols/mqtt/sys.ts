@@ -34,6 +34,8 @@ export function startSys(
       "messages/received": m.messagesReceived,
       "messages/sent": m.messagesSent,
       "messages/stored": m.messagesStored,
+      "store/messages/count": broker.storedMessages,
+      "store/messages/bytes": broker.storedBytes,
       "bytes/received": m.bytesReceived,
       "bytes/sent": m.bytesSent,
       "retained messages/count": broker.retained.size,
