@@ -363,6 +363,28 @@ export class Broker {
     input: PublishInput,
     source: PublishSource,
   ): Promise<{ committed: Promise<StoredMessage> }> {
+    const now = this.submitNow(input, source);
+    if (now) return { committed: now };
+    const t = await this.topic(input.topic);
+    return { committed: this.#append(t, input, source, await this.#ids.next()) };
+  }
+
+  /**
+   * The synchronous path of {@link submit}, taken when the topic is started and a
+   * message id is at hand: returns the commit promise with the append already queued,
+   * or null when the caller must use {@link submit}.
+   * @throws BrokerError as {@link submit} does
+   */
+  submitNow(input: PublishInput, source: PublishSource): Promise<StoredMessage> | null {
+    this.#check(input, source);
+    const t = this.#started.get(input.topic);
+    if (!t) return null;
+    const id = this.#ids.tryNext();
+    if (id === undefined) return null;
+    return this.#append(t, input, source, id);
+  }
+
+  #check(input: PublishInput, source: PublishSource): void {
     const { topic, payload } = input;
     const bad = source.system ? null : this.topicError(topic);
     if (bad) throw new BrokerError(bad, "invalid-topic");
@@ -388,7 +410,15 @@ export class Broker {
         "full",
       );
     }
-    const t = await this.topic(topic);
+  }
+
+  #append(
+    t: Topic,
+    input: PublishInput,
+    _source: PublishSource,
+    id: number,
+  ): Promise<StoredMessage> {
+    const { topic, payload } = input;
     const max = this.options.maxTopicMessages;
     if (max !== undefined && t.storedCount >= max) {
       throw new BrokerError(`topic ${JSON.stringify(topic)} is full (${max} messages)`, "full");
@@ -407,7 +437,6 @@ export class Broker {
     }
     this.metrics.messagesReceived++;
     this.metrics.bytesReceived += payload.byteLength;
-    const id = await this.#ids.next();
     const committed = t.append({
       id,
       payload,
@@ -421,7 +450,7 @@ export class Broker {
       willOf: input.willOf,
     });
     committed.then(() => this.#payloadBytes += payload.byteLength, () => {});
-    return { committed };
+    return committed;
   }
 
   #subscribersOf(topic: string): { sid: string; durable: boolean }[] {

@@ -23,6 +23,16 @@ export class IdAllocator {
     this.#store = store;
   }
 
+  /** The next fresh id if one is reserved already (no waiting), else undefined. */
+  tryNext(): number | undefined {
+    const block = this.#blocks[0];
+    if (!block || block[0] >= block[1]) return undefined;
+    const id = block[0]++;
+    if (block[0] === block[1]) this.#blocks.shift();
+    if (this.#available() <= LOW_WATER) this.#reserve().catch(() => {});
+    return id;
+  }
+
   /** The next fresh id. */
   async next(): Promise<number> {
     for (;;) {

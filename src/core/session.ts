@@ -119,6 +119,7 @@ export class Session {
   #broken = false;
   #filtersFor: (topic: string) => FilterEntry[];
   #checkAcl: boolean;
+  #filterCache = new Map<string, { version: number; entries: FilterEntry[] }>();
   /**
    * Tags of completed messages still stored as `done` (above a position): not reused
    * until the position passes them and their entries are deleted.
@@ -599,7 +600,7 @@ export class Session {
   /** How `m` goes to this session, or null when it is not sent (No Local, expired). */
   #deliverable(m: StoredMessage): Outbound | null {
     if (m.expiresAt !== undefined && m.expiresAt <= Date.now()) return null;
-    const entries = this.#filtersFor(m.topic);
+    const entries = this.#filtersOf(m.topic);
     if (entries.length === 0) return null;
     const local = m.from === this.sid;
     let qos = -1;
@@ -615,6 +616,16 @@ export class Session {
     }
     if (qos < 0) return null;
     return { message: m, qos: Math.min(qos, m.qos ?? 2) as Qos, retain, subscriptionIds };
+  }
+
+  /** The filters matching `topic`, cached until the filter index changes. */
+  #filtersOf(topic: string): FilterEntry[] {
+    const version = this.#broker.filterIndex.version;
+    const cached = this.#filterCache.get(topic);
+    if (cached?.version === version) return cached.entries;
+    const entries = this.#filtersFor(topic);
+    this.#filterCache.set(topic, { version, entries });
+    return entries;
   }
 
   #outbound(m: StoredMessage, qos: Qos, retained = false): Outbound {

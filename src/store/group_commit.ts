@@ -110,18 +110,19 @@ export class GroupCommitter {
     for (const m of mutations) {
       const k = estimateSize(m.key);
       keyBytes += k;
-      bytes += k + (m.type === "set" ? estimateSize(m.value) : 0);
-    }
-    const l = this.#limits;
-    for (const m of mutations) {
+      if (m.type === "delete") {
+        bytes += k;
+        continue;
+      }
+      const v = estimateSize(m.value);
       // Deno KV refuses values over 64 KiB, and one refused value fails the whole atomic:
       // refuse it here so that only its own operation fails.
-      if (m.type === "set" && estimateSize(m.value) > MAX_VALUE_BYTES) {
-        return Promise.reject(
-          new RangeError(`value too large for one key: ~${estimateSize(m.value)} bytes`),
-        );
+      if (v > MAX_VALUE_BYTES) {
+        return Promise.reject(new RangeError(`value too large for one key: ~${v} bytes`));
       }
+      bytes += k + v;
     }
+    const l = this.#limits;
     if (mutations.length > l.maxMutations || bytes > l.maxBytes || keyBytes > l.maxKeyBytes) {
       return Promise.reject(
         new RangeError(

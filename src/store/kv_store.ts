@@ -267,7 +267,7 @@ export class KvStore implements BrokerStore {
    * other order could let a subscription miss its first message. A rejected append may
    * then have written positions, but never the message or its other effects.
    */
-  async append(message: StoredMessage, head: TopicRecord, effects?: AppendEffects): Promise<void> {
+  append(message: StoredMessage, head: TopicRecord, effects?: AppendEffects): Promise<void> {
     const m: Mutation[] = [
       { type: "set", key: ["log", message.topic, message.seq], value: message },
       { type: "set", key: ["topic", head.name], value: head },
@@ -294,11 +294,14 @@ export class KvStore implements BrokerStore {
     }
     if (effects?.willOf !== undefined) m.push({ type: "delete", key: ["will", effects.willOf] });
 
-    const positions = (effects?.positions ?? []).map(subscriptionMutations);
+    // The hot path (no new positions) hands the operation over without another promise.
+    if (!effects?.positions?.length) return this.#gc.commit(m);
+    return this.#appendWithPositions(effects.positions.map(subscriptionMutations), m);
+  }
+
+  async #appendWithPositions(positions: Mutation[][], m: Mutation[]): Promise<void> {
     const all = [...positions.flat(), ...m];
-    if (positions.length === 0 || fits(measure(all), DEFAULT_LIMITS.maxMutations)) {
-      return await this.#gc.commit(all);
-    }
+    if (fits(measure(all), DEFAULT_LIMITS.maxMutations)) return await this.#gc.commit(all);
     await this.#commitInBatches(positions, DEFAULT_LIMITS.maxMutations);
     await this.#gc.commit(m);
   }

@@ -15,11 +15,18 @@ import { usernameError } from "../../core/names.ts";
 import type { FilterEntry, Outbound, Session, SessionOutput } from "../../core/session.ts";
 import { groupId, type GroupMember, type SharedGroup } from "../../core/shared.ts";
 import { getLogger } from "../../log.ts";
-import type { MessageProps, PayloadFormat, Qos, WillRecord } from "../../store/store.ts";
+import type {
+  MessageProps,
+  PayloadFormat,
+  Qos,
+  StoredMessage,
+  WillRecord,
+} from "../../store/store.ts";
 import type { IConnectPacket, IPublishPacket, Packet } from "../../transport/mqtt_codec.ts";
 import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
+import { sharedPublish } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 
 const log = getLogger("mqtt");
@@ -99,6 +106,8 @@ export class MqttClient {
   #inboundPending = 0;
   /** Submissions in arrival order: each waits for the one before it. */
   #submitting: Promise<unknown> = Promise.resolve();
+  #submitsWaiting = 0;
+  #source: { origin: string; user: string | null } | undefined;
   /** Replies in arrival order. */
   #replying: Promise<unknown> = Promise.resolve();
   #takenOver = Promise.withResolvers<void>();
@@ -556,16 +565,40 @@ export class MqttClient {
       props: messageProps(props),
       receipt: qos === 2 && session.durable ? { sid: this.#sid, tag } : undefined,
     };
-    const source = { origin: `mqtt ${this.#clientId} ${this.link.remote}`, user: this.#user };
-    const submitted = this.#submitting.then(() => this.#ctx.broker.submit(input, source));
-    this.#submitting = submitted.catch(() => {});
-    const committed = submitted.then((s) => s.committed);
+    const source = this.#source ??= {
+      origin: `mqtt ${this.#clientId} ${this.link.remote}`,
+      user: this.#user,
+    };
+    let committed: Promise<StoredMessage>;
+    // Submissions keep the packets' order: straight to the topic when nothing is waiting
+    // before this one (the usual case), else after the one before it.
+    const now = this.#submitsWaiting === 0 ? this.#trySubmitNow(input, source) : null;
+    if (now) {
+      committed = now;
+    } else {
+      this.#submitsWaiting++;
+      const submitted = this.#submitting.then(() => this.#ctx.broker.submit(input, source));
+      this.#submitting = submitted.catch(() => {}).finally(() => this.#submitsWaiting--);
+      committed = submitted.then((s) => s.committed);
+    }
     this.#reply(() =>
       committed.then(() => ack(RC.success), (err) => {
         if (qos === 2) session.receipts.delete(tag);
         this.#refusePublish(err, qos, topic, ack);
       })
     );
+  }
+
+  /** `Broker.submitNow`, with a refusal turned into a rejected commit. */
+  #trySubmitNow(
+    input: Parameters<Broker["submitNow"]>[0],
+    source: { origin: string; user: string | null },
+  ): Promise<StoredMessage> | null {
+    try {
+      return this.#ctx.broker.submitNow(input, source);
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   /** A reason not to store a PUBLISH that the protocol answers without closing. */
@@ -904,7 +937,24 @@ export class MqttClient {
       }
       if (Object.keys(props).length > 0) packet.properties = props;
     }
-    const bytes = encodePacket(packet as unknown as OutboundPacket, this.#version);
+    // Encoded once per message and shared unless something in it is this receiver's own.
+    const own = packet.topic === "" || out.subscriptionIds.length > 0 ||
+      m.expiresAt !== undefined || (this.#version === 5 && this.#clientAliasMax > 0);
+    const bytes = own
+      ? encodePacket(packet as unknown as OutboundPacket, this.#version)
+      : sharedPublish(
+        m,
+        `${this.#version}/${out.qos}/${out.retain ? 1 : 0}`,
+        () =>
+          ({
+            ...packet,
+            messageId: tag === null ? undefined : 1,
+            dup: false,
+          }) as unknown as OutboundPacket,
+        this.#version,
+        tag,
+        dup,
+      );
     if (this.#clientMaxPacket > 0 && bytes.byteLength > this.#clientMaxPacket) {
       // Too large for the client: dropped as if sent, v5 [MQTT-3.1.2-25].
       log.warning("Message {msgId} on {topic} is larger than {clientId} accepts; not sent", {
