@@ -23,7 +23,13 @@ export interface ConnectionOptions {
   closeFlushTimeoutMs?: number;
 }
 
-const READ_BUFFER_BYTES = 64 * 1024;
+/**
+ * Read buffer sizes. A pending read holds its buffer for as long as the peer is silent,
+ * so an idle connection starts (and falls back) small; a connection whose reads fill the
+ * buffer gets a bigger one, up to the largest.
+ */
+const MIN_READ_BUFFER_BYTES = 1024;
+const MAX_READ_BUFFER_BYTES = 64 * 1024;
 const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
 
 /**
@@ -59,7 +65,7 @@ export abstract class SocketConnection {
   readonly #writeBufferBytes: number;
   readonly #closeFlushTimeoutMs: number;
   readonly #resolveClosed: () => void;
-  readonly #readBuffer = new Uint8Array(READ_BUFFER_BYTES);
+  #readBuffer = new Uint8Array(MIN_READ_BUFFER_BYTES);
 
   #inputStopped = false;
   readonly #stopInput = Promise.withResolvers<null>();
@@ -141,7 +147,14 @@ export abstract class SocketConnection {
     read.then(settled, settled);
     const n = await Promise.race([read, this.#stopInput.promise]);
     if (n === null || this.#inputStopped) return null;
-    return this.#readBuffer.slice(0, n);
+    const chunk = this.#readBuffer.slice(0, n);
+    const size = this.#readBuffer.length;
+    if (n === size && size < MAX_READ_BUFFER_BYTES) {
+      this.#readBuffer = new Uint8Array(size * 2);
+    } else if (n < size / 8 && size > MIN_READ_BUFFER_BYTES) {
+      this.#readBuffer = new Uint8Array(size / 2);
+    }
+    return chunk;
   }
 
   /** Records that an input item arrived: the idle timer counts from here. */

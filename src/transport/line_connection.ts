@@ -35,7 +35,13 @@ export interface LineConnectionOptions {
   closeFlushTimeoutMs?: number;
 }
 
-const READ_BUFFER_BYTES = 64 * 1024;
+/**
+ * Read buffer sizes. A pending read holds its buffer for as long as the peer is silent,
+ * so an idle connection starts (and falls back) small; a connection whose reads fill the
+ * buffer gets a bigger one, up to the largest.
+ */
+const MIN_READ_BUFFER_BYTES = 1024;
+const MAX_READ_BUFFER_BYTES = 64 * 1024;
 const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
 
 let nextConnectionId = 1;
@@ -188,7 +194,7 @@ export class LineConnection {
    * hides its pending read, which `closed` must wait for.
    */
   #source(): ReadableStream<Uint8Array> {
-    const buffer = new Uint8Array(READ_BUFFER_BYTES);
+    let buffer = new Uint8Array(MIN_READ_BUFFER_BYTES);
     return new ReadableStream<Uint8Array>({
       pull: async (controller) => {
         let n: number | null;
@@ -203,8 +209,16 @@ export class LineConnection {
           this.#read = undefined;
         }
         // Copy: the buffer is reused by the next read, the line splitter keeps views.
-        if (n === null) controller.close();
-        else controller.enqueue(buffer.slice(0, n));
+        if (n === null) {
+          controller.close();
+          return;
+        }
+        controller.enqueue(buffer.slice(0, n));
+        if (n === buffer.length && n < MAX_READ_BUFFER_BYTES) {
+          buffer = new Uint8Array(n * 2);
+        } else if (n < buffer.length / 8 && buffer.length > MIN_READ_BUFFER_BYTES) {
+          buffer = new Uint8Array(buffer.length / 2);
+        }
       },
     }, { highWaterMark: 0 });
   }
