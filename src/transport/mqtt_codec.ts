@@ -112,11 +112,37 @@ export function createPacketParser(
 }
 
 /** mqtt-packet's parser; `settings` becomes the CONNECT packet once one is parsed. */
-type CodecParser = MqttPacket.Parser & { settings: { protocolVersion?: ProtocolVersion } };
+type CodecParser = MqttPacket.Parser & {
+  settings: { protocolVersion?: ProtocolVersion };
+  _resetState(): void;
+};
+
+/** Where the shared parsers' output goes during one `parse` call. */
+let receiver: FramingParser | null = null;
+
+function sharedParser(protocolVersion: ProtocolVersion): CodecParser {
+  const p = mqtt.parser({ protocolVersion }) as CodecParser;
+  p.on("packet", (packet) => receiver?.take(packet));
+  p.on("error", (err: unknown) => receiver?.reject(err));
+  return p;
+}
+
+/**
+ * mqtt-packet parsers shared by every connection, one per level, and one for CONNECTs
+ * (which set the level). They can be shared because each is handed one whole frame per
+ * synchronous `parse` call, so none keeps anything of a connection between calls; a
+ * parser per connection would cost each idle connection a few kilobytes of stream state.
+ */
+const parsers = {
+  connect: sharedParser(4),
+  3: sharedParser(3),
+  4: sharedParser(4),
+  5: sharedParser(5),
+};
 
 class FramingParser implements PacketParser {
   readonly #max: number;
-  readonly #codec: CodecParser;
+  #level: ProtocolVersion;
   #out: PacketEvent[] = [];
   /** First byte and Remaining Length bytes of the packet being framed. */
   readonly #header = new Uint8Array(5);
@@ -128,16 +154,23 @@ class FramingParser implements PacketParser {
 
   constructor(protocolVersion: ProtocolVersion, maxPacketBytes: number) {
     this.#max = maxPacketBytes;
-    this.#codec = mqtt.parser({ protocolVersion }) as CodecParser;
-    this.#codec.on("packet", (packet) => this.#out.push({ kind: "packet", packet }));
-    this.#codec.on("error", (err: unknown) => {
-      const message = err instanceof Error ? err.message : String(err);
-      this.#fail({ kind: "malformed", error: new MalformedPacketError(message, { cause: err }) });
-    });
+    this.#level = protocolVersion;
   }
 
   get protocolVersion(): ProtocolVersion {
-    return this.#codec.settings.protocolVersion ?? 4;
+    return this.#level;
+  }
+
+  /** A packet from the shared parser. */
+  take(packet: MqttPacket.Packet): void {
+    if (packet.cmd === "connect") this.#level = packet.protocolVersion as ProtocolVersion;
+    this.#out.push({ kind: "packet", packet });
+  }
+
+  /** An error from the shared parser. */
+  reject(err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
+    this.#fail({ kind: "malformed", error: new MalformedPacketError(message, { cause: err }) });
   }
 
   get failed(): boolean {
@@ -213,9 +246,20 @@ class FramingParser implements PacketParser {
       this.#malformed(badTopic);
       return;
     }
-    const left = this.#codec.parse(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
-    if (left !== 0 && !this.#failed) {
-      this.#malformed(`${left} bytes of the packet left over by the codec`);
+    const isConnect = frame[0]! >> 4 === 1;
+    const codec = isConnect ? parsers.connect : parsers[this.#level];
+    // Its CONNECT replaced the connect parser's settings: start each one from level 4.
+    if (isConnect) codec.settings = { protocolVersion: 4 };
+    receiver = this;
+    let left: number;
+    try {
+      left = codec.parse(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
+    } finally {
+      receiver = null;
+    }
+    if (left !== 0) {
+      codec._resetState(); // nothing of this frame may reach the next connection's
+      if (!this.#failed) this.#malformed(`${left} bytes of the packet left over by the codec`);
     }
   }
 
