@@ -120,6 +120,8 @@ export type ReleaseResult = "released" | "already-released";
 
 const encoder = new TextEncoder();
 const log = getLogger("core");
+/** Valid topic names remembered, so that each is checked once. */
+const VALID_NAMES_KEPT = 100_000;
 
 /** The broker core. Create with {@link Broker.start}. */
 export class Broker {
@@ -140,6 +142,7 @@ export class Broker {
   #retentionTimer: ReturnType<typeof setInterval> | undefined;
   #retentionRunning: Promise<void> | null = null;
   #closed = false;
+  #validNames = new Set<string>();
   /** Topic filters of every filter session (MQTT), durable ones loaded at start-up. */
   readonly filterIndex = new FilterIndex<FilterEntry>();
   #reachCache = new Map<string, { version: number; subs: { sid: string; durable: boolean }[] }>();
@@ -241,7 +244,11 @@ export class Broker {
 
   /** Checks a topic name against the naming rules and the configured length. */
   topicError(topic: string): string | null {
-    return topicError(topic, this.options.maxTopicBytes);
+    // Most messages go to names seen before: remember the valid ones (bounded).
+    if (this.#validNames.has(topic)) return null;
+    const bad = topicError(topic, this.options.maxTopicBytes);
+    if (bad === null && this.#validNames.size < VALID_NAMES_KEPT) this.#validNames.add(topic);
+    return bad;
   }
 
   /**
