@@ -200,6 +200,7 @@ export async function startBroker(
     maxKeepAliveSec: config.mqttMaxKeepalive,
     maxClientIdBytes: config.mqttMaxClientIdBytes,
     maxSubscriptions: config.maxSubscriptionsPerConsumer,
+    writeBufferBytes: config.writeBufferBytes,
     clients: new Map<string, MqttClient>(),
     port: "mqtt",
   };

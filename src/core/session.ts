@@ -58,6 +58,15 @@ export interface SessionOutput {
   release(tag: number): void;
   /** The session cannot go on with this connection (its progress could not be stored). */
   fail(reason: string): void;
+  /**
+   * False while the connection has much output not yet written: the session then
+   * sends nothing more until `whenReady` resolves (messages wait in the log, so a
+   * reader slower than its publishers is not disconnected, whatever the QoS).
+   */
+  ready?(): boolean;
+  whenReady?(): Promise<void>;
+  /** Bytes of messages that may be queued now; one pass of the pump stays within it. */
+  budget?(): number;
 }
 
 interface Stream extends Wakeable {
@@ -71,8 +80,8 @@ interface Stream extends Wakeable {
   /** Tags of completed messages above the position, whose entries are still stored. */
   doneTags: Map<number, number>;
   reading: boolean;
-  /** A message read ahead asynchronously, not yet handled. */
-  ahead: StoredMessage | null;
+  /** Messages read ahead from the store (a page), not yet handled. */
+  ahead: StoredMessage[];
   createdAt: number;
 }
 
@@ -87,6 +96,12 @@ interface Inflight {
   /** Set once the tag is stored (persistent sessions); sends wait for it. */
   stored: boolean;
 }
+
+/** Messages one pass of the pump sends at most before it lets the output catch up. */
+const PUMP_BATCH = 256;
+
+/** Messages read from the store at once by a stream behind the topic's memory. */
+const READ_PAGE = 256;
 
 /** Largest MQTT packet identifier. */
 const MAX_TAG = 65_535;
@@ -108,6 +123,7 @@ export class Session {
   #retainedQueue: Outbound[] = [];
   #nextTag = 1;
   #pumpScheduled = false;
+  #waitingReady = false;
   /**
    * Sends waiting for their in-flight entries to commit, chained so that every batch
    * goes out in the order it was read (a QoS 0 message never overtakes a QoS 1/2 one
@@ -477,7 +493,7 @@ export class Session {
       outstanding: [],
       doneTags: new Map(),
       reading: false,
-      ahead: null,
+      ahead: [],
       createdAt,
       wake: () => this.#schedule(),
     };
@@ -499,6 +515,16 @@ export class Session {
   #pump(): void {
     const output = this.#output;
     if (!output || this.#ended) return;
+    if (output.ready && !output.ready()) {
+      if (!this.#waitingReady) {
+        this.#waitingReady = true;
+        void output.whenReady?.().then(() => {
+          this.#waitingReady = false;
+          this.#schedule();
+        });
+      }
+      return;
+    }
     const toStore: Inflight[] = [];
     // Everything to send, in the order read: QoS 0 included, so that per topic the log
     // order holds across QoS levels.
@@ -512,14 +538,23 @@ export class Session {
       else batch.push(this.#track(out, null, out.message.seq));
     }
     let progress = true;
+    let more = false;
+    const budget = output.budget?.() ?? Number.POSITIVE_INFINITY;
+    let bytes = 0;
     while (progress && this.#retainedQueue.length === 0) {
       progress = false;
+      if (batch.length >= PUMP_BATCH || bytes >= budget) {
+        // Enough for one turn: the rest after the output had a chance to go out.
+        more = true;
+        break;
+      }
       for (const s of this.#streams.values()) {
         if (!room()) break;
         const m = this.#readNext(s);
         if (!m) continue;
         progress = true;
         s.next = m.seq + 1;
+        bytes += m.payload.byteLength + m.topic.length + 16;
         const out = this.#deliverable(m);
         if (!out) {
           this.#finish(s, m.seq, null);
@@ -534,6 +569,7 @@ export class Session {
         batch.push(this.#track(out, s.topic.topic, m.seq));
       }
     }
+    if (more) setTimeout(() => this.#schedule(), 0);
     if (batch.length === 0) return;
     for (const x of batch) if ("tag" in x) toStore.push(x);
     const send = () => {
@@ -570,21 +606,21 @@ export class Session {
   }
 
   #readNext(s: Stream): StoredMessage | null {
-    if (s.ahead) {
-      const m = s.ahead;
-      s.ahead = null;
-      return m;
+    while (s.ahead.length > 0) {
+      const m = s.ahead.shift() as StoredMessage;
+      if (m.seq >= s.next) return m;
     }
     if (s.reading) return null;
     const r = s.topic.read(s.next);
     if (!(r instanceof Promise)) return r;
+    r.catch(() => {}); // superseded by the page read below
+    // Behind the topic's memory: read a page of the log at once.
     s.reading = true;
-    r.then((m) => {
+    s.topic.readPage(s.next, READ_PAGE).then((page) => {
       s.reading = false;
-      if (m && this.#streams.get(s.topic.topic) === s && m.seq >= s.next) {
-        s.ahead = m;
-        this.#schedule();
-      }
+      if (this.#streams.get(s.topic.topic) !== s) return;
+      s.ahead = page.filter((m) => m.seq >= s.next);
+      if (s.ahead.length > 0) this.#schedule();
     }, (err) => {
       s.reading = false;
       log.warning("Session {sid}: reading {topic} failed: {error}", {

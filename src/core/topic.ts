@@ -312,6 +312,14 @@ export class Topic implements Restartable {
     return this.#store.readLog(this.topic, fromSeq, 1).then((ms) => ms[0] ?? null);
   }
 
+  /**
+   * Up to `limit` committed messages with `seq >= fromSeq`, in order, for a reader
+   * behind the topic's memory: one store read per page instead of one per message.
+   */
+  readPage(fromSeq: number, limit: number): Promise<StoredMessage[]> {
+    return this.#store.readLog(this.topic, fromSeq, limit);
+  }
+
   /** Registers a live subscriber to wake on new messages. */
   attach(s: Wakeable): void {
     this.#subscribers.add(s);

@@ -78,6 +78,7 @@ export abstract class SocketConnection {
   /** Bytes queued plus bytes being written: the memory a slow peer holds. */
   #unwrittenBytes = 0;
   #writing: Promise<void> | undefined;
+  #drained: PromiseWithResolvers<void> | undefined;
 
   #closing = false;
   #closeReason: string | undefined;
@@ -183,6 +184,18 @@ export abstract class SocketConnection {
    * ignored once the connection is closed. Closes the connection if the output not
    * yet written passes `writeBufferBytes` (unless these bytes alone are all of it).
    */
+  /** Output queued or being written, in bytes. */
+  get bufferedBytes(): number {
+    return this.#unwrittenBytes;
+  }
+
+  /** Resolves once everything queued so far is written (or the connection closed). */
+  whenDrained(): Promise<void> {
+    if (this.#unwrittenBytes === 0 || this.#closing) return Promise.resolve();
+    this.#drained ??= Promise.withResolvers<void>();
+    return this.#drained.promise;
+  }
+
   sendBytes(bytes: Uint8Array): void {
     if (this.#closing) return;
     this.#queue.push(bytes);
@@ -223,6 +236,8 @@ export abstract class SocketConnection {
         }
         this.#unwrittenBytes -= batch.length;
       }
+      this.#drained?.resolve();
+      this.#drained = undefined;
     } catch (err) {
       if (!this.#closing) this.#shutdown(`write failed: ${errorText(err)}`, { flush: false });
     } finally {
@@ -254,6 +269,8 @@ export abstract class SocketConnection {
   #shutdown(reason: string, { flush }: { flush: boolean }): void {
     if (this.#closing) return;
     this.#closing = true;
+    this.#drained?.resolve(); // nothing waits for a drain that will not come
+    this.#drained = undefined;
     this.#closeReason = reason;
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;

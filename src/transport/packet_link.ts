@@ -64,6 +64,10 @@ export interface PacketLink {
    * change afterwards. Never throws; ignored once closed.
    */
   sendBytes(bytes: Uint8Array): void;
+  /** Output queued and not yet written, in bytes. */
+  readonly bufferedBytes: number;
+  /** Resolves once everything queued so far is written (or the connection closed). */
+  whenDrained(): Promise<void>;
   /**
    * Closes the connection when nothing is received for `ms` (0 turns it off), counted
    * from the last packet received.

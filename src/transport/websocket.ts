@@ -196,6 +196,21 @@ export class WsPacketConnection implements PacketLink {
     this.sendBytes(encodePacket(packet, this.protocolVersion));
   }
 
+  /** Output queued here or in the socket, in bytes. */
+  get bufferedBytes(): number {
+    return this.#outputBytes + this.#socket.bufferedAmount;
+  }
+
+  /**
+   * Resolves once the output is written (or the connection closed). WebSocket has no
+   * drain event, so this looks again every few milliseconds.
+   */
+  async whenDrained(): Promise<void> {
+    while (!this.#closing && this.bufferedBytes > 0) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
+
   /**
    * Queues `bytes`; they must not change afterwards. Never throws; ignored once closed.
    * Closes the connection if our queue plus what the socket has not yet written

@@ -57,6 +57,8 @@ export interface MqttContext {
   maxSubscriptions: number;
   /** Live connections by client id, for takeover. */
   clients: Map<string, MqttClient>;
+  /** Output bytes queued to a connection before it is dropped as too slow. */
+  writeBufferBytes: number;
   /** "mqtt" or "mqtt-ws", for dead letters and logs. */
   port: string;
 }
@@ -888,6 +890,10 @@ export class MqttClient {
         this.#sendPublish(out, tag, dup);
       },
       release: (tag) => this.link.send({ cmd: "pubrel", messageId: tag }),
+      // Backpressure: stop feeding a connection with half its write buffer unwritten.
+      ready: () => this.link.bufferedBytes < this.#ctx.writeBufferBytes / 2,
+      whenReady: () => this.link.whenDrained(),
+      budget: () => this.#ctx.writeBufferBytes / 2 - this.link.bufferedBytes,
       fail: (reason) => {
         this.#refuse(new Close(reason, RC.unspecified));
         this.link.close(reason);

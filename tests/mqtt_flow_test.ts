@@ -1,0 +1,81 @@
+/**
+ * Flow control toward MQTT subscribers: a subscriber that reads slower than its
+ * publishers is paced, not disconnected: messages wait in the topic's log while its
+ * connection's output is backed up, whatever their QoS.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import mqtt from "mqtt";
+import { createPacketParser, encodePacket, type Packet } from "../src/transport/mqtt_codec.ts";
+import { startTestBroker, waitFor } from "./helpers.ts";
+
+const COUNT = 3000;
+const PAYLOAD_BYTES = 2048;
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let n = 0; n < bytes.length;) n += await conn.write(bytes.subarray(n));
+}
+
+Deno.test("a QoS 0 subscriber that stops reading is paced, not dropped, and then gets every message in order", async () => {
+  // 6 MB of messages against a 64 KiB write buffer: without pacing the broker would
+  // close this connection as too slow.
+  await using b = await startTestBroker({ mqttPort: -1, writeBufferBytes: 65_536 });
+  const port = b.mqttPort as number;
+  const sub = await Deno.connect({ hostname: "127.0.0.1", port });
+  const parser = createPacketParser(4, 1 << 20);
+  const got: Packet[] = [];
+  const readSome = async () => {
+    const buf = new Uint8Array(64 * 1024);
+    const n = await sub.read(buf);
+    if (n === null) throw new Error("the broker closed the subscriber");
+    for (const item of parser.push(buf.subarray(0, n))) {
+      assert.equal(item.kind, "packet");
+      if (item.kind === "packet") got.push(item.packet);
+    }
+  };
+  await writeAll(
+    sub,
+    encodePacket({
+      cmd: "connect",
+      protocolId: "MQTT",
+      protocolVersion: 4,
+      clean: true,
+      clientId: "slow",
+      keepalive: 0,
+    }, 4),
+  );
+  await writeAll(
+    sub,
+    encodePacket(
+      { cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "flow/t", qos: 0 }] },
+      4,
+    ),
+  );
+  while (!got.some((p) => p.cmd === "suback")) await readSome();
+  got.length = 0;
+
+  // The publisher sends everything while the subscriber reads nothing.
+  const pub = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
+    clientId: "fast",
+    reconnectPeriod: 0,
+  });
+  const body = new Uint8Array(PAYLOAD_BYTES);
+  for (let i = 0; i < COUNT; i++) {
+    new DataView(body.buffer).setUint32(0, i);
+    await pub.publishAsync("flow/t", Buffer.from(body), { qos: 1 });
+  }
+  await waitFor(() => b.broker.metrics.messagesStored >= COUNT, "every message stored", 20_000);
+  const session = b.broker.sessions.live("mqtt:slow");
+  assert.ok(session?.connected, "the slow subscriber is still connected");
+
+  // Now it reads: every message arrives, in order.
+  while (got.length < COUNT) await readSome();
+  const order = got.map((p) => {
+    assert.equal(p.cmd, "publish");
+    const payload = (p as { payload: Uint8Array }).payload;
+    return new DataView(payload.buffer, payload.byteOffset).getUint32(0);
+  });
+  assert.deepEqual(order, Array.from({ length: COUNT }, (_, i) => i));
+  sub.close();
+  await pub.endAsync();
+});
