@@ -1,54 +1,79 @@
 /**
- * `deno task bench`: MessageBroker's benchmark suite (issue 5). Each scenario starts the
- * broker as a child process on a fresh data directory, loads it from raw sockets, and
- * reports throughput, publish → delivery latency, the broker's CPU per delivered message
- * and memory, the load generator's own CPU per message, and a completeness check.
+ * `deno task bench`: MessageBroker's benchmark suite (issue 5). Each scenario starts a
+ * broker as a child process (MessageBroker on a fresh data directory; with `--vs`, other
+ * brokers too, alternating with it), pinned to one core with `taskset` when there is one,
+ * loads it from raw sockets (JSON lines, or MQTT 3.1.1), and reports throughput, publish
+ * → delivery latency, the broker's CPU per delivered message and its memory, the load
+ * generator's own CPU per message, and a completeness check.
  *
- * Figures are printed, never judged: only a failed completeness check (a message
- * missing, duplicated or out of order) makes the exit code non-zero. See bench/README.md.
- *
- *   deno task bench [--scenario pairs|fanout|rate|all] [--pairs 10] [--messages 1000]
- *                   [--fanout 50] [--rate 1000] [--duration 5] [--window 100]
- *                   [--timeout 30] [--vs mosquitto]
+ * Figures are printed, never judged: only a failed completeness check of MessageBroker
+ * (a message missing, duplicated or out of order; QoS 0 loss is a figure) makes the exit
+ * code non-zero. See bench/README.md for the scenarios, flags and what to install.
  *
  * @module
  */
 import { parseArgs } from "node:util";
-import { type BrokerUnderTest, startMessageBroker } from "./broker_process.ts";
-import { jsonlScenarios, type Scenario, type ScenarioOptions } from "./jsonl_scenarios.ts";
+import { type BrokerUnderTest, startMessageBroker, which } from "./broker_process.ts";
+import { jsonlScenarios } from "./jsonl_scenarios.ts";
+import { mqttScenarios } from "./mqtt_scenarios.ts";
 import { CLOCK_TICKS_PER_SECOND } from "./proc_stats.ts";
-import { printDetails, printTable } from "./report.ts";
-import { vsNote } from "./vs.ts";
+import { failed, printComparison, printDetails, printTable } from "./report.ts";
+import type { Scenario, ScenarioOptions, ScenarioResult } from "./scenario.ts";
+import { installNotes, OTHER_BROKERS, type OtherBroker } from "./vs.ts";
 
-/** Scenarios by protocol. MQTT scenarios join here with the MQTT front end (issue 4). */
-const SCENARIOS: readonly Scenario[] = [...jsonlScenarios];
+const SCENARIOS: readonly Scenario[] = [...jsonlScenarios, ...mqttScenarios];
 
+const HELP = `deno task bench [flags]        (bench/README.md has the details)
+
+  --scenario LIST   all, jsonl, mqtt, or names separated by commas: ${
+  SCENARIOS.map((s) => s.name).join(", ")
+}
+                    (default all; with --vs, mqtt)
+  --vs LIST         other brokers, separated by commas: ${Object.keys(OTHER_BROKERS).join(", ")}
+  --rounds N        runs of each scenario per broker, alternating brokers (default 1)
+  --pin CORE|none   core the brokers are pinned to with taskset (default 0)
+  --timeout S       seconds after which a scenario's sockets are closed (default 60)
+  --window N        QoS 1/2 messages in flight per publisher (default 100)
+  --pairs N  --fanout N  --duration S
+  JSON-line: --messages N --rate MSG_PER_S
+  MQTT: --qos0-messages N --qos1-messages N --qos2-messages N --mqtt-fanout-messages N
+        --mqtt-pairs-messages N --mqtt-rate MSG_PER_S --idle-connections N
+  --install         print what each --vs broker needs, and whether it is found`;
+
+// `deno task bench -- --vs x` passes the "--" on: drop it.
+const args = Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args;
 const { values } = parseArgs({
-  args: Deno.args,
+  args,
   options: {
     scenario: { type: "string", default: "all" },
+    vs: { type: "string" },
+    rounds: { type: "string", default: "1" },
+    pin: { type: "string", default: "0" },
     pairs: { type: "string", default: "10" },
     messages: { type: "string", default: "1000" },
     fanout: { type: "string", default: "50" },
     rate: { type: "string", default: "1000" },
     duration: { type: "string", default: "5" },
     window: { type: "string", default: "100" },
-    timeout: { type: "string", default: "30" },
-    vs: { type: "string" },
+    timeout: { type: "string", default: "60" },
+    "qos0-messages": { type: "string", default: "100000" },
+    "qos1-messages": { type: "string", default: "100000" },
+    "qos2-messages": { type: "string", default: "50000" },
+    "mqtt-fanout-messages": { type: "string", default: "4000" },
+    "mqtt-pairs-messages": { type: "string", default: "10000" },
+    "mqtt-rate": { type: "string", default: "10000" },
+    "idle-connections": { type: "string", default: "10000" },
+    install: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
 });
 
 if (values.help) {
-  console.log(
-    "deno task bench [--scenario pairs|fanout|rate|all] [--pairs N] [--messages N] [--fanout N]\n" +
-      "                [--rate MSG_PER_S] [--duration S] [--window N] [--timeout S] [--vs BROKER]\n" +
-      "See bench/README.md.",
-  );
+  console.log(HELP);
   Deno.exit(0);
 }
-if (values.vs !== undefined) {
-  console.log(vsNote(values.vs));
+if (values.install) {
+  console.log(await installNotes());
   Deno.exit(0);
 }
 
@@ -60,52 +85,176 @@ function positive(flag: string, text: string, max: number): number {
   }
   return n;
 }
+const int = (flag: keyof typeof values, max: number) =>
+  Math.round(positive(flag, String(values[flag]), max));
 const options: ScenarioOptions = {
-  pairs: Math.round(positive("pairs", values.pairs, 1000)),
-  messages: Math.round(positive("messages", values.messages, 1_000_000)),
-  fanout: Math.round(positive("fanout", values.fanout, 1000)),
+  pairs: int("pairs", 1000),
+  messages: int("messages", 1_000_000),
+  fanout: int("fanout", 1000),
   rate: positive("rate", values.rate, 1_000_000),
   duration: positive("duration", values.duration, 600),
-  window: Math.round(positive("window", values.window, 10_000)),
+  window: int("window", 10_000),
   timeout: positive("timeout", values.timeout, 3600),
+  qos0Messages: int("qos0-messages", 100_000_000),
+  qos1Messages: int("qos1-messages", 100_000_000),
+  qos2Messages: int("qos2-messages", 100_000_000),
+  mqttFanoutMessages: int("mqtt-fanout-messages", 10_000_000),
+  mqttPairsMessages: int("mqtt-pairs-messages", 10_000_000),
+  mqttRate: positive("mqtt-rate", values["mqtt-rate"], 10_000_000),
+  idleConnections: int("idle-connections", 1_000_000),
 };
-const chosen = values.scenario === "all"
-  ? SCENARIOS
-  : SCENARIOS.filter((s) => s.name === values.scenario);
-if (chosen.length === 0) {
-  console.error(
-    `bench: --scenario must be all or one of ${SCENARIOS.map((s) => s.name).join(", ")}, ` +
-      `got "${values.scenario}"`,
-  );
-  Deno.exit(2);
+const rounds = int("rounds", 100);
+
+/** A /proc or /sys file's text via `cat` (Deno reads /proc only with --allow-all); "" if none. */
+async function cat(path: string): Promise<string> {
+  const out = await new Deno.Command("cat", { args: [path], stdout: "piped", stderr: "null" })
+    .output().catch(() => undefined);
+  return out?.success ? new TextDecoder().decode(out.stdout) : "";
 }
 
-console.log(
-  `MessageBroker bench: Deno ${Deno.version.deno}, ${navigator.hardwareConcurrency} CPUs, ` +
-    `${Deno.build.os}; broker in a child process, CPU from /proc (${CLOCK_TICKS_PER_SECOND} ` +
-    `ticks/s, so ±${1000 / CLOCK_TICKS_PER_SECOND} ms per reading)`,
-);
-const results = [];
-let failed = false;
-for (const scenario of chosen) {
-  let broker: BrokerUnderTest | undefined;
-  try {
-    broker = await startMessageBroker();
-    const r = await scenario.run(broker, options);
-    printDetails(r);
-    results.push(r);
-    if (!r.completeness.ok || r.timedOut) failed = true;
-  } catch (err) {
-    failed = true;
-    console.error(`\n!!! scenario ${scenario.name} could not run: ${err}`);
-  } finally {
-    await broker?.stop();
+/** True when the CPU list `list` ("0-1", "0,2-3") holds `cpu`. */
+function cpuListHas(list: string, cpu: number): boolean {
+  return list.split(",").some((part) => {
+    const [a, b] = part.split("-").map(Number);
+    return b === undefined ? a === cpu : a! <= cpu && cpu <= b;
+  });
+}
+
+// The machine's CPUs (navigator.hardwareConcurrency counts only those taskset allows us).
+const online = (await cat("/sys/devices/system/cpu/online")).trim() ||
+  `0-${navigator.hardwareConcurrency - 1}`;
+let pin: number | undefined;
+if (values.pin !== "none") {
+  pin = Number(values.pin);
+  if (!Number.isInteger(pin) || !cpuListHas(online, pin)) {
+    console.error(`bench: --pin must be none or an online CPU (${online}), got "${values.pin}"`);
+    Deno.exit(2);
   }
 }
+
+// --- which brokers
+const others: [string, OtherBroker][] = [];
+for (const key of (values.vs ?? "").split(",").map((s) => s.trim()).filter(Boolean)) {
+  const b = OTHER_BROKERS[key];
+  if (!b) {
+    console.error(`bench: --vs takes ${Object.keys(OTHER_BROKERS).join(", ")}; got "${key}"`);
+    Deno.exit(2);
+  }
+  const missing = await b.missing();
+  if (missing) {
+    console.log(`--vs ${key}: skipped, ${missing}.\n  To install: ${b.install}`);
+    continue;
+  }
+  others.push([key, b]);
+}
+if (values.vs !== undefined && others.length === 0) {
+  console.log("No --vs broker is available: running MessageBroker alone.");
+}
+
+// --- which scenarios
+const wanted = values.scenario === "all" && values.vs !== undefined ? "mqtt" : values.scenario;
+const chosen: Scenario[] = [];
+for (const name of wanted.split(",").map((s) => s.trim())) {
+  const picked = name === "all"
+    ? SCENARIOS
+    : name === "mqtt" || name === "jsonl"
+    ? SCENARIOS.filter((s) => s.protocol === name)
+    : SCENARIOS.filter((s) => s.name === name);
+  if (picked.length === 0) {
+    console.error(
+      `bench: --scenario takes all, jsonl, mqtt or names from ${
+        SCENARIOS.map((s) => s.name).join(", ")
+      }; got "${name}"`,
+    );
+    Deno.exit(2);
+  }
+  for (const s of picked) if (!chosen.includes(s)) chosen.push(s);
+}
+
+// --- header
+const selfCpus = /^Cpus_allowed_list:\s*(\S+)/m.exec(await cat(`/proc/${Deno.pid}/status`))?.[1];
+const hasTaskset = which("taskset") !== undefined;
+console.log(
+  `MessageBroker bench: Deno ${Deno.version.deno}, CPUs ${online} online, ${Deno.build.os}; brokers in ` +
+    `child processes, CPU from /proc (${CLOCK_TICKS_PER_SECOND} ticks/s, so ±${
+      1000 / CLOCK_TICKS_PER_SECOND
+    } ms per reading)`,
+);
+if (pin === undefined) console.log("Brokers not pinned (--pin none).");
+else if (!hasTaskset) console.log("taskset not found: brokers not pinned (util-linux has it).");
+else {
+  console.log(
+    `Brokers pinned to CPU ${pin} (taskset -c ${pin}); the generator may use CPUs ${
+      selfCpus ?? "?"
+    }.`,
+  );
+  if (selfCpus === undefined || cpuListHas(selfCpus, pin)) {
+    console.log(
+      `  The generator shares CPU ${pin} with the broker: run it pinned elsewhere, e.g. ` +
+        `\`taskset -c ${pin === 0 ? 1 : 0} deno task bench ...\`.`,
+    );
+  }
+}
+console.log(
+  `Brokers: MessageBroker${others.map(([, b]) => `, ${b.name}`).join("")}; scenarios: ${
+    chosen.map((s) => s.name).join(", ")
+  }; ${rounds} round(s)`,
+);
+
+// --- run: for each scenario, each round, each broker in turn (A, B, A, B, ...)
+const results: ScenarioResult[] = [];
+const skipped = new Map<string, string>();
+let ourFailure = false;
+const brokerNames = ["MessageBroker", ...others.map(([, b]) => b.name)];
+for (const scenario of chosen) {
+  for (let round = 1; round <= rounds; round++) {
+    const contenders: {
+      name: string;
+      start: () => Promise<BrokerUnderTest>;
+      other?: OtherBroker;
+    }[] = [
+      { name: "MessageBroker", start: () => startMessageBroker({ pin }) },
+    ];
+    if (scenario.protocol === "mqtt") {
+      for (const [, b] of others) {
+        contenders.push({
+          name: b.name,
+          start: () => b.start({ pin }),
+          other: b,
+        });
+      }
+    }
+    for (const c of contenders) {
+      const why = c.other?.unsupported[scenario.name];
+      if (why) {
+        skipped.set(`${scenario.name}|${c.name}`, why);
+        if (round === 1) console.log(`\n${scenario.name} on ${c.name}: skipped (${why})`);
+        continue;
+      }
+      let broker: BrokerUnderTest | undefined;
+      try {
+        broker = await c.start();
+        const r = await scenario.run(broker, options);
+        printDetails(r);
+        results.push(r);
+        if (c.other === undefined && failed(r)) ourFailure = true;
+      } catch (err) {
+        if (c.other === undefined) ourFailure = true;
+        skipped.set(`${scenario.name}|${c.name}`, "did not run");
+        console.error(`\n!!! ${scenario.name} on ${c.name} could not run: ${err}`);
+      } finally {
+        await broker?.stop();
+      }
+    }
+  }
+}
+
 printTable(results);
-if (failed) {
+printComparison(chosen, options, brokerNames, results, skipped);
+if (ourFailure) {
   console.error(
-    "\n!!! COMPLETENESS CHECK FAILED: see the scenarios marked FAIL above (exit code 1)",
+    "\n!!! MessageBroker FAILED a completeness check or a scenario: see the runs marked FAIL " +
+      "above (exit code 1)",
   );
   Deno.exit(1);
 }

@@ -10,55 +10,14 @@ import type { BrokerUnderTest } from "./broker_process.ts";
 import { consume, type Consumer, Problems, publish, type PublisherPlan } from "./jsonl_load.ts";
 import { LineSocket } from "./line_socket.ts";
 import { cpuMicros, memory } from "./proc_stats.ts";
-import { type Completeness, completeness, Latencies, Stream } from "./stats.ts";
-
-/** Knobs shared by the scenarios (all from command-line flags). */
-export interface ScenarioOptions {
-  /** Publisher/consumer pairs in `pairs` and `rate`. */
-  pairs: number;
-  /** Messages per publisher in `pairs` and `fanout`. */
-  messages: number;
-  /** Consumers of the one topic in `fanout`. */
-  fanout: number;
-  /** Messages per second in all, for `rate` (split evenly over the pairs). */
-  rate: number;
-  /** Seconds of the `rate` run. */
-  duration: number;
-  /** PUBs in flight per publisher in the unpaced scenarios. */
-  window: number;
-  /** Seconds after which a scenario's sockets are closed, whatever is left undelivered. */
-  timeout: number;
-}
-
-/** What a scenario measured. */
-export interface ScenarioResult {
-  name: string;
-  description: string;
-  published: number;
-  /** Deliveries expected: messages × consumers of their topic. */
-  expected: number;
-  /** Deliveries received (PUBs, duplicates included). */
-  received: number;
-  seconds: number;
-  latency: ReturnType<Latencies["summary"]>;
-  /** Broker user+system CPU over the measured part, µs. */
-  brokerCpuUs: number;
-  /** The load generator's own CPU over the same part, µs. */
-  generatorCpuUs: number;
-  brokerIdleRssKb: number;
-  brokerRssKb: number;
-  brokerPeakRssKb: number;
-  timedOut: boolean;
-  completeness: Completeness;
-  problems: Problems;
-  notes: string[];
-}
-
-/** A scenario: builds its plan from the options and runs it against a started broker. */
-export interface Scenario {
-  name: string;
-  run(broker: BrokerUnderTest, o: ScenarioOptions): Promise<ScenarioResult>;
-}
+import {
+  brokerUsPerMessage,
+  rateOf,
+  type Scenario,
+  type ScenarioOptions,
+  type ScenarioResult,
+} from "./scenario.ts";
+import { completeness, Latencies, Stream } from "./stats.ts";
 
 interface Plan {
   description: string;
@@ -125,6 +84,7 @@ async function runPlan(
     const summary = latencies.summary();
     return {
       name,
+      broker: broker.name,
       description: plan.description,
       published: sent,
       expected,
@@ -150,6 +110,21 @@ async function runPlan(
 /** (a) N publishers → N consumers, each pair on its own topic, as fast as the window allows. */
 export const pairsScenario: Scenario = {
   name: "pairs",
+  protocol: "jsonl",
+  headlines: (o) => [
+    {
+      label: `JSON-line QoS 2, ${o.pairs} → ${o.pairs}`,
+      unit: "msg/s",
+      better: "higher",
+      value: rateOf,
+    },
+    {
+      label: `JSON-line QoS 2, ${o.pairs} → ${o.pairs}, broker CPU per delivery`,
+      unit: "µs",
+      better: "lower",
+      value: brokerUsPerMessage,
+    },
+  ],
   run: (broker, o) =>
     runPlan("pairs", broker, o, {
       description: `QoS 2, ${o.pairs} → ${o.pairs} on own topics, ${o.messages} msgs each`,
@@ -169,6 +144,13 @@ export const pairsScenario: Scenario = {
 /** (b) One publisher, one topic, fanned out to `fanout` consumers. */
 export const fanoutScenario: Scenario = {
   name: "fanout",
+  protocol: "jsonl",
+  headlines: (o) => [{
+    label: `JSON-line QoS 2 fan-out 1 → ${o.fanout}`,
+    unit: "deliveries/s",
+    better: "higher",
+    value: rateOf,
+  }],
   run: (broker, o) =>
     runPlan("fanout", broker, o, {
       description: `QoS 2, 1 → ${o.fanout} on one topic, ${o.messages} msgs`,
@@ -188,6 +170,13 @@ export const fanoutScenario: Scenario = {
  */
 export const rateScenario: Scenario = {
   name: "rate",
+  protocol: "jsonl",
+  headlines: (o) => [{
+    label: `JSON-line QoS 2 at a fixed ${o.rate} msg/s, p99 latency`,
+    unit: "ms",
+    better: "lower",
+    value: (r) => r.latency.p99,
+  }],
   run: (broker, o) => {
     const per = Math.max(1, Math.round(o.rate * o.duration / o.pairs));
     return runPlan("rate", broker, o, {

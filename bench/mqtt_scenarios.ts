@@ -1,0 +1,515 @@
+/**
+ * The MQTT scenarios of issue 5, at MQTT 3.1.1 (every broker compared speaks it), clean
+ * sessions, 100-byte payloads: QoS 0, 1 and 2 1 → 1, QoS 1 fan-out 1 → N, QoS 1 N → N on
+ * own topics, QoS 1 at a fixed rate (latency), and idle connections (memory). Each runs
+ * against a freshly started broker; every subscriber is connected and subscribed (SUBACK
+ * received) before the measured part starts, which ends when the last publisher and
+ * subscriber are done (QoS 0: at the last delivery).
+ *
+ * Note for reading MessageBroker's figures: it stores every QoS 1/2 message in Deno KV
+ * (committed) before it acknowledges it; the other brokers keep messages in memory (NATS
+ * writes a file without fsync).
+ *
+ * @module
+ */
+import type { BrokerUnderTest } from "./broker_process.ts";
+import {
+  mqttPublish,
+  type MqttPublisherPlan,
+  type MqttPublisherResult,
+  mqttSubscribe,
+  Problems,
+} from "./mqtt_load.ts";
+import { MqttSocket } from "./mqtt_wire.ts";
+import { cpuMicros, memory } from "./proc_stats.ts";
+import {
+  brokerUsPerMessage,
+  rateOf,
+  type Scenario,
+  type ScenarioOptions,
+  type ScenarioResult,
+} from "./scenario.ts";
+import { completeness, Latencies, Stream } from "./stats.ts";
+
+/** QoS 0 subscribers stop after this much silence once the publishers are done. */
+const QOS0_QUIET_MS = 1000;
+
+interface MqttPlan {
+  description: string;
+  qos: 0 | 1 | 2;
+  subscribers: { clientId: string; topic: string; expected: number }[];
+  publishers: MqttPublisherPlan[];
+  notes?: (r: {
+    pubs: MqttPublisherResult[];
+    seconds: number;
+    pacingLag?: Latencies;
+  }) => string[];
+}
+
+/**
+ * A check that the broker is idle: below 10% of a core since the previous check (at least
+ * 500 ms before; the first check only takes the baseline). Shared by a scenario's
+ * subscribers, so /proc is read at most every 500 ms.
+ */
+function idleSampler(pid: number): () => Promise<boolean> {
+  let last: { at: number; cpuUs: number } | undefined;
+  let idle = false;
+  let pending: Promise<boolean> | undefined;
+  return () => {
+    if (last && performance.now() - last.at < 500) return Promise.resolve(idle);
+    pending ??= cpuMicros(pid).then((cpuUs) => {
+      const at = performance.now();
+      idle = last !== undefined && (cpuUs - last.cpuUs) / 1000 / (at - last.at) < 0.1;
+      last = { at, cpuUs };
+      pending = undefined;
+      return idle;
+    });
+    return pending;
+  };
+}
+
+/** Runs `tasks` with at most `limit` at a time; results in order. */
+async function limited<T>(limit: number, tasks: (() => Promise<T>)[]): Promise<T[]> {
+  const results: T[] = new Array(tasks.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < tasks.length) {
+      const i = next++;
+      results[i] = await tasks[i]!();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, tasks.length) }, worker));
+  return results;
+}
+
+async function runMqttPlan(
+  name: string,
+  broker: BrokerUnderTest,
+  o: ScenarioOptions,
+  plan: MqttPlan,
+): Promise<ScenarioResult> {
+  const port = broker.mqttPort;
+  if (port === undefined) throw new Error(`${broker.name} has no MQTT port`);
+  const problems = new Problems();
+  const expected = plan.subscribers.reduce((n, s) => n + s.expected, 0);
+  const latencies = new Latencies(expected * 2);
+  const paced = plan.publishers.some((p) => p.rate !== undefined);
+  const pacingLag = paced
+    ? new Latencies(plan.publishers.reduce((n, p) => n + p.count, 0))
+    : undefined;
+  const perTopic = new Map(plan.publishers.map((p) => [p.topic, p.count]));
+  const sockets: MqttSocket[] = [];
+  const notes: string[] = [];
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    for (const s of sockets) s.close();
+  }, o.timeout * 1000);
+  try {
+    const idle = await memory(broker.pid);
+    const streams = plan.subscribers.map((s) =>
+      new Stream(`${s.clientId} on ${s.topic}`, perTopic.get(s.topic) ?? 0)
+    );
+    const granted = new Set<number>();
+    const subSockets = await limited(
+      50,
+      plan.subscribers.map((s) => async () => {
+        const sock = await MqttSocket.connect(port, s.clientId);
+        sockets.push(sock);
+        const g = await sock.subscribe(s.topic, plan.qos);
+        if (g === 0x80) throw new Error(`${broker.name} refused the subscription to ${s.topic}`);
+        granted.add(g);
+        return sock;
+      }),
+    );
+    for (const g of granted) {
+      if (g !== plan.qos) notes.push(`${broker.name} granted QoS ${g} for QoS ${plan.qos}`);
+    }
+    const pubSockets = await limited(
+      50,
+      plan.publishers.map((p) => async () => {
+        const sock = await MqttSocket.connect(port, p.clientId);
+        sockets.push(sock);
+        return sock;
+      }),
+    );
+
+    let publishersDone = false;
+    const broker0 = await cpuMicros(broker.pid);
+    const self0 = await cpuMicros("self");
+    const t0 = performance.timeOrigin + performance.now();
+    const publishing = Promise.all(
+      plan.publishers.map((p, i) => mqttPublish(pubSockets[i]!, p, problems, pacingLag)),
+    ).finally(() => publishersDone = true);
+    const control = {
+      publishersDone: () => publishersDone,
+      quietMs: plan.qos === 0 ? QOS0_QUIET_MS : Infinity,
+      brokerIdle: idleSampler(broker.pid),
+    };
+    const [pubs, subs] = await Promise.all([
+      publishing,
+      Promise.all(
+        plan.subscribers.map((s, i) =>
+          mqttSubscribe(
+            subSockets[i]!,
+            s.clientId,
+            s.topic,
+            s.expected,
+            streams[i]!,
+            latencies,
+            problems,
+            control,
+          )
+        ),
+      ),
+    ]);
+    const t1 = Math.max(...pubs.map((p) => p.endedAt), ...subs.map((s) => s.endedAt));
+    const seconds = (t1 - t0) / 1000;
+    const brokerCpuUs = await cpuMicros(broker.pid) - broker0;
+    const generatorCpuUs = await cpuMicros("self") - self0;
+    const mem = await memory(broker.pid);
+    const sent = pubs.reduce((n, p) => n + p.sent, 0);
+    const summary = latencies.summary();
+    notes.push(...plan.notes?.({ pubs, seconds, pacingLag }) ?? []);
+    const c = completeness(streams);
+    if (plan.qos === 0) {
+      notes.push(
+        `QoS 0 loss: ${c.missing} of ${expected} deliveries (${
+          (100 * c.missing / Math.max(1, expected)).toFixed(2)
+        }%)`,
+      );
+    }
+    return {
+      name,
+      broker: broker.name,
+      description: plan.description,
+      published: sent,
+      expected,
+      received: subs.reduce((n, s) => n + s.received, 0),
+      seconds,
+      latency: summary,
+      brokerCpuUs,
+      generatorCpuUs,
+      brokerIdleRssKb: idle.rssKb,
+      brokerRssKb: mem.rssKb,
+      brokerPeakRssKb: mem.peakKb,
+      timedOut,
+      completeness: c,
+      lossAllowed: plan.qos === 0,
+      problems,
+      notes,
+    };
+  } finally {
+    clearTimeout(timer);
+    for (const s of sockets) s.close();
+  }
+}
+
+const oneToOne = (name: string, qos: 0 | 1 | 2, count: number, window: number): MqttPlan => ({
+  description: `QoS ${qos}, 1 → 1, ${count} msgs, window ${window}`,
+  qos,
+  subscribers: [{ clientId: `${name}-sub`, topic: `bench/${name}`, expected: count }],
+  publishers: [{ clientId: `${name}-pub`, topic: `bench/${name}`, qos, count, window }],
+});
+
+/** QoS 0, one publisher → one subscriber. */
+export const mqttQos0: Scenario = {
+  name: "mqtt-qos0",
+  protocol: "mqtt",
+  headlines: () => [{ label: "QoS 0, 1 → 1", unit: "msg/s", better: "higher", value: rateOf }],
+  run: (b, o) => runMqttPlan("mqtt-qos0", b, o, oneToOne("mqtt-qos0", 0, o.qos0Messages, o.window)),
+};
+
+/** QoS 1, one publisher → one subscriber. */
+export const mqttQos1: Scenario = {
+  name: "mqtt-qos1",
+  protocol: "mqtt",
+  headlines: () => [{ label: "QoS 1, 1 → 1", unit: "msg/s", better: "higher", value: rateOf }],
+  run: (b, o) => runMqttPlan("mqtt-qos1", b, o, oneToOne("mqtt-qos1", 1, o.qos1Messages, o.window)),
+};
+
+/** QoS 2, one publisher → one subscriber; also the broker's CPU per QoS 2 delivery. */
+export const mqttQos2: Scenario = {
+  name: "mqtt-qos2",
+  protocol: "mqtt",
+  headlines: () => [
+    { label: "QoS 2, 1 → 1", unit: "msg/s", better: "higher", value: rateOf },
+    {
+      label: "broker CPU per QoS 2 delivery",
+      unit: "µs",
+      better: "lower",
+      value: brokerUsPerMessage,
+    },
+  ],
+  run: (b, o) => runMqttPlan("mqtt-qos2", b, o, oneToOne("mqtt-qos2", 2, o.qos2Messages, o.window)),
+};
+
+/** QoS 1, one publisher → `fanout` subscribers of one topic. */
+export const mqttFanout: Scenario = {
+  name: "mqtt-fanout",
+  protocol: "mqtt",
+  headlines: (o) => [{
+    label: `QoS 1 fan-out 1 → ${o.fanout}`,
+    unit: "deliveries/s",
+    better: "higher",
+    value: rateOf,
+  }],
+  run: (b, o) =>
+    runMqttPlan("mqtt-fanout", b, o, {
+      description: `QoS 1, 1 → ${o.fanout} on one topic, ${o.mqttFanoutMessages} msgs`,
+      qos: 1,
+      subscribers: Array.from({ length: o.fanout }, (_, i) => ({
+        clientId: `mqtt-fanout-sub${i}`,
+        topic: "bench/fanout",
+        expected: o.mqttFanoutMessages,
+      })),
+      publishers: [{
+        clientId: "mqtt-fanout-pub",
+        topic: "bench/fanout",
+        qos: 1,
+        count: o.mqttFanoutMessages,
+        window: o.window,
+      }],
+    }),
+};
+
+/** QoS 1, `pairs` publishers → `pairs` subscribers, each pair on its own topic. */
+export const mqttPairs: Scenario = {
+  name: "mqtt-pairs",
+  protocol: "mqtt",
+  headlines: (o) => [{
+    label: `QoS 1, ${o.pairs} → ${o.pairs} on own topics`,
+    unit: "msg/s",
+    better: "higher",
+    value: rateOf,
+  }],
+  run: (b, o) =>
+    runMqttPlan("mqtt-pairs", b, o, {
+      description: `QoS 1, ${o.pairs} → ${o.pairs} on own topics, ${o.mqttPairsMessages} msgs each`,
+      qos: 1,
+      subscribers: Array.from({ length: o.pairs }, (_, i) => ({
+        clientId: `mqtt-pairs-sub${i}`,
+        topic: `bench/pairs/${i}`,
+        expected: o.mqttPairsMessages,
+      })),
+      publishers: Array.from({ length: o.pairs }, (_, i) => ({
+        clientId: `mqtt-pairs-pub${i}`,
+        topic: `bench/pairs/${i}`,
+        qos: 1 as const,
+        count: o.mqttPairsMessages,
+        window: o.window,
+      })),
+    }),
+};
+
+/**
+ * QoS 1 at a fixed rate, one publisher → one subscriber, for `duration` seconds: latency
+ * from each message's due time, so a broker that falls behind shows as latency.
+ */
+export const mqttRate: Scenario = {
+  name: "mqtt-rate",
+  protocol: "mqtt",
+  headlines: (o) => [{
+    label: `QoS 1 at a fixed ${o.mqttRate} msg/s, p99 latency`,
+    unit: "ms",
+    better: "lower",
+    value: (r) => r.latency.p99,
+  }],
+  run: (b, o) => {
+    const count = Math.max(1, Math.round(o.mqttRate * o.duration));
+    return runMqttPlan("mqtt-rate", b, o, {
+      description: `QoS 1, 1 → 1 at ${o.mqttRate} msg/s for ${o.duration} s, window ${o.window}`,
+      qos: 1,
+      subscribers: [{ clientId: "mqtt-rate-sub", topic: "bench/rate", expected: count }],
+      publishers: [{
+        clientId: "mqtt-rate-pub",
+        topic: "bench/rate",
+        qos: 1,
+        count,
+        window: o.window,
+        rate: o.mqttRate,
+      }],
+      notes: ({ pubs, seconds, pacingLag }) => {
+        const windowFull = pubs.reduce((n, p) => n + p.windowFull, 0);
+        const sent = pubs.reduce((n, p) => n + p.sent, 0);
+        const lag = pacingLag?.summary();
+        const out = [
+          `offered ${o.mqttRate} msg/s for ${o.duration} s: ${sent} sent, all delivered in ${
+            seconds.toFixed(2)
+          } s`,
+        ];
+        if (lag) {
+          out.push(
+            `send lag (send − due: the generator's timing, and waits for a full window): p50 ${
+              lag.p50.toFixed(3)
+            } ms, p99 ${lag.p99.toFixed(3)} ms (part of the latency)`,
+          );
+        }
+        const late = seconds > o.duration + 1;
+        if (windowFull === 0 && !late) out.push("rate sustained: the window never filled");
+        else {
+          out.push(
+            `rate NOT sustained: window (${o.window}) full ${windowFull} times` +
+              (late ? `, ${seconds.toFixed(2)} s for ${o.duration} s of load` : ""),
+          );
+        }
+        return out;
+      },
+    });
+  },
+};
+
+/** How long `mqtt-idle` gives RSS to settle after the clients leave, at most. */
+const IDLE_SETTLE_MS = 5000;
+
+/** Reads a process's open-file limit (soft) from /proc/PID/limits; undefined if unknown. */
+async function openFileLimit(pid: number | "self"): Promise<number | undefined> {
+  const path = `/proc/${pid === "self" ? Deno.pid : pid}/limits`;
+  const out = await new Deno.Command("cat", { args: [path], stdout: "piped", stderr: "null" })
+    .output();
+  const m = /^Max open files\s+(\d+|unlimited)/m.exec(new TextDecoder().decode(out.stdout));
+  if (!m) return undefined;
+  return m[1] === "unlimited" ? Infinity : Number(m[1]);
+}
+
+/**
+ * `idleConnections` clients CONNECT (3.1.1, clean, keep-alive 0) and stay idle: the
+ * broker's RSS before, with them, per connection, and after they all DISCONNECT.
+ */
+export const mqttIdle: Scenario = {
+  name: "mqtt-idle",
+  protocol: "mqtt",
+  headlines: (o) => [{
+    label: `memory per idle connection (${o.idleConnections})`,
+    unit: "KB",
+    better: "lower",
+    value: (r) =>
+      r.idle && r.idle.connected > 0
+        ? (r.idle.rssWithKb - r.idle.rssBeforeKb) / r.idle.connected
+        : NaN,
+  }],
+  async run(broker, o) {
+    const port = broker.mqttPort;
+    if (port === undefined) throw new Error(`${broker.name} has no MQTT port`);
+    const n = o.idleConnections;
+    const problems = new Problems();
+    const notes: string[] = [];
+    // Each side holds one descriptor per connection (plus its own few dozen).
+    for (const [who, pid] of [["the load generator", "self"], [broker.name, broker.pid]] as const) {
+      const limit = await openFileLimit(pid);
+      if (limit !== undefined && limit < n + 200) {
+        throw new Error(
+          `ulimit -n of ${who} is ${limit}, too low for ${n} connections: raise it ` +
+            `(e.g. \`ulimit -n ${Math.max(20_000, n * 2)}\` in the shell that runs the bench) ` +
+            `or pass --idle-connections ${Math.max(1, limit - 200)}`,
+        );
+      }
+    }
+    const sockets: MqttSocket[] = [];
+    let timedOut = false;
+    let stop = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      stop = true;
+      for (const s of sockets) s.close();
+    }, o.timeout * 1000);
+    try {
+      const before = await memory(broker.pid);
+      const broker0 = await cpuMicros(broker.pid);
+      const self0 = await cpuMicros("self");
+      const t0 = performance.now();
+      let failed = 0;
+      let next = 0;
+      // 64 connects at a time keeps the listen backlog from overflowing (SYN retries).
+      await Promise.all(Array.from({ length: Math.min(64, n) }, async () => {
+        while (next < n && !stop) {
+          const i = next++;
+          try {
+            sockets.push(await MqttSocket.connect(port, `idle-${i}`, true, 64));
+          } catch (err) {
+            failed++;
+            problems.add(`idle-${i}: ${err instanceof Error ? err.message : err}`);
+            if (failed >= 100) stop = true; // the broker refuses: no point in 10,000 tries
+          }
+        }
+      }));
+      const connectSeconds = (performance.now() - t0) / 1000;
+      const connected = sockets.length;
+      // Let the broker finish what the connects started (logs, sessions, GC) before reading.
+      await new Promise((r) => setTimeout(r, 1000));
+      const withThem = await memory(broker.pid);
+      const brokerCpuUs = await cpuMicros(broker.pid) - broker0;
+      const generatorCpuUs = await cpuMicros("self") - self0;
+      await Promise.all(sockets.map((s) => s.disconnect()));
+      sockets.length = 0;
+      // RSS after they leave: polled until it stops falling (bounded).
+      let after = await memory(broker.pid);
+      for (let waited = 0; waited < IDLE_SETTLE_MS; waited += 500) {
+        await new Promise((r) => setTimeout(r, 500));
+        const m = await memory(broker.pid);
+        const settled = m.rssKb >= after.rssKb - Math.max(256, after.rssKb / 100);
+        after = m;
+        if (settled && waited >= 1000) break;
+      }
+      const perConn = connected > 0 ? (withThem.rssKb - before.rssKb) / connected : NaN;
+      notes.push(
+        `${connected} of ${n} connected in ${connectSeconds.toFixed(2)} s; RSS ${
+          (before.rssKb / 1024).toFixed(1)
+        } MiB before → ${(withThem.rssKb / 1024).toFixed(1)} MiB with them (${
+          perConn.toFixed(2)
+        } KB each) → ${(after.rssKb / 1024).toFixed(1)} MiB after they left (${
+          after.rssKb - before.rssKb >= 0 ? "+" : ""
+        }${((after.rssKb - before.rssKb) / 1024).toFixed(1)} MiB over the start)`,
+      );
+      const missing = n - connected;
+      return {
+        name: "mqtt-idle",
+        broker: broker.name,
+        description: `${n} idle MQTT 3.1.1 connections (clean, keep-alive 0)`,
+        published: 0,
+        expected: n,
+        received: connected,
+        seconds: connectSeconds,
+        latency: { p50: NaN, p99: NaN, p999: NaN, max: NaN, count: 0 },
+        brokerCpuUs,
+        generatorCpuUs,
+        brokerIdleRssKb: before.rssKb,
+        brokerRssKb: after.rssKb,
+        brokerPeakRssKb: withThem.peakKb,
+        timedOut,
+        completeness: {
+          ok: missing === 0,
+          missing,
+          duplicates: 0,
+          outOfOrder: 0,
+          unexpected: 0,
+          problems: missing ? [`${missing} of ${n} connections not accepted`] : [],
+        },
+        idle: {
+          wanted: n,
+          connected,
+          connectSeconds,
+          rssBeforeKb: before.rssKb,
+          rssWithKb: withThem.rssKb,
+          rssAfterKb: after.rssKb,
+        },
+        problems,
+        notes,
+      };
+    } finally {
+      clearTimeout(timer);
+      for (const s of sockets) s.close();
+    }
+  },
+};
+
+/** Every MQTT scenario, in the order a default run takes them. */
+export const mqttScenarios: readonly Scenario[] = [
+  mqttQos0,
+  mqttQos1,
+  mqttQos2,
+  mqttFanout,
+  mqttPairs,
+  mqttRate,
+  mqttIdle,
+];
