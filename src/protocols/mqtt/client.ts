@@ -66,6 +66,9 @@ export interface MqttContext {
 type State = "awaiting-connect" | "connecting" | "connected" | "closing";
 
 const encoder = new TextEncoder();
+
+/** Messages of one connection submitted and not yet committed before it stops reading. */
+const MAX_UNCOMMITTED = 1000;
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** A closing of the connection with a reason, thrown from packet handlers. */
@@ -109,6 +112,7 @@ export class MqttClient {
   /** Submissions in arrival order: each waits for the one before it. */
   #submitting: Promise<unknown> = Promise.resolve();
   #submitsWaiting = 0;
+  #uncommitted = 0;
   #source: { origin: string; user: string | null } | undefined;
   /** Replies in arrival order. */
   #replying: Promise<unknown> = Promise.resolve();
@@ -467,7 +471,7 @@ export class MqttClient {
 
   // --- PUBLISH (inbound) -------------------------------------------------------------------
 
-  #publish(p: IPublishPacket): void {
+  #publish(p: IPublishPacket): Promise<void> | void {
     const qos = p.qos as Qos;
     if (qos > 0) this.#needId(p.messageId);
     const props = p.properties ?? {};
@@ -589,6 +593,13 @@ export class MqttClient {
         this.#refusePublish(err, qos, topic, ack);
       })
     );
+    // Inbound flow control: with too many of this connection's messages not yet
+    // committed (QoS 0 has no window), stop reading until the newest one lands; TCP then
+    // slows the publisher down instead of the broker's memory growing.
+    this.#uncommitted++;
+    const settled = committed.then(() => {}, () => {});
+    void settled.then(() => this.#uncommitted--);
+    if (this.#uncommitted >= MAX_UNCOMMITTED) return settled;
   }
 
   /** `Broker.submitNow`, with a refusal turned into a rejected commit. */
