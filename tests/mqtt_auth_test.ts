@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { setPassword } from "../src/auth/passwords.ts";
 import type { BrokerConfig } from "../src/config.ts";
 import { json, LineClient, receive, startTestBroker, type TestBroker } from "./helpers.ts";
-import { connectRefusal, LEVELS, tcpUrl, TestClient } from "./mqtt_blackbox_clients.ts";
+import { Client, connectRefusal, LEVELS, tcpUrl } from "./mqtt_clients.ts";
 
 /** Few hash iterations for tests (production uses 210,000). */
 const FAST = { iterations: 1000 };
@@ -69,7 +69,7 @@ async function secureBroker(
 
 /** Connects `user` with the right password. */
 function login(b: TestBroker, v: 4 | 5, user: string, clientId = `${user}${v}`) {
-  return TestClient.connect(tcpUrl(b.mqttPort), {
+  return Client.connect(tcpUrl(b.mqttPort), {
     protocolVersion: v,
     clientId,
     clean: true,
@@ -230,7 +230,7 @@ Deno.test("acl: a will to a topic the user may not publish to refuses the CONNEC
     assert.equal(code, v === 5 ? 0x87 : 5);
   }
   // A will to an allowed topic is accepted.
-  await using ok = await TestClient.connect(tcpUrl(b.mqttPort), {
+  await using ok = await Client.connect(tcpUrl(b.mqttPort), {
     protocolVersion: 5,
     clientId: "fine",
     clean: true,

@@ -1,8 +1,10 @@
 /**
- * Clients for tests/mqtt_test.ts and tests/mqtt_session_test.ts (used by both: keep it):
- * a thin wrapper around MQTT.js that records what arrives, and a raw client that speaks
- * packets over a plain TCP socket, for what MQTT.js will not do (withhold
- * acknowledgements, send a duplicate PUBLISH, send a CONNECT MQTT.js refuses to send).
+ * Clients for the MQTT black-box tests (mqtt_test.ts, mqtt_session_test.ts,
+ * mqtt_auth_test.ts, mqtt_retained_will_test.ts, mqtt_v5_test.ts: keep it): a thin
+ * wrapper around MQTT.js that records what arrives, in order, and awaits it with a bound,
+ * and a raw client that speaks packets over a plain TCP socket through the broker's own
+ * codec, for what MQTT.js hides or will not do (withhold acknowledgements, send a
+ * duplicate PUBLISH, send a CONNECT MQTT.js refuses to send).
  *
  * @module
  */
@@ -12,9 +14,11 @@ import mqtt from "mqtt";
 import type {
   IClientOptions,
   IClientPublishOptions,
+  IClientSubscribeOptions,
   IConnackPacket,
   IDisconnectPacket,
   IPublishPacket,
+  ISubscriptionMap,
   MqttClient,
 } from "mqtt";
 import {
@@ -30,7 +34,31 @@ import { waitFor } from "./helpers.ts";
 export const LEVELS = [4, 5] as const;
 export type Level = (typeof LEVELS)[number];
 
+type QoS = 0 | 1 | 2;
+
 const decoder = new TextDecoder();
+
+/** A bounded wait for `promise`, failing with `what` after `ms`. */
+async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) =>
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
+  );
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A pause: for checks that something does NOT happen, or to pace a client. */
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** MQTT over TCP on 127.0.0.1:`port`. */
+export const tcpUrl = (port: number | undefined): string => `mqtt://127.0.0.1:${port}`;
+
+/** MQTT over WebSocket on 127.0.0.1:`port`/mqtt. */
+export const wsUrl = (port: number | undefined): string => `ws://127.0.0.1:${port}/mqtt`;
 
 /** One PUBLISH as an MQTT.js client received it. */
 export interface Received {
@@ -44,7 +72,12 @@ export interface Received {
 /** Options for {@link Client.open}; `reconnectPeriod` is always 0. */
 export type OpenOptions = Omit<IClientOptions, "protocolVersion" | "reconnectPeriod">;
 
-/** An MQTT.js client that keeps every message it receives, in order. */
+/**
+ * An MQTT.js client that keeps every message it receives, in order, with the CONNACK it
+ * got and the DISCONNECTs the broker sent. A test either looks at `messages` (all of
+ * them) or reads them one by one with {@link next}. Dispose it (or {@link end}) to close
+ * it.
+ */
 export class Client implements AsyncDisposable {
   readonly mqtt: MqttClient;
   readonly connack: IConnackPacket;
@@ -54,10 +87,13 @@ export class Client implements AsyncDisposable {
    * at its PUBREL, so `messages` may be out of wire order across QoS levels.
    */
   readonly wire: IPublishPacket[] = [];
-  /** The DISCONNECT the broker sent, if any (MQTT 5). */
-  disconnect: IDisconnectPacket | null = null;
-  /** Set once the socket closed. */
-  closed = false;
+  /** DISCONNECT packets sent by the broker (MQTT 5). */
+  readonly disconnects: IDisconnectPacket[] = [];
+  /** How many of `messages` {@link next} has returned. */
+  #read = 0;
+  #wake: (() => void) | null = null;
+  #closed: Promise<void>;
+  #isClosed = false;
 
   private constructor(client: MqttClient, connack: IConnackPacket) {
     this.mqtt = client;
@@ -65,59 +101,118 @@ export class Client implements AsyncDisposable {
     client.on("message", (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength).slice();
       this.messages.push({ topic, text: decoder.decode(bytes), payload: bytes, packet });
+      this.#notify();
     });
     client.on("packetreceive", (packet) => {
       if (packet.cmd === "publish") this.wire.push(packet);
     });
-    client.on("disconnect", (packet) => this.disconnect = packet);
-    client.on("close", () => this.closed = true);
+    client.on("disconnect", (packet) => {
+      this.disconnects.push(packet);
+      this.#notify();
+    });
     // The outcome is what tests look at; an 'error' without a listener would throw.
     client.on("error", () => {});
+    this.#closed = new Promise((resolve) => {
+      const done = () => {
+        this.#isClosed = true;
+        this.#notify();
+        resolve();
+      };
+      if (client.stream?.destroyed) done();
+      else client.once("close", done);
+    });
   }
 
   /**
-   * Connects to 127.0.0.1:`port` at `level` and waits for the CONNACK. A refused CONNECT
-   * rejects with MQTT.js's error, whose `code` is the return or reason code.
+   * Connects to `url` with `reconnectPeriod: 0` and waits for the CONNACK. A refused
+   * CONNECT rejects with MQTT.js's error, whose `code` is the return or reason code.
    */
+  static async connect(url: string, options: IClientOptions): Promise<Client> {
+    const client = mqtt.connect(url, { connectTimeout: 5000, ...options, reconnectPeriod: 0 });
+    try {
+      const connack = await within(
+        new Promise<IConnackPacket>((resolve, reject) => {
+          client.once("connect", resolve);
+          client.once("error", reject);
+          client.once("close", () => reject(new Error("closed before CONNACK")));
+        }),
+        5000,
+        `CONNACK for ${options.clientId}`,
+      );
+      return new Client(client, connack);
+    } catch (err) {
+      await closeQuietly(client);
+      throw err;
+    }
+  }
+
+  /** {@link connect} over TCP to 127.0.0.1:`port` at `level`. */
   static open(port: number | undefined, level: Level, options: OpenOptions = {}): Promise<Client> {
     assert.ok(port, "the broker has no MQTT port");
-    const client = mqtt.connect(`mqtt://127.0.0.1:${port}`, {
-      connectTimeout: 5000,
-      ...options,
-      protocolVersion: level,
-      reconnectPeriod: 0,
-    });
-    return new Promise((resolve, reject) => {
-      const onConnect = (connack: IConnackPacket) => {
-        client.off("error", onError);
-        resolve(new Client(client, connack));
+    return Client.connect(tcpUrl(port), { ...options, protocolVersion: level });
+  }
+
+  #notify(): void {
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+
+  /** Waits for a message, a DISCONNECT or the close, at most `ms`. */
+  #more(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.#wake = null;
+        resolve();
+      }, ms);
+      this.#wake = () => {
+        clearTimeout(timer);
+        resolve();
       };
-      const onError = (err: Error) => {
-        client.off("connect", onConnect);
-        client.end(true, () => reject(err));
-      };
-      client.once("connect", onConnect);
-      client.once("error", onError);
     });
   }
 
-  /** Subscribes and returns the granted QoS (or reason code) per filter. */
-  async subscribe(filters: Record<string, 0 | 1 | 2>): Promise<number[]> {
-    const map: Record<string, { qos: 0 | 1 | 2 }> = {};
-    for (const [f, qos] of Object.entries(filters)) map[f] = { qos };
-    const granted = await this.mqtt.subscribeAsync(map);
-    return granted.map((g) => g.qos);
+  /** True once the connection has closed. */
+  get isClosed(): boolean {
+    return this.#isClosed;
+  }
+
+  /**
+   * Subscribes and returns the SUBACK's codes, refused ones included. `filters` is a
+   * filter, a list of them, or each filter with its QoS; `options` go with every filter.
+   */
+  subscribe(
+    filters: string | string[] | Record<string, QoS>,
+    options: Partial<IClientSubscribeOptions> = {},
+  ): Promise<number[]> {
+    let topics: string | string[] | ISubscriptionMap;
+    if (typeof filters === "string" || Array.isArray(filters)) topics = filters;
+    else {
+      topics = {};
+      for (const [f, qos] of Object.entries(filters)) topics[f] = { ...options, qos };
+    }
+    return within(
+      new Promise<number[]>((resolve, reject) => {
+        this.mqtt.subscribe(topics, { qos: 0, ...options }, (err, granted, packet) => {
+          if (packet) resolve(packet.granted as number[]);
+          else if (err) reject(err);
+          // MQTT.js sends nothing for filters it holds already at that QoS.
+          else resolve((granted ?? []).map((g) => g.qos));
+        });
+      }),
+      3000,
+      `SUBACK for ${JSON.stringify(filters)}`,
+    );
   }
 
   /** Publishes; resolves on PUBACK (QoS 1), PUBCOMP (QoS 2) or once written (QoS 0). */
   publish(
     topic: string,
     payload: string | Uint8Array,
-    qos: 0 | 1 | 2 = 1,
-    options: Omit<IClientPublishOptions, "qos"> = {},
+    options: IClientPublishOptions = {},
   ): Promise<unknown> {
     const body = typeof payload === "string" ? payload : Buffer.from(payload);
-    return this.mqtt.publishAsync(topic, body, { ...options, qos });
+    return within(this.mqtt.publishAsync(topic, body, options), 3000, `publish to ${topic}`);
   }
 
   /** Texts of the messages received on `topic`, in order. */
@@ -142,25 +237,99 @@ export class Client implements AsyncDisposable {
     return this.messages;
   }
 
-  /** Waits until the connection has closed. */
-  async waitClosed(ms = 3000): Promise<void> {
-    await waitFor(() => this.closed, "the connection to close", ms);
+  /** The next message not yet returned, waiting up to `ms`. */
+  async next(ms = 3000): Promise<Received> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const m = this.messages[this.#read];
+      if (m) {
+        this.#read++;
+        return m;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) assert.fail(`no message within ${ms} ms`);
+      await this.#more(left);
+    }
   }
 
-  /** Ends with a DISCONNECT when still connected; releases everything. */
-  async end(): Promise<void> {
-    if (this.mqtt.connected && !this.closed) await this.mqtt.endAsync();
-    else await this.mqtt.endAsync(true);
+  /** {@link next} messages until (and including) the first on `topic` with payload `text`. */
+  async until(topic: string, text: string, ms = 3000): Promise<Received[]> {
+    const got: Received[] = [];
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const m = await this.next(Math.max(1, deadline - Date.now()));
+      got.push(m);
+      if (m.topic === topic && m.text === text) return got;
+    }
   }
 
-  /** Drops the socket without a DISCONNECT (an abnormal end). */
+  /** Asserts that no message beyond those {@link next} returned arrives within `ms`. */
+  async expectSilence(ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (this.messages.length === this.#read && Date.now() < deadline) {
+      await this.#more(deadline - Date.now());
+    }
+    const m = this.messages[this.#read];
+    if (m) assert.fail(`expected no message, got ${m.topic} ${JSON.stringify(m.text)}`);
+  }
+
+  /** Waits until the connection has closed, at most `ms`. */
+  async expectClosed(ms = 3000): Promise<void> {
+    await within(this.#closed, ms, "the connection to close");
+  }
+
+  /** Drops the socket without a DISCONNECT (an abnormal end) and waits for the close. */
   async drop(): Promise<void> {
-    await this.mqtt.endAsync(true);
+    this.mqtt.end(true);
+    await this.expectClosed();
   }
 
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.end();
+  /**
+   * Sends DISCONNECT (with `reasonCode` for v5, if given) when still connected and waits
+   * for the close; releases everything either way.
+   */
+  async end(reasonCode?: number): Promise<void> {
+    if (this.#isClosed) {
+      await closeQuietly(this.mqtt);
+      return;
+    }
+    await within(
+      reasonCode === undefined ? this.mqtt.endAsync() : this.mqtt.endAsync(false, { reasonCode }),
+      3000,
+      "DISCONNECT",
+    );
+    await this.expectClosed();
   }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (!this.mqtt.disconnected && !this.#isClosed) {
+      await this.end().catch(() => closeQuietly(this.mqtt));
+    } else {
+      await closeQuietly(this.mqtt);
+    }
+  }
+}
+
+/** Ends an MQTT.js client whatever its state, waiting for its transport to close. */
+async function closeQuietly(client: MqttClient): Promise<void> {
+  const closed = client.stream && !client.stream.destroyed
+    ? new Promise<void>((r) => client.stream.once("close", () => r()))
+    : Promise.resolve();
+  await new Promise<void>((r) => client.end(true, {}, () => r()));
+  await within(closed, 3000, "client transport close").catch(() => {});
+}
+
+/** The code of a refused CONNECT (3.1.1 return code or v5 reason code). */
+export async function connectRefusal(url: string, options: IClientOptions): Promise<number> {
+  try {
+    const c = await Client.connect(url, options);
+    await c.end();
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    assert.equal(typeof code, "number", `expected a CONNACK refusal, got ${err}`);
+    return code as number;
+  }
+  return assert.fail("the CONNECT was accepted");
 }
 
 /** CONNECT options of a persistent session at `level` (v5: Session Expiry `expirySec`). */
@@ -169,7 +338,6 @@ export function persistent(level: Level, expirySec = 300): OpenOptions {
     ? { clean: false, properties: { sessionExpiryInterval: expirySec } }
     : { clean: false };
 }
-
 /** CONNECT fields the raw client lets a test choose. */
 export interface RawConnect {
   clientId: string;
@@ -205,7 +373,8 @@ export function connectBytes(level: Level, c: RawConnect): Uint8Array {
 
 /**
  * An MQTT client over a plain TCP socket: packets are encoded with the broker's codec
- * and sent as they are; every packet received is queued for the test to inspect.
+ * and sent as they are; every packet received is read in the background and queued for
+ * the test to inspect.
  */
 export class RawClient implements AsyncDisposable {
   readonly level: Level;
@@ -217,11 +386,13 @@ export class RawClient implements AsyncDisposable {
   #problem: string | null = null;
   #reading: Promise<void>;
   #closed = false;
+  /** performance.now() when the connection ended (closed by either side), else null. */
+  closedAt: number | null = null;
 
   private constructor(conn: Deno.TcpConn, level: Level) {
     this.#conn = conn;
     this.level = level;
-    this.#parser = createPacketParser(level, 1 << 20);
+    this.#parser = createPacketParser(level, 1 << 24);
     this.#reading = this.#read();
   }
 
@@ -247,6 +418,21 @@ export class RawClient implements AsyncDisposable {
     }
   }
 
+  /** {@link open}, but the CONNECT must be accepted; returns the client. */
+  static async accepted(
+    port: number | undefined,
+    level: Level,
+    connect: RawConnect,
+  ): Promise<RawClient> {
+    const { raw, connack } = await RawClient.open(port, level, connect);
+    const code = level === 5 ? connack.reasonCode : connack.returnCode;
+    if (code !== 0) {
+      await raw.close();
+      assert.fail(`the CONNECT was refused: ${code}`);
+    }
+    return raw;
+  }
+
   async #read(): Promise<void> {
     const buf = new Uint8Array(64 * 1024);
     try {
@@ -263,6 +449,7 @@ export class RawClient implements AsyncDisposable {
       // Closed here, or reset by the broker: the end of the stream either way.
     }
     this.#eof = true;
+    this.closedAt = performance.now();
     this.#notify();
   }
 
@@ -281,10 +468,12 @@ export class RawClient implements AsyncDisposable {
     await Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
   }
 
+  /** Encodes one packet at the client's level and writes it. */
   async send(packet: OutboundPacket): Promise<void> {
     await this.sendBytes(encodePacket(packet, this.level));
   }
 
+  /** Writes bytes as they are. */
   async sendBytes(bytes: Uint8Array): Promise<void> {
     let n = 0;
     while (n < bytes.length) n += await this.#conn.write(bytes.subarray(n));
@@ -375,6 +564,3 @@ export async function withDataDir(body: (dataDir: string) => Promise<void>): Pro
     await Deno.remove(dataDir, { recursive: true });
   }
 }
-
-/** A pause, only for checks that something does NOT happen. */
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

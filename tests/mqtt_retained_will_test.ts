@@ -7,14 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { startTestBroker, type TestBroker, waitFor } from "./helpers.ts";
-import { LEVELS, sleep, tcpUrl, TestClient } from "./mqtt_blackbox_clients.ts";
+import { Client, LEVELS, sleep, tcpUrl } from "./mqtt_clients.ts";
 
 function mqttBroker(dataDir?: string): Promise<TestBroker> {
   return startTestBroker({ mqttPort: -1, ...(dataDir ? { dataDir } : {}) });
 }
 
-function client(b: TestBroker, v: 4 | 5, clientId: string, extra = {}): Promise<TestClient> {
-  return TestClient.connect(tcpUrl(b.mqttPort), {
+function client(b: TestBroker, v: 4 | 5, clientId: string, extra = {}): Promise<Client> {
+  return Client.connect(tcpUrl(b.mqttPort), {
     protocolVersion: v,
     clientId,
     clean: true,
@@ -122,7 +122,7 @@ Deno.test("retained v5: Retain As Published keeps RETAIN on forwarded messages, 
   await using pub = await client(b, 5, "pub");
   await pub.publish("rap/t", "retained", { qos: 1, retain: true });
   await pub.publish("rap/t", "not retained", { qos: 1, retain: false });
-  const flags = async (c: TestClient) =>
+  const flags = async (c: Client) =>
     (await c.until("rap/t", "not retained")).map((m) => [m.text, m.packet.retain]);
   assert.deepEqual(await flags(rap), [["retained", true], ["not retained", false]]);
   assert.deepEqual(await flags(plain), [["retained", false], ["not retained", false]]);
@@ -135,7 +135,7 @@ Deno.test("retained v5: Retain Handling 0 sends always, 1 only for a new subscri
   await pub.publish("rh/t", "kept", { qos: 1, retain: true });
   /** Subscribes, then publishes a marker: what arrived before it came from the SUBSCRIBE. */
   let n = 0;
-  const retainedAfter = async (c: TestClient, rh: 0 | 1 | 2) => {
+  const retainedAfter = async (c: Client, rh: 0 | 1 | 2) => {
     assert.deepEqual(await c.subscribe("rh/t", { qos: 1, rh }), [1]);
     const marker = `marker ${++n}`;
     await pub.publish("rh/t", marker, { qos: 1 });
@@ -164,7 +164,7 @@ Deno.test("retained v5: Retain Handling 0 sends always, 1 only for a new subscri
 // --- wills -----------------------------------------------------------------------------
 
 /** A watcher of `topic` at QoS 2, so that it sees each will at the will's own QoS. */
-async function watcher(b: TestBroker, topic: string, clientId = "watcher"): Promise<TestClient> {
+async function watcher(b: TestBroker, topic: string, clientId = "watcher"): Promise<Client> {
   const w = await client(b, 5, clientId);
   await w.subscribe(topic, { qos: 2 });
   return w;

@@ -125,7 +125,7 @@ Deno.test("v5 an empty client id gets an Assigned Client Identifier", async () =
   assert.ok(b.broker.sessions.live(sidOf(assigned))?.connected, "no session under that id");
   // The connection works under that id.
   await c.subscribe({ "id/t": 1 });
-  await c.publish("id/t", "to myself", 1);
+  await c.publish("id/t", "to myself", { qos: 1 });
   assert.equal((await c.waitMessages(1))[0]?.text, "to myself");
   // Also without clean start (allowed in v5, unlike 3.1.1), and a second one is different.
   const { raw, connack } = await RawClient.open(b.mqttPort, 5, {
@@ -152,7 +152,7 @@ for (const v of LEVELS) {
     for (const granted of [0, 1, 2] as const) {
       for (const qos of [0, 1, 2] as const) {
         // Resolves on PUBACK (QoS 1) or PUBCOMP after PUBREC/PUBREL (QoS 2).
-        await pub.publish(`q/${granted}`, `pub ${qos}`, qos);
+        await pub.publish(`q/${granted}`, `pub ${qos}`, { qos });
       }
     }
     await sub.waitMessages(9);
@@ -182,7 +182,8 @@ for (const v of LEVELS) {
     await Promise.all(
       Array.from(
         { length: n },
-        (_, i) => pub.publish(i % 2 ? "burst/b" : "burst/a", `m${i}`, (i % 3) as 0 | 1 | 2),
+        (_, i) =>
+          pub.publish(i % 2 ? "burst/b" : "burst/a", `m${i}`, { qos: (i % 3) as 0 | 1 | 2 }),
       ),
     );
     await sub.waitMessages(n);
@@ -211,7 +212,7 @@ for (const v of LEVELS) {
     await using watcher = await Client.open(b.mqttPort, v, { clientId: `watch-${v}` });
     await watcher.subscribe({ "u/a": 1 });
     await using pub = await Client.open(b.mqttPort, v, { clientId: `pub-${v}` });
-    await pub.publish("u/a", "before", 1);
+    await pub.publish("u/a", "before", { qos: 1 });
     await sub.waitMessages(1);
 
     const unsuback = await sub.mqtt.unsubscribeAsync("u/a") as unknown as { granted?: number[] };
@@ -220,15 +221,15 @@ for (const v of LEVELS) {
       const none = await sub.mqtt.unsubscribeAsync("u/none") as unknown as { granted?: number[] };
       assert.deepEqual(none.granted, [0x11]); // No subscription existed
     }
-    for (let i = 1; i <= 3; i++) await pub.publish("u/a", `after ${i}`, (i % 3) as 1 | 2);
-    await pub.publish("u/b", "still subscribed", 1);
+    for (let i = 1; i <= 3; i++) await pub.publish("u/a", `after ${i}`, { qos: (i % 3) as 1 | 2 });
+    await pub.publish("u/b", "still subscribed", { qos: 1 });
     await watcher.waitMessages(4);
     await waitFor(() => sub.textsOn("u/b").length === 1, "the message on u/b");
     await sleep(QUIET_MS);
     assert.deepEqual(sub.textsOn("u/a"), ["before"]);
     // The position in u/a is gone with the filter: re-subscribing starts at the end.
     await sub.subscribe({ "u/a": 1 });
-    await pub.publish("u/a", "again", 1);
+    await pub.publish("u/a", "again", { qos: 1 });
     await waitFor(() => sub.textsOn("u/a").length === 2, "the message after re-subscribing");
     assert.deepEqual(sub.textsOn("u/a"), ["before", "again"]);
   });
@@ -264,7 +265,7 @@ Deno.test("PINGREQ/PINGRESP keep a Keep Alive 1 s connection up; a silent one is
     await sleep(Math.max(0, 3000 - (Date.now() - started)));
     for (const [i, v] of LEVELS.entries()) {
       const c = clients[i] as Client;
-      assert.ok(c.mqtt.connected && !c.closed, `v${v} client lost its connection`);
+      assert.ok(c.mqtt.connected && !c.isClosed, `v${v} client lost its connection`);
       assert.ok((pings.get(v) ?? 0) >= 2, `v${v}: ${pings.get(v)} PINGRESPs in 3 s`);
     }
   } finally {
@@ -279,7 +280,7 @@ for (const v of LEVELS) {
     await using b = await mqttBroker();
     await using pub = await Client.open(b.mqttPort, v, { clientId: `pub-${v}` });
     // A topic that exists before the SUBSCRIBEs: only later messages are delivered.
-    await pub.publish("sport/old", "early", 1);
+    await pub.publish("sport/old", "early", { qos: 1 });
     const expected: Record<string, string[]> = {
       "sport/tennis/+": ["sport/tennis/player1", "sport/tennis/player2"],
       "sport/#": [
@@ -320,7 +321,7 @@ for (const v of LEVELS) {
         "top",
         "tennis",
       ];
-      for (const t of topics) await pub.publish(t, `to ${t}`, 1);
+      for (const t of topics) await pub.publish(t, `to ${t}`, { qos: 1 });
       for (const [filter, want] of Object.entries(expected)) {
         await (subs.get(filter) as Client).waitMessages(want.length);
       }
@@ -340,10 +341,10 @@ for (const v of LEVELS) {
     await using sub = await Client.open(b.mqttPort, v, { clientId: `sub-${v}` });
     assert.deepEqual(await sub.subscribe({ "ov/+": 1, "ov/#": 2, "ov/a": 0 }), [1, 2, 0]);
     await using pub = await Client.open(b.mqttPort, v, { clientId: `pub-${v}` });
-    await pub.publish("ov/a", "two", 2);
-    await pub.publish("ov/a", "one", 1);
-    await pub.publish("ov/a", "zero", 0);
-    await pub.publish("ov/a/deep", "deep", 2); // only ov/# matches
+    await pub.publish("ov/a", "two", { qos: 2 });
+    await pub.publish("ov/a", "one", { qos: 1 });
+    await pub.publish("ov/a", "zero", { qos: 0 });
+    await pub.publish("ov/a/deep", "deep", { qos: 2 }); // only ov/# matches
     await sub.waitMessages(4);
     await sleep(QUIET_MS);
     assert.equal(sub.messages.length, 4);
@@ -362,8 +363,8 @@ for (const v of LEVELS) {
     await using sys = await Client.open(b.mqttPort, v, { clientId: `sys-${v}` });
     await sys.subscribe({ "$SYS/#": 0 });
     await using pub = await Client.open(b.mqttPort, v, { clientId: `pub-${v}` });
-    await pub.publish("plain/topic", "ordinary", 1);
-    await pub.publish("plain/broker/x", "ordinary too", 1);
+    await pub.publish("plain/topic", "ordinary", { qos: 1 });
+    await pub.publish("plain/broker/x", "ordinary too", { qos: 1 });
     // A $SYS round published while all three are subscribed (not retained copies).
     await waitFor(
       () => sys.messages.some((m) => m.topic === "$SYS/broker/uptime" && !m.packet.retain),
@@ -377,15 +378,15 @@ for (const v of LEVELS) {
     assert.deepEqual(plus.messages.map((m) => m.topic), ["plain/broker/x"]);
     // Clients may not publish to $ topics.
     if (v === 5) {
-      const err = await pub.publish("$SYS/broker/fake", "x", 1).then(
+      const err = await pub.publish("$SYS/broker/fake", "x", { qos: 1 }).then(
         () => assert.fail("PUBLISH to $SYS accepted"),
         (e) => e as { code?: number },
       );
       assert.equal(err.code, 0x90); // Topic Name invalid
     } else {
       // 3.1.1 has no negative PUBACK: the broker closes the connection.
-      void pub.publish("$SYS/broker/fake", "x", 1).catch(() => {});
-      await pub.waitClosed();
+      void pub.publish("$SYS/broker/fake", "x", { qos: 1 }).catch(() => {});
+      await pub.expectClosed();
     }
     await sleep(QUIET_MS);
     assert.ok(!sys.messages.some((m) => m.topic === "$SYS/broker/fake"));
@@ -420,7 +421,7 @@ for (const v of LEVELS) {
     assert.deepEqual((await raw.expect("suback")).granted, [1, 2]);
     await using pub = await Client.open(b.mqttPort, v, { clientId: `pub-${v}` });
     const n = 12;
-    for (let i = 0; i < n; i++) await pub.publish(i % 2 ? "win/b" : "win/a", `m${i}`, 2);
+    for (let i = 0; i < n; i++) await pub.publish(i % 2 ? "win/b" : "win/a", `m${i}`, { qos: 2 });
 
     const got: { topic: string; text: string }[] = [];
     const take = async () => {
@@ -479,7 +480,7 @@ for (const v of LEVELS) {
     await Promise.all(
       Array.from(
         { length: 50 },
-        (_, i) => pub.publish(`fast/${i % 3}`, `m${i}`, (1 + i % 2) as 1 | 2),
+        (_, i) => pub.publish(`fast/${i % 3}`, `m${i}`, { qos: (1 + i % 2) as 1 | 2 }),
       ),
     );
     await sub.waitMessages(50, 5000);
@@ -526,9 +527,9 @@ for (const v of LEVELS) {
     await using c = await subscriber(b, "ann", "a/b");
     await using pub = await Client.open(b.mqttPort, v, { clientId: `pub-${v}` });
     const binary = new Uint8Array([0xff, 0xfe, 0x00, 0x80, 0x41]);
-    await pub.publish("a/b", "héllo", 1);
-    await pub.publish("a/b", binary, 2);
-    await pub.publish("a/b", "", 0);
+    await pub.publish("a/b", "héllo", { qos: 1 });
+    await pub.publish("a/b", binary, { qos: 2 });
+    await pub.publish("a/b", "", { qos: 0 });
     const first = await receive(c);
     assert.equal(first.topic, "a/b");
     assert.equal(first.msg, "héllo");

@@ -16,22 +16,14 @@ import {
   subscriber,
   type TestBroker,
 } from "./helpers.ts";
-import {
-  LEVELS,
-  RawClient,
-  rawConnect,
-  sleep,
-  tcpUrl,
-  TestClient,
-  wsUrl,
-} from "./mqtt_blackbox_clients.ts";
+import { Client, LEVELS, RawClient, sleep, tcpUrl, wsUrl } from "./mqtt_clients.ts";
 
 function mqttBroker(config: Partial<BrokerConfig> = {}): Promise<TestBroker> {
   return startTestBroker({ mqttPort: -1, ...config });
 }
 
-function client(b: TestBroker, v: 4 | 5, clientId: string, extra = {}): Promise<TestClient> {
-  return TestClient.connect(tcpUrl(b.mqttPort), {
+function client(b: TestBroker, v: 4 | 5, clientId: string, extra = {}): Promise<Client> {
+  return Client.connect(tcpUrl(b.mqttPort), {
     protocolVersion: v,
     clientId,
     clean: true,
@@ -45,8 +37,11 @@ Deno.test("keep-alive: silent for 1.5 × Keep Alive closes the connection, v5 wi
   await using b = await mqttBroker();
   const silent = async (v: 4 | 5) => {
     const start = performance.now();
-    await using c = await rawConnect(b.mqttPort, v, { clientId: `silent${v}`, keepalive: 1 });
-    const last = await c.closedWithin(4000);
+    await using c = await RawClient.accepted(b.mqttPort, v, {
+      clientId: `silent${v}`,
+      keepalive: 1,
+    });
+    const last = await c.expectClosed(4000);
     const after = (c.closedAt as number) - start;
     // 1.5 s after the CONNECT (the last packet), 3.1.1 [MQTT-3.1.2-24], v5 [MQTT-3.1.2-22].
     assert.ok(after >= 1400, `v${v}: closed ${after.toFixed(0)} ms after CONNECT, too early`);
@@ -60,10 +55,13 @@ Deno.test("keep-alive: silent for 1.5 × Keep Alive closes the connection, v5 wi
     }
   };
   const pinging = async (v: 4 | 5) => {
-    await using c = await rawConnect(b.mqttPort, v, { clientId: `pinging${v}`, keepalive: 1 });
+    await using c = await RawClient.accepted(b.mqttPort, v, {
+      clientId: `pinging${v}`,
+      keepalive: 1,
+    });
     for (let i = 0; i < 5; i++) {
       await sleep(500);
-      await c.send({ cmd: "pingreq" }, v);
+      await c.send({ cmd: "pingreq" });
       await c.expect("pingresp");
     }
     assert.equal(c.closedAt, null, "a client that pings stays connected");
@@ -131,7 +129,7 @@ Deno.test("topic alias v5 inbound: an alias set with a topic stands for it in la
 Deno.test("topic alias v5 inbound: alias 0 or above the maximum is DISCONNECT 0x94", async () => {
   await using b = await mqttBroker({ mqttTopicAliasMaximum: 5 });
   for (const alias of [0, 6]) {
-    await using c = await rawConnect(b.mqttPort, 5, { clientId: `bad-alias-${alias}` });
+    await using c = await RawClient.accepted(b.mqttPort, 5, { clientId: `bad-alias-${alias}` });
     await c.send({
       cmd: "publish",
       topic: "alias/x",
@@ -140,8 +138,8 @@ Deno.test("topic alias v5 inbound: alias 0 or above the maximum is DISCONNECT 0x
       dup: false,
       retain: false,
       properties: { topicAlias: alias },
-    }, 5);
-    const last = await c.closedWithin(3000);
+    });
+    const last = await c.expectClosed(3000);
     assert.equal(last.length, 1, `alias ${alias}: ${JSON.stringify(last)}`);
     assert.equal(last[0]?.cmd, "disconnect");
     assert.equal((last[0] as { reasonCode?: number }).reasonCode, 0x94);
@@ -153,14 +151,11 @@ Deno.test("topic alias v5 inbound: alias 0 or above the maximum is DISCONNECT 0x
 
 Deno.test("topic alias v5 outbound: with Topic Alias Maximum the broker sends aliases, first come first served", async () => {
   await using b = await mqttBroker();
-  await using raw = await rawConnect(b.mqttPort, 5, {
+  await using raw = await RawClient.accepted(b.mqttPort, 5, {
     clientId: "raw",
     properties: { topicAliasMaximum: 1 },
   });
-  await raw.send(
-    { cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "out/#", qos: 0 }] },
-    5,
-  );
+  await raw.send({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "out/#", qos: 0 }] });
   await raw.expect("suback");
   await using js = await client(b, 5, "js", { properties: { topicAliasMaximum: 5 } });
   await js.subscribe("out/#", { qos: 0 });
@@ -252,7 +247,7 @@ Deno.test("properties v5: user properties, content type, response topic, correla
   // A message without properties gets none added (besides what its format implies).
   await pub.publish("props/t", new Uint8Array([1, 2, 3]), { qos: 1 });
   const bare = await sub.next();
-  assert.deepEqual(bare.bytes, new Uint8Array([1, 2, 3]));
+  assert.deepEqual(bare.payload, new Uint8Array([1, 2, 3]));
   assert.equal(bare.packet.properties?.userProperties, undefined);
   assert.equal(bare.packet.properties?.contentType, undefined);
 });
@@ -328,7 +323,7 @@ Deno.test("connack v5: an empty client id is assigned one; the broker's limits a
   await raw.sendBytes(new Uint8Array([0x10, 12, 0, 4, 77, 81, 84, 84, 4, 0, 0, 0, 0, 0]));
   const refused = await raw.expect("connack");
   assert.equal(refused.returnCode, 2);
-  assert.deepEqual(await raw.closedWithin(3000), []);
+  assert.deepEqual(await raw.expectClosed(3000), []);
 });
 
 Deno.test("shared subscriptions: SUBACK agrees with CONNACK's Shared Subscription Available", async () => {
@@ -359,7 +354,7 @@ Deno.test("websocket: MQTT.js over ws:// at both levels meets TCP clients and JS
   await tcp.subscribe("ws/#", { qos: 1 });
   await using linePub = await LineClient.connect(b.publisherPort);
   for (const v of LEVELS) {
-    await using ws = await TestClient.connect(wsUrl(b.mqttWsPort), {
+    await using ws = await Client.connect(wsUrl(b.mqttWsPort), {
       protocolVersion: v,
       clientId: `ws${v}`,
       clean: true,
