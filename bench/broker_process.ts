@@ -198,6 +198,16 @@ async function probeMqtt(
  * (10,000 in all and 1,000 per address by default) are lifted so that `mqtt-idle` can
  * hold its connections from 127.0.0.1. Logs at info (it announces its ports there).
  */
+/**
+ * `deno run` flags with `--cpu-prof` added when `BENCH_CPU_PROF` names a directory: the
+ * broker then writes a V8 CPU profile there when it stops (open it in Chrome DevTools).
+ */
+function withProfile(run: readonly string[]): string[] {
+  const dir = Deno.env.get("BENCH_CPU_PROF");
+  if (!dir) return [...run];
+  return [run[0] as string, "--cpu-prof", `--cpu-prof-dir=${dir}`, ...run.slice(1)];
+}
+
 export async function startMessageBroker(o: StartOptions = {}): Promise<BrokerUnderTest> {
   const dataDir = await Deno.makeTempDir({ prefix: "mb-bench-" });
   const ports = { consumer: 0, publisher: 0, mqtt: 0 };
@@ -207,7 +217,7 @@ export async function startMessageBroker(o: StartOptions = {}): Promise<BrokerUn
       name: "MessageBroker",
       command: Deno.execPath(),
       args: [
-        ...RUN_MAIN,
+        ...withProfile(RUN_MAIN),
         ...["--hostname", "127.0.0.1", "--consumer-port", "0", "--publisher-port", "0"],
         ...["--data-dir", dataDir, "--log-level", "info", "--mqtt-port=-1"],
         ...["--mqtt-ws-port", "0", "--mqtt-tls-port", "0", "--mqtt-sys-interval", "0"],
