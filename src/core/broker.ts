@@ -143,6 +143,7 @@ export class Broker {
   #retentionRunning: Promise<void> | null = null;
   #closed = false;
   #validNames = new Set<string>();
+  #deadLetterQueue: Promise<void> = Promise.resolve();
   /** Topic filters of every filter session (MQTT), durable ones loaded at start-up. */
   readonly filterIndex = new FilterIndex<FilterEntry>();
   #reachCache = new Map<string, { version: number; subs: { sid: string; durable: boolean }[] }>();
@@ -500,8 +501,14 @@ export class Broker {
   async deadLetter(d: DeadLetter): Promise<void> {
     try {
       const payload = encoder.encode(JSON.stringify(deadLetterBody(d)));
-      const [id, topic] = await Promise.all([this.#ids.next(), this.topic(DEAD_LETTER_TOPIC)]);
-      await topic.append({ id, payload, format: "json" });
+      // In the order they were reported: each waits until the one before it is queued
+      // in the topic (the first may wait for a block of ids while a later one would not).
+      const queued = this.#deadLetterQueue.then(async () => {
+        const [id, topic] = await Promise.all([this.#ids.next(), this.topic(DEAD_LETTER_TOPIC)]);
+        return { committed: topic.append({ id, payload, format: "json" }) };
+      });
+      this.#deadLetterQueue = queued.then(() => {}, () => {});
+      await (await queued).committed;
       this.#payloadBytes += payload.byteLength;
     } catch (err) {
       log.error("Could not store a dead letter ({reason}): {error}", {
