@@ -102,11 +102,14 @@ export class MqttClient {
   #normalDisconnect = false;
   #publishWill = false;
   #hasWill = false;
-  /** Output window: the client's Receive Maximum (v5) or ours. */
+  /** The client's Maximum Packet Size (v5; 0 = none). */
   #clientMaxPacket = 0;
+  /** The client's Topic Alias Maximum (v5): aliases we may give topics we send. */
   #clientAliasMax = 0;
-  #outAliases = new Map<string, number>();
-  #inAliases = new Map<number, string>();
+  // The maps below are made on first use: most connections never need them, and an
+  // empty map costs a few hundred bytes per idle connection.
+  #outAliases: Map<string, number> | undefined;
+  #inAliases: Map<number, string> | undefined;
   /** Inbound QoS 1/2 PUBLISHes not yet acknowledged. */
   #inboundPending = 0;
   /** Submissions in arrival order: each waits for the one before it. */
@@ -116,14 +119,12 @@ export class MqttClient {
   #source: { origin: string; user: string | null } | undefined;
   /** Replies in arrival order. */
   #replying: Promise<unknown> = Promise.resolve();
-  #takenOver = Promise.withResolvers<void>();
-  #window = 1;
   /** Shared groups this connection is a member of. */
-  #groups = new Map<string, SharedGroup>();
+  #groups: Map<string, SharedGroup> | undefined;
   /** Our packet identifiers lent to shared group messages → the group and its tag. */
-  #lent = new Map<number, { group: SharedGroup; groupTag: number; qos: Qos }>();
+  #lent: Map<number, { group: SharedGroup; groupTag: number; qos: Qos }> | undefined;
   /** `${group}:${groupTag}` → our packet identifier. */
-  #lentBy = new Map<string, number>();
+  #lentBy: Map<string, number> | undefined;
   #finished = Promise.withResolvers<void>();
 
   constructor(link: Link, ctx: MqttContext) {
@@ -233,7 +234,7 @@ export class MqttClient {
         return this.#publish(p);
       case "puback":
         this.#needId(p.messageId);
-        if (this.#lent.has(p.messageId as number)) {
+        if (this.#lent?.has(p.messageId as number)) {
           this.#groupAck(p.messageId as number, "puback", p.reasonCode ?? 0);
         } else if ((p.reasonCode ?? 0) >= 0x80) this.#session?.refused(p.messageId as number);
         else this.#session?.acknowledged(p.messageId as number);
@@ -245,7 +246,7 @@ export class MqttClient {
         return this.#pubrel(p.messageId);
       case "pubcomp":
         this.#needId(p.messageId);
-        if (this.#lent.has(p.messageId as number)) {
+        if (this.#lent?.has(p.messageId as number)) {
           this.#groupAck(p.messageId as number, "pubcomp", p.reasonCode ?? 0);
         } else this.#session?.completed(p.messageId as number);
         this.#drainGroups();
@@ -437,7 +438,6 @@ export class MqttClient {
       kind: present ? "resumed" : session.durable ? "persistent" : "clean",
     });
     session.attach(this.#output(), window);
-    this.#window = window;
     for (const f of this.#ctx.broker.filterIndex.entriesOf(this.#sid)) {
       if (parseShare(f.filter)) await this.#joinGroup(f.filter);
     }
@@ -465,7 +465,6 @@ export class MqttClient {
     this.#state = "closing";
     this.link.stopReading();
     this.link.close("session taken over");
-    this.#takenOver.resolve();
     await this.#finished.promise;
   }
 
@@ -487,13 +486,13 @@ export class MqttClient {
         );
       }
       if (topic === "") {
-        const known = this.#inAliases.get(alias);
+        const known = this.#inAliases?.get(alias);
         if (known === undefined) {
           throw new Close(`unknown topic alias ${alias}`, RC.protocolError, "mqtt-protocol-error");
         }
         topic = known;
       } else {
-        this.#inAliases.set(alias, topic);
+        (this.#inAliases ??= new Map()).set(alias, topic);
       }
     }
     if (topic === "") {
@@ -684,7 +683,7 @@ export class MqttClient {
     this.#needId(id);
     const session = this.#session as Session;
     const tag = id as number;
-    const lent = this.#lent.get(tag);
+    const lent = this.#lent?.get(tag);
     if (lent) {
       if ((reasonCode ?? 0) >= 0x80 || lent.qos !== 2) {
         this.#groupAck(tag, "pubrec", reasonCode ?? 0);
@@ -865,11 +864,11 @@ export class MqttClient {
     const session = this.#session;
     if (this.#ctx.clients.get(this.#clientId) === this) this.#ctx.clients.delete(this.#clientId);
     // Leaving hands what this connection held to the other members (sent again, DUP).
-    for (const g of this.#groups.values()) g.leave(this.#member);
-    this.#groups.clear();
-    for (const tag of this.#lent.keys()) session?.returnTag(tag);
-    this.#lent.clear();
-    this.#lentBy.clear();
+    for (const g of this.#groups?.values() ?? []) g.leave(this.#member);
+    this.#groups = undefined;
+    for (const tag of this.#lent?.keys() ?? []) session?.returnTag(tag);
+    this.#lent = undefined;
+    this.#lentBy = undefined;
     try {
       if (session) {
         const sessions = this.#ctx.broker.sessions;
@@ -942,13 +941,14 @@ export class MqttClient {
       else if (out.subscriptionIds.length > 1) props.subscriptionIdentifier = out.subscriptionIds;
       if (this.#clientAliasMax > 0) {
         // Aliases first come, first served, never reassigned, v5 [MQTT-3.3.2-11].
-        const known = this.#outAliases.get(m.topic);
+        const aliases = this.#outAliases ??= new Map();
+        const known = aliases.get(m.topic);
         if (known !== undefined) {
           props.topicAlias = known;
           packet.topic = "";
-        } else if (this.#outAliases.size < this.#clientAliasMax) {
-          const alias = this.#outAliases.size + 1;
-          this.#outAliases.set(m.topic, alias);
+        } else if (aliases.size < this.#clientAliasMax) {
+          const alias = aliases.size + 1;
+          aliases.set(m.topic, alias);
           props.topicAlias = alias;
         }
       }
@@ -991,18 +991,19 @@ export class MqttClient {
 
   async #joinGroup(filter: string): Promise<void> {
     const group = await this.#ctx.broker.shared.group(filter);
+    this.#groups ??= new Map();
     if (this.#state === "closing" || this.#groups.has(group.sid)) return;
     this.#groups.set(group.sid, group);
     group.join(this.#member, this.#ctx.maxInflight);
   }
 
   #drainGroups(): void {
-    for (const g of this.#groups.values()) g.drain();
+    for (const g of this.#groups?.values() ?? []) g.drain();
   }
 
   /** A shared group message lent our identifier `tag` is finished with. */
   #groupAck(tag: number, kind: "puback" | "pubrec" | "pubcomp", code: number): void {
-    const l = this.#lent.get(tag);
+    const l = this.#lent?.get(tag);
     if (!l) return;
     const g = l.group.session;
     if (code >= 0x80) {
@@ -1014,8 +1015,8 @@ export class MqttClient {
       // PUBACK, or PUBREC of a message the member's QoS turned into QoS 1.
       if (!g.acknowledged(l.groupTag)) g.refused(l.groupTag);
     }
-    this.#lent.delete(tag);
-    this.#lentBy.delete(`${l.group.sid}:${l.groupTag}`);
+    this.#lent?.delete(tag);
+    this.#lentBy?.delete(`${l.group.sid}:${l.groupTag}`);
     this.#session?.returnTag(tag);
     l.group.settled(l.groupTag);
   }
@@ -1041,12 +1042,12 @@ export class MqttClient {
         return;
       }
       const tag = session.lendTag();
-      this.#lent.set(tag, { group, groupTag, qos });
-      this.#lentBy.set(`${group.sid}:${groupTag}`, tag);
+      (this.#lent ??= new Map()).set(tag, { group, groupTag, qos });
+      (this.#lentBy ??= new Map()).set(`${group.sid}:${groupTag}`, tag);
       this.#sendPublish(mine, tag, dup);
     },
     release: (group, groupTag) => {
-      const tag = this.#lentBy.get(`${group.sid}:${groupTag}`);
+      const tag = this.#lentBy?.get(`${group.sid}:${groupTag}`);
       if (tag === undefined) return false;
       this.link.send({ cmd: "pubrel", messageId: tag });
       return true;
@@ -1055,8 +1056,8 @@ export class MqttClient {
       const session = this.#session;
       if (!session) return;
       const tag = session.lendTag();
-      this.#lent.set(tag, { group, groupTag, qos: 2 });
-      this.#lentBy.set(`${group.sid}:${groupTag}`, tag);
+      (this.#lent ??= new Map()).set(tag, { group, groupTag, qos: 2 });
+      (this.#lentBy ??= new Map()).set(`${group.sid}:${groupTag}`, tag);
       this.link.send({ cmd: "pubrel", messageId: tag });
     },
   };
