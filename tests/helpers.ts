@@ -423,3 +423,31 @@ export class ChildBroker {
     return { code: status.code, output: await this.#output };
   }
 }
+
+/**
+ * Runs `make(i)` for i in [0, n) with at most `batch` at a time, keeping the order (for
+ * opening many connections: the listen backlog is finite).
+ */
+export async function inBatches<T>(
+  n: number,
+  make: (i: number) => Promise<T>,
+  batch = 100,
+): Promise<T[]> {
+  const out: T[] = [];
+  for (let start = 0; start < n; start += batch) {
+    const size = Math.min(batch, n - start);
+    out.push(...await Promise.all(Array.from({ length: size }, (_, k) => make(start + k))));
+  }
+  return out;
+}
+
+/** The soft limit on open files, from /proc (Linux); Infinity when unknown. */
+export function fdLimit(): number {
+  try {
+    const limits = Deno.readTextFileSync("/proc/self/limits");
+    const soft = /^Max open files\s+(\d+)/m.exec(limits)?.[1];
+    return soft === undefined ? Infinity : Number(soft);
+  } catch {
+    return Infinity;
+  }
+}

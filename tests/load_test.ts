@@ -10,6 +10,8 @@
 import assert from "node:assert/strict";
 import {
   completeAll,
+  fdLimit,
+  inBatches,
   json,
   LineClient,
   loginConsumer,
@@ -21,18 +23,6 @@ const TOPICS = 100;
 const CONSUMERS = 1000;
 const PUBLISHERS = 1100;
 const LIMIT = CONSUMERS + PUBLISHERS;
-/** Connections opened at once while setting up (the listen backlog is finite). */
-const BATCH = 100;
-
-/** Runs `make(i)` for i in [0, n) with at most BATCH at a time, keeping the order. */
-async function inBatches<T>(n: number, make: (i: number) => Promise<T>): Promise<T[]> {
-  const out: T[] = [];
-  for (let start = 0; start < n; start += BATCH) {
-    const size = Math.min(BATCH, n - start);
-    out.push(...await Promise.all(Array.from({ length: size }, (_, k) => make(start + k))));
-  }
-  return out;
-}
 
 const topicOf = (i: number) => `load-${i % TOPICS}`;
 
@@ -115,14 +105,3 @@ Deno.test({
     }
   },
 });
-
-/** The soft limit on open files, from /proc (Linux); Infinity when unknown. */
-function fdLimit(): number {
-  try {
-    const limits = Deno.readTextFileSync("/proc/self/limits");
-    const soft = /^Max open files\s+(\d+)/m.exec(limits)?.[1];
-    return soft === undefined ? Infinity : Number(soft);
-  } catch {
-    return Infinity;
-  }
-}

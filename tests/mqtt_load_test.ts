@@ -9,26 +9,16 @@
  */
 import assert from "node:assert/strict";
 import type { Packet } from "../src/transport/mqtt_codec.ts";
-import { startTestBroker } from "./helpers.ts";
+import { fdLimit, inBatches, startTestBroker } from "./helpers.ts";
 import { RawClient } from "./mqtt_clients.ts";
 
 const TOPICS = 100;
 const SUBSCRIBERS = 1000;
 const PUBLISHERS = 1000;
 const LIMIT = SUBSCRIBERS + PUBLISHERS;
-const BATCH = 100;
 const PER_TOPIC = PUBLISHERS / TOPICS;
 
 const topicOf = (i: number) => `mload/${i % TOPICS}`;
-
-async function inBatches<T>(n: number, make: (i: number) => Promise<T>): Promise<T[]> {
-  const out: T[] = [];
-  for (let start = 0; start < n; start += BATCH) {
-    const size = Math.min(BATCH, n - start);
-    out.push(...await Promise.all(Array.from({ length: size }, (_, k) => make(start + k))));
-  }
-  return out;
-}
 
 /** Receives `count` PUBLISHes, acknowledging each; returns their payload texts in order. */
 async function receive(raw: RawClient, count: number): Promise<string[]> {
@@ -110,14 +100,3 @@ Deno.test({
     }
   },
 });
-
-/** The soft limit on open files, from /proc (Linux); Infinity when unknown. */
-function fdLimit(): number {
-  try {
-    const limits = Deno.readTextFileSync("/proc/self/limits");
-    const soft = /^Max open files\s+(\d+)/m.exec(limits)?.[1];
-    return soft === undefined ? Infinity : Number(soft);
-  } catch {
-    return Infinity;
-  }
-}

@@ -21,11 +21,10 @@ import type {
   StoredMessage,
 } from "../store/store.ts";
 import { FilterIndex } from "./filter_index.ts";
-import { matches } from "./filters.ts";
-import { type FilterEntry, innerFilter } from "./session.ts";
+import { innerFilter, matches, parseShare } from "./filters.ts";
+import type { FilterEntry } from "./session.ts";
 import { SessionRegistry } from "./sessions.ts";
 import { groupId, SharedGroups } from "./shared.ts";
-import { parseShare } from "./filters.ts";
 import { type DeadLetter, deadLetterBody } from "./dead_letters.ts";
 import { ALLOW_ALL, type Authorizer } from "./authorizer.ts";
 import type { RetryOptions } from "./delivery.ts";

@@ -20,7 +20,7 @@
  */
 
 import { DEAD_LETTER_TOPIC } from "./names.ts";
-import { filterError, parseShare } from "./filters.ts";
+import { filterError, innerFilter } from "./filters.ts";
 
 interface Node<E> {
   readonly parent: Node<E> | undefined;
@@ -84,7 +84,7 @@ export class FilterIndex<E extends { sid: string; filter: string }> {
       return;
     }
     let node = this.#root;
-    const inner = parseShare(entry.filter)?.filter ?? entry.filter;
+    const inner = innerFilter(entry.filter);
     for (const level of inner.split("/")) {
       let child = node.children.get(level);
       if (!child) {

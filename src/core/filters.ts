@@ -137,3 +137,8 @@ export function matches(filter: string, topic: string): boolean {
 export function hasWildcard(filter: string): boolean {
   return filter.includes("+") || filter.includes("#");
 }
+
+/** The filter a (possibly shared) subscription matches topics with. */
+export function innerFilter(filter: string): string {
+  return parseShare(filter)?.filter ?? filter;
+}

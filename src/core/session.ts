@@ -19,7 +19,13 @@
  * @module
  */
 import { getLogger } from "../log.ts";
-import type { InflightRecord, Qos, StoredMessage, SubscriptionRecord } from "../store/store.ts";
+import type {
+  FilterRecord,
+  InflightRecord,
+  Qos,
+  StoredMessage,
+  SubscriptionRecord,
+} from "../store/store.ts";
 import type { Broker } from "./broker.ts";
 import { matches, parseShare } from "./filters.ts";
 import type { Topic, Wakeable } from "./topic.ts";
@@ -27,15 +33,7 @@ import type { Topic, Wakeable } from "./topic.ts";
 const log = getLogger("session");
 
 /** A filter of a session, as the broker's filter index holds it. */
-export interface FilterEntry {
-  sid: string;
-  filter: string;
-  qos: Qos;
-  noLocal: boolean;
-  retainAsPublished: boolean;
-  retainHandling: 0 | 1 | 2;
-  subscriptionId?: number;
-  createdAt: number;
+export interface FilterEntry extends FilterRecord {
   /** Whether positions it creates are stored (the session is persistent). */
   durable: boolean;
 }
@@ -611,9 +609,8 @@ export class Session {
       if (m.seq >= s.next) return m;
     }
     if (s.reading) return null;
-    const r = s.topic.read(s.next);
-    if (!(r instanceof Promise)) return r;
-    r.catch(() => {}); // superseded by the page read below
+    const cached = s.topic.readCached(s.next);
+    if (cached !== undefined) return cached;
     // Behind the topic's memory: read a page of the log at once.
     s.reading = true;
     s.topic.readPage(s.next, READ_PAGE).then((page) => {
@@ -727,9 +724,4 @@ export class Session {
     this.#inflight.clear();
     this.#retainedQueue = [];
   }
-}
-
-/** The filter a (possibly shared) subscription matches topics with. */
-export function innerFilter(filter: string): string {
-  return parseShare(filter)?.filter ?? filter;
 }

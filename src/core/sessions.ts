@@ -11,7 +11,7 @@
  * @module
  */
 import { getLogger } from "../log.ts";
-import type { SessionRecord, WillRecord } from "../store/store.ts";
+import type { FilterRecord, SessionRecord, WillRecord } from "../store/store.ts";
 import type { Broker } from "./broker.ts";
 import { parseShare } from "./filters.ts";
 import { type FilterEntry, Session } from "./session.ts";
@@ -277,7 +277,8 @@ export class SessionRegistry {
   }
 }
 
-function stripEntry(e: FilterEntry) {
+/** The stored part of a filter entry. */
+function stripEntry(e: FilterEntry): FilterRecord {
   const { durable: _durable, ...rec } = e;
   return rec;
 }

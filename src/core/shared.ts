@@ -15,7 +15,7 @@
  */
 import { getLogger } from "../log.ts";
 import type { Broker } from "./broker.ts";
-import { matches, parseShare } from "./filters.ts";
+import { innerFilter, matches, parseShare } from "./filters.ts";
 import { type FilterEntry, type Outbound, Session, type SessionOutput } from "./session.ts";
 
 const log = getLogger("shared");
@@ -180,7 +180,8 @@ export class SharedGroups {
       expirySec: 0,
       // Each member's filter passed the ACL when it subscribed; a group has no user.
       checkAcl: false,
-      filtersFor: (topic) => this.#entries(sid).filter((e) => matchesShare(e.filter, topic)),
+      filtersFor: (topic) =>
+        this.#entries(sid).filter((e) => matches(innerFilter(e.filter), topic)),
     });
     if (durable) {
       await this.#broker.store.flush();
@@ -224,9 +225,4 @@ export function groupId(filter: string): string {
 /** The `$share/...` filter of a group session id (inverse of {@link groupId}). */
 function shareFilter(sid: string): string {
   return `$share/${sid.slice("share:".length)}`;
-}
-
-function matchesShare(filter: string, topic: string): boolean {
-  const s = parseShare(filter);
-  return s !== null && matches(s.filter, topic);
 }

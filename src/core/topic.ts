@@ -297,19 +297,27 @@ export class Topic implements Restartable {
 
   /** The first committed message with `seq >= fromSeq`, or null if there is none yet. */
   read(fromSeq: number): StoredMessage | null | Promise<StoredMessage | null> {
-    if (fromSeq >= this.#cacheFrom) {
-      if (fromSeq >= this.#nextSeq || this.#cache.length === 0) return null;
-      // Binary search: the cache is sorted by seq but may have gaps.
-      let lo = 0;
-      let hi = this.#cache.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >>> 1;
-        if ((this.#cache[mid] as StoredMessage).seq < fromSeq) lo = mid + 1;
-        else hi = mid;
-      }
-      return this.#cache[lo] ?? null;
-    }
+    const cached = this.readCached(fromSeq);
+    if (cached !== undefined) return cached;
     return this.#store.readLog(this.topic, fromSeq, 1).then((ms) => ms[0] ?? null);
+  }
+
+  /**
+   * {@link read} from memory: the message, null when there is none yet, or undefined
+   * when `fromSeq` is older than the messages kept in memory (then read the store).
+   */
+  readCached(fromSeq: number): StoredMessage | null | undefined {
+    if (fromSeq < this.#cacheFrom) return undefined;
+    if (fromSeq >= this.#nextSeq || this.#cache.length === 0) return null;
+    // Binary search: the cache is sorted by seq but may have gaps.
+    let lo = 0;
+    let hi = this.#cache.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((this.#cache[mid] as StoredMessage).seq < fromSeq) lo = mid + 1;
+      else hi = mid;
+    }
+    return this.#cache[lo] ?? null;
   }
 
   /**

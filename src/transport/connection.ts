@@ -314,7 +314,7 @@ export abstract class SocketConnection {
 }
 
 /** Joins `parts` into one array so a whole batch goes out in one write. */
-function concat(parts: Uint8Array[]): Uint8Array {
+export function concat(parts: Uint8Array[]): Uint8Array {
   if (parts.length === 1 && parts[0]) return parts[0];
   let total = 0;
   for (const part of parts) total += part.length;
@@ -328,7 +328,7 @@ function concat(parts: Uint8Array[]): Uint8Array {
 }
 
 /** Waits for `promise`, at most `ms`; the timer never outlives the call. */
-async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
+export async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
   try {

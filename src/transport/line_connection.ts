@@ -5,6 +5,7 @@
  * @module
  */
 
+import { addressText, concat, errorText, withTimeout } from "./connection.ts";
 import { LineSplitStream, LineTooLongError } from "./lines.ts";
 
 /** One item of {@link LineConnection.lines}. */
@@ -348,40 +349,3 @@ export class LineConnection {
  * can destroy replies the peer has not read yet; draining first lets them arrive.
  */
 const LINGER_MS = 500;
-
-/** Joins `parts` into one array so a whole batch goes out in one write. */
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1 && parts[0]) return parts[0];
-  let total = 0;
-  for (const part of parts) total += part.length;
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-/** Waits for `promise`, at most `ms`; the timer never outlives the call. */
-async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
-  try {
-    await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** A socket address as "host:port" ("[::1]:port" for IPv6), for logs and limits. */
-export function addressText(addr: Deno.NetAddr): string {
-  return addr.hostname.includes(":")
-    ? `[${addr.hostname}]:${addr.port}`
-    : `${addr.hostname}:${addr.port}`;
-}
-
-/** The message of a thrown value, for close reasons and logs. */
-export function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}

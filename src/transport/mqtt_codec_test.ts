@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { concat } from "./connection.ts";
 import { Buffer } from "node:buffer";
 import {
   createPacketParser,
@@ -9,16 +10,6 @@ import {
 } from "./mqtt_codec.ts";
 
 const bytes = (text: string) => new TextEncoder().encode(text);
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
 
 /** The packets of `items`, failing on anything else. */
 function packetsOf(items: PacketEvent[]): Packet[] {

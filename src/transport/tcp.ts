@@ -6,12 +6,8 @@
  * @module
  */
 
-import {
-  addressText,
-  errorText,
-  LineConnection,
-  type LineConnectionOptions,
-} from "./line_connection.ts";
+import { addressText, errorText } from "./connection.ts";
+import { LineConnection, type LineConnectionOptions } from "./line_connection.ts";
 import { closeQuietly, completeHandshake, type TlsPem } from "./tls.ts";
 
 export { LineConnection } from "./line_connection.ts";

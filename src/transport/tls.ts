@@ -6,7 +6,7 @@
  * @module
  */
 
-import { errorText } from "./line_connection.ts";
+import { errorText } from "./connection.ts";
 
 /** A certificate chain and its private key as PEM text, for {@link LineServer}'s `tls`. */
 export interface TlsPem {

@@ -8,7 +8,7 @@
  * @module
  */
 
-import { addressText, errorText } from "./connection.ts";
+import { addressText, concat, errorText, withTimeout } from "./connection.ts";
 import type { ConnectionLimits } from "./connection_limits.ts";
 import {
   createPacketParser,
@@ -596,29 +596,4 @@ function text(status: number, body: string, headers: Record<string, string> = {}
     status,
     headers: { "content-type": "text/plain; charset=utf-8", ...headers },
   });
-}
-
-/** Joins `parts` into one array so a whole batch goes out in one frame. */
-function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1 && parts[0]) return parts[0];
-  let total = 0;
-  for (const part of parts) total += part.length;
-  const out = new Uint8Array(total);
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
-}
-
-/** Waits for `promise`, at most `ms`; the timer never outlives the call. */
-async function withTimeout(promise: Promise<void>, ms: number): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<void>((resolve) => timer = setTimeout(resolve, ms));
-  try {
-    await Promise.race([promise, timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
 }

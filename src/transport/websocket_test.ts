@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { concat } from "./connection.ts";
 import mqtt from "mqtt";
 import { ConnectionLimits } from "./connection_limits.ts";
 import { createPacketParser, encodePacket, type Packet } from "./mqtt_codec.ts";
@@ -11,16 +12,6 @@ function test(name: string, fn: () => Promise<void>): void {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let offset = 0;
-  for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
-  }
-  return out;
 }
 
 const connect5: Packet = {

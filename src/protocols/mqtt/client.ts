@@ -596,8 +596,8 @@ export class MqttClient {
     // committed (QoS 0 has no window), stop reading until the newest one lands; TCP then
     // slows the publisher down instead of the broker's memory growing.
     this.#uncommitted++;
-    const settled = committed.then(() => {}, () => {});
-    void settled.then(() => this.#uncommitted--);
+    const landed = () => void this.#uncommitted--;
+    const settled = committed.then(landed, landed);
     if (this.#uncommitted >= MAX_UNCOMMITTED) return settled;
   }
 
@@ -913,6 +913,37 @@ export class MqttClient {
 
   #sendPublish(out: Outbound, tag: number | null, dup: boolean): void {
     const m = out.message;
+    // Encoded once per message and shared by its receivers, unless something in it is
+    // this receiver's own (subscription ids, the expiry countdown, topic aliases).
+    const own = out.subscriptionIds.length > 0 || m.expiresAt !== undefined ||
+      (this.#version === 5 && this.#clientAliasMax > 0);
+    const bytes = own
+      ? encodePacket(this.#publishPacket(out, tag, dup), this.#version)
+      : sharedPublish(
+        m,
+        `${this.#version}/${out.qos}/${out.retain ? 1 : 0}`,
+        () => this.#publishPacket(out, tag === null ? null : 1, false),
+        this.#version,
+        tag,
+        dup,
+      );
+    if (this.#clientMaxPacket > 0 && bytes.byteLength > this.#clientMaxPacket) {
+      // Too large for the client: dropped as if sent, v5 [MQTT-3.1.2-25].
+      log.warning("Message {msgId} on {topic} is larger than {clientId} accepts; not sent", {
+        msgId: m.id,
+        topic: m.topic,
+        clientId: this.#clientId,
+      });
+      if (tag !== null) this.#session?.refused(tag);
+      return;
+    }
+    this.#ctx.broker.metrics.messagesSent++;
+    this.#ctx.broker.metrics.bytesSent += bytes.byteLength;
+    this.link.sendBytes(bytes);
+  }
+  /** The PUBLISH packet of `out` for this receiver (aliases are assigned here). */
+  #publishPacket(out: Outbound, tag: number | null, dup: boolean): OutboundPacket {
+    const m = out.message;
     const packet: Record<string, unknown> = {
       cmd: "publish",
       topic: m.topic,
@@ -954,37 +985,7 @@ export class MqttClient {
       }
       if (Object.keys(props).length > 0) packet.properties = props;
     }
-    // Encoded once per message and shared unless something in it is this receiver's own.
-    const own = packet.topic === "" || out.subscriptionIds.length > 0 ||
-      m.expiresAt !== undefined || (this.#version === 5 && this.#clientAliasMax > 0);
-    const bytes = own
-      ? encodePacket(packet as unknown as OutboundPacket, this.#version)
-      : sharedPublish(
-        m,
-        `${this.#version}/${out.qos}/${out.retain ? 1 : 0}`,
-        () =>
-          ({
-            ...packet,
-            messageId: tag === null ? undefined : 1,
-            dup: false,
-          }) as unknown as OutboundPacket,
-        this.#version,
-        tag,
-        dup,
-      );
-    if (this.#clientMaxPacket > 0 && bytes.byteLength > this.#clientMaxPacket) {
-      // Too large for the client: dropped as if sent, v5 [MQTT-3.1.2-25].
-      log.warning("Message {msgId} on {topic} is larger than {clientId} accepts; not sent", {
-        msgId: m.id,
-        topic: m.topic,
-        clientId: this.#clientId,
-      });
-      if (tag !== null) this.#session?.refused(tag);
-      return;
-    }
-    this.#ctx.broker.metrics.messagesSent++;
-    this.#ctx.broker.metrics.bytesSent += bytes.byteLength;
-    this.link.sendBytes(bytes);
+    return packet as unknown as OutboundPacket;
   }
 
   // --- shared subscriptions ---------------------------------------------------------------------
