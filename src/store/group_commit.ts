@@ -13,13 +13,36 @@
  * token), so a second process that took the store over makes our commits fail instead
  * of interleaving with its own.
  *
+ * Appends to a log ({@link Mutation} `append`) are not written one key each: the
+ * appends of one log that share an atomic become one value, a segment (an array of the
+ * appended values in sequence order) under `[...log, seq of its last value]`, split
+ * where a segment would pass {@link MAX_VALUE_BYTES}. Deno KV's cost is mostly per key
+ * written, so a batch of a hundred messages to one topic costs about as much as one.
+ * A reader finds the segment holding sequence number `n` as the first key at or after
+ * `[...log, n]`; a value written alone under `[...log, n]` is a segment of one.
+ *
  * @module
  */
 
 /** One write of an operation. */
 export type Mutation =
   | { type: "set"; key: Deno.KvKey; value: unknown; expireIn?: number }
-  | { type: "delete"; key: Deno.KvKey };
+  | { type: "delete"; key: Deno.KvKey }
+  | AppendMutation;
+
+/**
+ * `value` appended to the log under the key prefix `log` with sequence number `seq`
+ * (strictly increasing per log): written in a segment with the other appends of its
+ * atomic to the same log (see the module's documentation).
+ */
+export interface AppendMutation {
+  type: "append";
+  log: Deno.KvKey;
+  seq: number;
+  value: unknown;
+  /** Estimated size of `value`, filled in by {@link GroupCommitter.commit}. */
+  size?: number;
+}
 
 /** Deno KV's per-atomic limits (measured on Deno 2.9.6), with headroom. */
 export interface BatchLimits {
@@ -108,13 +131,14 @@ export class GroupCommitter {
     let bytes = 0;
     let keyBytes = 0;
     for (const m of mutations) {
-      const k = estimateSize(m.key);
+      const k = m.type === "append" ? estimateSize(m.log) + 9 : estimateSize(m.key);
       keyBytes += k;
       if (m.type === "delete") {
         bytes += k;
         continue;
       }
       const v = estimateSize(m.value);
+      if (m.type === "append") m.size = v;
       // Deno KV refuses values over 64 KiB, and one refused value fails the whole atomic:
       // refuse it here so that only its own operation fails.
       if (v > MAX_VALUE_BYTES) {
@@ -177,18 +201,36 @@ export class GroupCommitter {
     // Within one atomic only the last write of a key matters (positions are rewritten
     // by every acknowledgement), so later mutations replace earlier ones.
     const merged = new Map<string, Mutation>();
+    let logs: Map<string, AppendMutation[]> | null = null;
     for (const op of batch) {
       for (const m of op.mutations) {
+        if (m.type === "append") {
+          logs ??= new Map();
+          const id = keyId(m.log);
+          const appends = logs.get(id);
+          if (appends) appends.push(m);
+          else logs.set(id, [m]);
+          continue;
+        }
         const id = keyId(m.key);
         merged.delete(id); // keep insertion order = order of the last write
         merged.set(id, m);
+      }
+    }
+    if (logs) {
+      for (const appends of logs.values()) {
+        for (const s of segments(appends)) {
+          const id = keyId(s.key);
+          merged.delete(id);
+          merged.set(id, s);
+        }
       }
     }
     const atomic = this.#kv.atomic().check(this.#fence);
     for (const m of merged.values()) {
       if (m.type === "set") {
         atomic.set(m.key, m.value, m.expireIn ? { expireIn: m.expireIn } : undefined);
-      } else {
+      } else if (m.type === "delete") {
         atomic.delete(m.key);
       }
     }
@@ -208,6 +250,43 @@ export class GroupCommitter {
     this.#stats.mutations += merged.size;
     for (const op of batch) op.resolve();
   }
+}
+
+/**
+ * One log's appends of an atomic as segment writes: in sequence order, each segment
+ * under the sequence number of its last value and within {@link MAX_VALUE_BYTES}.
+ */
+function segments(
+  appends: AppendMutation[],
+): { type: "set"; key: Deno.KvKey; value: unknown[] }[] {
+  // Appends arrive in sequence order from the topic that owns the log; sorting only
+  // guards against a caller that submits them otherwise.
+  if (!isSorted(appends)) appends = appends.toSorted((a, b) => a.seq - b.seq);
+  const out: { type: "set"; key: Deno.KvKey; value: unknown[] }[] = [];
+  const log = appends[0]!.log;
+  let values: unknown[] = [];
+  let bytes = 4;
+  let last = 0;
+  for (const a of appends) {
+    const size = a.size ?? estimateSize(a.value);
+    if (values.length > 0 && bytes + size > MAX_VALUE_BYTES) {
+      out.push({ type: "set", key: [...log, last], value: values });
+      values = [];
+      bytes = 4;
+    }
+    values.push(a.value);
+    bytes += size;
+    last = a.seq;
+  }
+  out.push({ type: "set", key: [...log, last], value: values });
+  return out;
+}
+
+function isSorted(appends: AppendMutation[]): boolean {
+  for (let i = 1; i < appends.length; i++) {
+    if (appends[i]!.seq <= appends[i - 1]!.seq) return false;
+  }
+  return true;
 }
 
 /** An unambiguous string for a key, to find repeated writes of one key in a batch. */

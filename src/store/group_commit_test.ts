@@ -175,6 +175,69 @@ Deno.test("distinct keys in one batch are never merged as one", async () => {
   }
 });
 
+function append(log: Deno.KvKey, seq: number, value: unknown): Mutation {
+  return { type: "append", log, seq, value };
+}
+
+/** Every entry under `prefix`: its last key part and its value. */
+async function entries(kv: Deno.Kv, prefix: Deno.KvKey): Promise<[unknown, unknown][]> {
+  const out: [unknown, unknown][] = [];
+  for await (const e of kv.list({ prefix })) out.push([e.key.at(-1), e.value]);
+  return out;
+}
+
+Deno.test("appends to one log in one atomic become one segment under the last sequence number", async () => {
+  const { kv, gc } = await setup();
+  try {
+    await Promise.all([
+      gc.commit([append(["log", "a"], 1, "a1"), set(["head", "a"], 2)]),
+      gc.commit([append(["log", "b"], 1, "b1")]),
+      gc.commit([append(["log", "a"], 2, "a2"), append(["log", "a"], 3, "a3")]),
+      gc.commit([append(["log", "b"], 7, "b7"), set(["head", "a"], 4)]),
+    ]);
+    assert.equal(gc.stats.atomics, 1);
+    assert.deepEqual(await entries(kv, ["log", "a"]), [[3, ["a1", "a2", "a3"]]]);
+    assert.deepEqual(await entries(kv, ["log", "b"]), [[7, ["b1", "b7"]]]);
+    assert.equal((await kv.get(["head", "a"])).value, 4);
+    assert.equal(gc.stats.mutations, 3); // two segments and one head, not six keys
+    // A later atomic starts a new segment of the same log.
+    await gc.commit([append(["log", "a"], 4, "a4")]);
+    assert.deepEqual(await entries(kv, ["log", "a"]), [[3, ["a1", "a2", "a3"]], [4, ["a4"]]]);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a segment is split before it would pass the value size limit, in sequence order", async () => {
+  const { kv, gc } = await setup();
+  try {
+    // 40 values of 5,000 bytes: about 13 fit under MAX_VALUE_BYTES, so 4 segments.
+    const ops = [];
+    for (let seq = 1; seq <= 40; seq++) {
+      ops.push(gc.commit([append(["log", "big"], seq, new Uint8Array(5000).fill(seq))]));
+    }
+    await Promise.all(ops);
+    assert.equal(gc.stats.atomics, 1);
+    const segs = await entries(kv, ["log", "big"]);
+    assert.ok(segs.length >= 3 && segs.length <= 5, `${segs.length} segments`);
+    const seqs = segs.flatMap(([, v]) => (v as Uint8Array[]).map((b) => b[0]));
+    assert.deepEqual(seqs, Array.from({ length: 40 }, (_, i) => i + 1));
+    for (const [last, v] of segs) assert.equal((v as Uint8Array[]).at(-1)![0], last);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("appends submitted out of sequence order are still written in order", async () => {
+  const { kv, gc } = await setup();
+  try {
+    await Promise.all([3, 1, 2].map((seq) => gc.commit([append(["log"], seq, seq)])));
+    assert.deepEqual(await entries(kv, ["log"]), [[3, [1, 2, 3]]]);
+  } finally {
+    kv.close();
+  }
+});
+
 Deno.test("a changed fence key makes commits reject with FencedError and write nothing", async () => {
   const { kv, gc } = await setup();
   try {

@@ -1,7 +1,7 @@
 /**
  * The broker's store on Deno KV.
  *
- * Key layout (schema version 2; `sid` is a session id, `mqtt:<client id>` or
+ * Key layout (schema version 3; `sid` is a session id, `mqtt:<client id>` or
  * `share:<group>/<filter>`):
  *
  * | key                              | value                | written when                      |
@@ -10,7 +10,7 @@
  * | ["meta", "owner"]                | {token, pid, at}     | every start (the fencing token)   |
  * | ["meta", "ids"]                  | number               | a block of ids is reserved        |
  * | ["topic", name]                  | TopicRecord          | topic created, message appended   |
- * | ["log", topic, seq]              | StoredMessage        | message released to the topic     |
+ * | ["log", topic, seq]              | StoredMessage[]      | messages released to the topic    |
  * | ["pending", id]                  | PendingPublish       | PUB stored, deleted at PUBREL     |
  * | ["released", id]                 | ReleasedRecord       | PUBREL (expires after a week)     |
  * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP; with append |
@@ -27,9 +27,18 @@
  * `sub` / `subscriber`) go together in {@link KvStore.deleteSession}; its `will` and the
  * `retained` messages outlive it.
  *
- * Version 1 stores (the JSON-line broker's keys only) are migrated by rewriting the
- * schema number: no key changed meaning, and the fields version 2 added to existing
- * values are optional.
+ * A topic's log is written in segments: the messages appended to one topic in one
+ * atomic form one value, an array in sequence order, under the sequence number of its
+ * last message (see {@link GroupCommitter}). The segment holding `seq` is therefore the
+ * first key at or after `["log", topic, seq]`, and retention deletes a segment once
+ * every message in it may go.
+ *
+ * Older stores are migrated by rewriting the schema number, because every change since
+ * version 1 is additive: version 2 added optional fields to existing values and the
+ * MQTT keys; version 3 writes segments where versions 1 and 2 wrote one message per
+ * key, and a single message under `["log", topic, seq]` is read as a segment of one.
+ * The number still changes so that an older broker, which would take a segment for a
+ * damaged value, refuses the store.
  *
  * Every write goes through the {@link GroupCommitter}, so it is fenced by the owner key
  * and batched with whatever else is being written at the same moment.
@@ -49,6 +58,7 @@ import { getLogger } from "../log.ts";
 import {
   filterRecord,
   inflightRecord,
+  logSegment,
   pendingPublish,
   receiptRecord,
   releasedRecord,
@@ -76,10 +86,10 @@ import type {
 const log = getLogger("store");
 
 /** The layout version this code writes and reads. */
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 /** Older layouts this code opens, each migrated by rewriting the schema number. */
-const MIGRATES_FROM: readonly number[] = [1];
+const MIGRATES_FROM: readonly number[] = [1, 2];
 
 /** Mutations per operation when a session's keys are deleted. */
 const DELETE_BATCH = 500;
@@ -214,15 +224,30 @@ export class KvStore implements BrokerStore {
   }
 
   async readLog(topic: string, fromSeq: number, limit: number): Promise<StoredMessage[]> {
-    return await this.#collect(
-      this.#kv.list(
-        { start: ["log", topic, fromSeq], end: ["log", topic, Number.MAX_SAFE_INTEGER] },
-        { limit, batchSize: Math.min(limit, 1000) },
-      ),
-      storedMessage,
+    const out: StoredMessage[] = [];
+    if (limit <= 0) return out;
+    // A segment holds many messages, so fetch few at a time; the first may begin
+    // before `fromSeq`.
+    const entries = this.#kv.list(
+      { start: ["log", topic, fromSeq], end: ["log", topic, Number.MAX_SAFE_INTEGER] },
+      { batchSize: Math.min(limit, 32) },
     );
+    for await (const e of entries) {
+      for (const m of this.#segment(e)) {
+        if (m.seq < fromSeq) continue;
+        out.push(m);
+        if (out.length >= limit) return out;
+      }
+    }
+    return out;
   }
 
+  /**
+   * Deletes the segments of a topic's log whose last message is in
+   * `[fromSeq, toSeq)`: every segment whose messages are all below `toSeq`, except those
+   * already below `fromSeq`. A segment holding `toSeq - 1` and later messages stays
+   * until a later call passes them all.
+   */
   async trimLog(topic: string, fromSeq: number, toSeq: number): Promise<number> {
     let bytes = 0;
     for (;;) {
@@ -269,7 +294,7 @@ export class KvStore implements BrokerStore {
    */
   append(message: StoredMessage, head: TopicRecord, effects?: AppendEffects): Promise<void> {
     const m: Mutation[] = [
-      { type: "set", key: ["log", message.topic, message.seq], value: message },
+      { type: "append", log: ["log", message.topic], seq: message.seq, value: message },
       { type: "set", key: ["topic", head.name], value: head },
     ];
     const releasedId = effects?.releasedId;
@@ -495,6 +520,13 @@ export class KvStore implements BrokerStore {
     return null;
   }
 
+  /** The messages of one log entry: a segment, or a single message (schema 1 and 2). */
+  #segment(entry: Deno.KvEntry<unknown>): StoredMessage[] {
+    if (Array.isArray(entry.value)) return this.#checked(entry, logSegment) ?? [];
+    const m = this.#checked(entry, storedMessage);
+    return m === null ? [] : [m];
+  }
+
   async #collect<T>(iter: Deno.KvListIterator<unknown>, schema: z.ZodType<T>): Promise<T[]> {
     const out: T[] = [];
     for await (const e of iter) {
@@ -530,9 +562,9 @@ function measure(mutations: Mutation[]): OpSize {
   let bytes = 0;
   let keyBytes = 0;
   for (const m of mutations) {
-    const k = estimateSize(m.key);
+    const k = m.type === "append" ? estimateSize(m.log) + 9 : estimateSize(m.key);
     keyBytes += k;
-    bytes += k + (m.type === "set" ? estimateSize(m.value) : 0);
+    bytes += k + (m.type === "delete" ? 0 : estimateSize(m.value));
   }
   return { count: mutations.length, bytes, keyBytes };
 }
@@ -548,8 +580,16 @@ function fits(size: OpSize, maxMutations: number): boolean {
     size.keyBytes <= l.maxKeyBytes;
 }
 
-/** Payload bytes of a stored value: its own payload, or that of the message it embeds. */
+/**
+ * Payload bytes of a stored value: its own payload, that of the message it embeds, or
+ * those of the messages of a log segment.
+ */
 function payloadSize(value: unknown): number {
+  if (Array.isArray(value)) {
+    let n = 0;
+    for (const v of value) n += payloadSize(v);
+    return n;
+  }
   const v = value as { payload?: unknown; message?: { payload?: unknown } | null } | null;
   const p = v?.payload ?? v?.message?.payload;
   return p instanceof Uint8Array ? p.byteLength : 0;

@@ -268,21 +268,59 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     assert.deepEqual((await store.loadTopicSubscriptions("t1")).map((s) => s.subscriber), ["bob"]);
   });
 
-  test("trimLog deletes exactly the range [fromSeq, toSeq) and returns its payload bytes", async ({ store }) => {
+  test("trimLog deletes exactly the range [fromSeq, toSeq) of messages appended alone", async ({ store }) => {
     // Payloads are `m${seq}`: the bytes of a range are the lengths of those texts.
     const bytes = (from: number, to: number) =>
       range(from, to).reduce((n, seq) => n + `m${seq}`.length, 0);
-    await appendAll(store, "t", range(1, 1201));
+    // One append per atomic: every segment holds one message.
+    for (const seq of range(1, 121)) await store.append(message("t", seq), head("t", seq + 1));
     await appendAll(store, "other", range(1, 11));
-    assert.equal(await store.payloadBytes(), bytes(1, 1201) + bytes(1, 11));
-    assert.equal(await store.trimLog("t", 100, 1100), bytes(100, 1100));
+    assert.equal(await store.payloadBytes(), bytes(1, 121) + bytes(1, 11));
+    assert.equal(await store.trimLog("t", 10, 110), bytes(10, 110));
     const rest = seqsOf(await store.readLog("t", 1, 2000));
-    assert.deepEqual(rest, [...range(1, 100), ...range(1100, 1201)]);
+    assert.deepEqual(rest, [...range(1, 10), ...range(110, 121)]);
     assert.equal((await store.readLog("other", 1, 100)).length, 10);
-    assert.equal(await store.trimLog("t", 100, 1100), 0);
+    assert.equal(await store.trimLog("t", 10, 110), 0);
     assert.equal(await store.trimLog("t", 1, 3), bytes(1, 3));
-    assert.equal(await store.payloadBytes(), bytes(3, 100) + bytes(1100, 1201) + bytes(1, 11));
+    assert.equal(await store.payloadBytes(), bytes(3, 10) + bytes(110, 121) + bytes(1, 11));
     assert.deepEqual(seqsOf(await store.readLog("t", 1, 3)), [3, 4, 5]);
+  });
+
+  test("messages appended together share segments; reads start at any seq inside one", async ({ store }) => {
+    const written = store.commitStats.mutations;
+    await appendAll(store, "t", range(1, 1201));
+    // Keys written: a few segments and the topic's head, not one key per message.
+    const keys = store.commitStats.mutations - written;
+    assert.ok(keys < 100, `${keys} keys written for 1,200 messages`);
+    assert.equal(await store.lastLogSeq("t"), 1200); // a segment is keyed by its last message
+    for (const from of [1, 2, 57, 599, 600, 601, 1199, 1200]) {
+      assert.deepEqual(
+        seqsOf(await store.readLog("t", from, 5)),
+        range(from, Math.min(from + 5, 1201)),
+      );
+    }
+    assert.deepEqual(seqsOf(await store.readLog("t", 1, 2000)), range(1, 1201));
+    assert.deepEqual(await store.readLog("t", 1201, 10), []);
+  });
+
+  test("trimLog deletes whole segments only, and counts the bytes of what it deleted", async ({ store }) => {
+    await appendAll(store, "t", range(1, 1001));
+    await appendAll(store, "t", range(1001, 1101));
+    const before = await store.payloadBytes();
+    let trimmed = 1;
+    let freed = 0;
+    for (const floor of [7, 333, 334, 950, 1000, 1001, 1050, 1101]) {
+      freed += await store.trimLog("t", trimmed, floor);
+      trimmed = floor;
+      const left = seqsOf(await store.readLog("t", 0, 2000));
+      // Nothing at or above the floor goes; whatever went was below it.
+      assert.deepEqual(left.filter((s) => s >= floor), range(floor, 1101));
+      assert.deepEqual(left, range(left[0] ?? 1101, 1101));
+      assert.equal(await store.payloadBytes(), before - freed);
+    }
+    assert.deepEqual(await store.readLog("t", 0, 10), []);
+    assert.equal(await store.lastLogSeq("t"), 0);
+    assert.equal(await store.payloadBytes(), 0);
   });
 
   test("a message with every schema 2 field round-trips through the log", async ({ store }) => {
@@ -769,19 +807,52 @@ Deno.test("KvStore (file): corrupt session-state values are quarantined, not thr
   });
 });
 
-// --- schema version 1 -----------------------------------------------------------------
+// --- older schema versions -------------------------------------------------------------
 
-/** Checks that `path` now has schema version 2 and nothing else in `meta` was lost. */
-async function assertSchema2(path: string): Promise<void> {
+Deno.test("KvStore: a version 2 store (one message per log key) is migrated to version 3 and reads on", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    const kv = await Deno.openKv(path);
+    await kv.set(["meta", "schema"], 2);
+    await kv.set(["topic", "t"], { name: "t", nextSeq: 4, createdAt: 1 });
+    for (const seq of [1, 2, 3]) await kv.set(["log", "t", seq], mqttMessage("t", seq));
+    kv.close();
+
+    const store = await KvStore.open(path);
+    try {
+      assert.equal(await store.lastLogSeq("t"), 3);
+      await appendAll(store, "t", [4, 5, 6]); // one segment after three single messages
+      assert.deepEqual(await store.readLog("t", 2, 3), [
+        mqttMessage("t", 2),
+        mqttMessage("t", 3),
+        message("t", 4),
+      ]);
+      assert.deepEqual(seqsOf(await store.readLog("t", 1, 10)), [1, 2, 3, 4, 5, 6]);
+      const bytes = await store.payloadBytes();
+      // 1..3 go; the segment 4..6 stays whole, since 5 and 6 are still needed.
+      assert.equal(await store.trimLog("t", 1, 5), 3 * 4);
+      assert.equal(await store.payloadBytes(), bytes - 3 * 4);
+      assert.deepEqual(seqsOf(await store.readLog("t", 1, 10)), [4, 5, 6]);
+      assert.equal(await store.trimLog("t", 5, 7), "m4m5m6".length);
+      assert.deepEqual(await store.readLog("t", 1, 10), []);
+    } finally {
+      store.close();
+    }
+    await assertSchemaCurrent(path);
+  });
+});
+
+/** Checks that `path` now has the current schema version. */
+async function assertSchemaCurrent(path: string): Promise<void> {
   const kv = await Deno.openKv(path);
   try {
-    assert.equal((await kv.get(["meta", "schema"])).value, 2);
+    assert.equal((await kv.get(["meta", "schema"])).value, 3);
   } finally {
     kv.close();
   }
 }
 
-Deno.test("KvStore: a version 1 store is migrated to version 2 and its data stays readable", async () => {
+Deno.test("KvStore: a version 1 store is migrated to version 3 and its data stays readable", async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, "broker.kv");
     // What a version 1 broker wrote, value shapes included (no schema 2 fields).
@@ -810,7 +881,7 @@ Deno.test("KvStore: a version 1 store is migrated to version 2 and its data stay
 
     const store = await KvStore.open(path);
     try {
-      assert.equal(SCHEMA_VERSION, 2);
+      assert.equal(SCHEMA_VERSION, 3);
       assert.deepEqual(await store.readLog("t", 1, 10), [v1Message]);
       assert.equal((await store.loadTopic("t"))?.nextSeq, 2);
       assert.deepEqual(await store.loadSubscription("alice", "t"), {
@@ -827,13 +898,13 @@ Deno.test("KvStore: a version 1 store is migrated to version 2 and its data stay
     } finally {
       store.close();
     }
-    await assertSchema2(path);
-    (await KvStore.open(path)).close(); // and it opens again as version 2
-    await assertSchema2(path);
+    await assertSchemaCurrent(path);
+    (await KvStore.open(path)).close(); // and it opens again as version 3
+    await assertSchemaCurrent(path);
   });
 });
 
-Deno.test("KvStore: the version 1 fixture written by the version 1 broker opens as version 2", async () => {
+Deno.test("KvStore: the version 1 fixture written by the version 1 broker opens as version 3", async () => {
   // testdata/schema_v1.kv was written by KvStore at schema version 1 (see
   // testdata/README.md). It is copied first: opening migrates it.
   await withTempDir(async (dir) => {
@@ -885,6 +956,6 @@ Deno.test("KvStore: the version 1 fixture written by the version 1 broker opens 
     } finally {
       store.close();
     }
-    await assertSchema2(path);
+    await assertSchemaCurrent(path);
   });
 });

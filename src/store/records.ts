@@ -62,6 +62,9 @@ export const storedMessage: z.ZodType<StoredMessage> = z.object({
   props: messageProps.optional(),
 });
 
+/** A segment of a topic's log: messages in sequence order. */
+export const logSegment: z.ZodType<StoredMessage[]> = z.array(storedMessage);
+
 /** A PUB awaiting its PUBREL. */
 export const pendingPublish: z.ZodType<PendingPublish> = z.object({
   id,
