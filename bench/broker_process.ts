@@ -103,8 +103,11 @@ export async function spawnBroker(spec: SpawnSpec): Promise<SpawnedBroker> {
   let ready = spec.readyLine === undefined;
   const { promise: readyByLine, resolve: lineSaysReady } = Promise.withResolvers<void>();
   if (ready) lineSaysReady();
+  const logFile = Deno.env.get("BENCH_BROKER_LOG");
   const drain = async (stream: ReadableStream<Uint8Array>) => {
     let rest = "";
+    const log = logFile ? await Deno.open(logFile, { append: true, create: true }) : null;
+    const encoder = new TextEncoder();
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
       rest += chunk;
       let i: number;
@@ -112,6 +115,7 @@ export async function spawnBroker(spec: SpawnSpec): Promise<SpawnedBroker> {
         const line = rest.slice(0, i).replace(/\r$/, "");
         rest = rest.slice(i + 1);
         lines.push(line);
+        log?.writeSync(encoder.encode(`${spec.name}: ${line}\n`));
         if (lines.length > TAIL_LINES) lines.shift();
         if (!ready && spec.readyLine?.(line)) {
           ready = true;
@@ -120,6 +124,7 @@ export async function spawnBroker(spec: SpawnSpec): Promise<SpawnedBroker> {
       }
     }
     if (rest) lines.push(rest);
+    log?.close();
   };
   const drained = Promise.all([drain(process.stdout), drain(process.stderr)]).catch(() => {});
   let exited = false;
@@ -199,13 +204,17 @@ async function probeMqtt(
  * hold its connections from 127.0.0.1. Logs at info (it announces its ports there).
  */
 /**
- * `deno run` flags with `--cpu-prof` added when `BENCH_CPU_PROF` names a directory: the
- * broker then writes a V8 CPU profile there when it stops (open it in Chrome DevTools).
+ * `deno run` flags with `--cpu-prof` added when `BENCH_CPU_PROF` names a directory (the
+ * broker then writes a V8 CPU profile there when it stops; open it in Chrome DevTools),
+ * and `--v8-flags=` with `BENCH_V8_FLAGS` when it is set (e.g. `--trace-gc`).
  */
 function withProfile(run: readonly string[]): string[] {
+  const extra: string[] = [];
   const dir = Deno.env.get("BENCH_CPU_PROF");
-  if (!dir) return [...run];
-  return [run[0] as string, "--cpu-prof", `--cpu-prof-dir=${dir}`, ...run.slice(1)];
+  if (dir) extra.push("--cpu-prof", `--cpu-prof-dir=${dir}`);
+  const v8 = Deno.env.get("BENCH_V8_FLAGS");
+  if (v8) extra.push(`--v8-flags=${v8}`);
+  return [run[0] as string, ...extra, ...run.slice(1)];
 }
 
 export async function startMessageBroker(o: StartOptions = {}): Promise<BrokerUnderTest> {
@@ -249,6 +258,17 @@ export async function startMessageBroker(o: StartOptions = {}): Promise<BrokerUn
       await Deno.remove(dataDir, { recursive: true });
       if (code !== 0) {
         console.error(`MessageBroker exited with code ${code}; its output ends:\n${child.tail()}`);
+      } else {
+        // The store's commit counters: how well group commit batched under this load.
+        const stats = child.tail().split("\n").findLast((l) => l.includes("store closed after"));
+        const m = stats?.match(/after (\d+) commits of (\d+) operations and (\d+) keys/);
+        if (m) {
+          const [atomics, ops, keys] = [Number(m[1]), Number(m[2]), Number(m[3])];
+          console.log(
+            `  store: ${atomics} commits, ${(ops / atomics).toFixed(1)} operations and ` +
+              `${(keys / atomics).toFixed(1)} keys per commit`,
+          );
+        }
       }
     },
   };
