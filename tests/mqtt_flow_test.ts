@@ -7,6 +7,8 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import mqtt from "mqtt";
 import { createPacketParser, encodePacket, type Packet } from "../src/transport/mqtt_codec.ts";
+import type { KvStore } from "../src/store/kv_store.ts";
+import { writeStats } from "../src/transport/connection.ts";
 import { startTestBroker, waitFor } from "./helpers.ts";
 
 const COUNT = 3000;
@@ -79,3 +81,72 @@ Deno.test("a QoS 0 subscriber that stops reading is paced, not dropped, and then
   sub.close();
   await pub.endAsync();
 });
+
+Deno.test("the acknowledgements of messages committed together leave in a few writes, not one each", async () => {
+  await using b = await startTestBroker({ mqttPort: -1 });
+  const port = b.mqttPort as number;
+  const pub = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const parser = createPacketParser(4, 1 << 20);
+    const got: Packet[] = [];
+    const readUntil = async (enough: () => boolean) => {
+      const buf = new Uint8Array(64 * 1024);
+      while (!enough()) {
+        const n = await pub.read(buf);
+        if (n === null) throw new Error("the broker closed the publisher");
+        for (const item of parser.push(buf.subarray(0, n))) {
+          if (item.kind === "packet") got.push(item.packet);
+        }
+      }
+    };
+    await writeAll(
+      pub,
+      encodePacket({
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: 4,
+        clean: true,
+        clientId: "burst",
+        keepalive: 0,
+      }, 4),
+    );
+    await readUntil(() => got.length === 1);
+    // 200 QoS 1 PUBLISHes in one write: stored by a few group commits, each of which
+    // makes many PUBACKs ready at once.
+    const burst = Array.from({ length: 200 }, (_, i) =>
+      encodePacket({
+        cmd: "publish",
+        topic: "burst/t",
+        payload: Buffer.from(`m${i}`),
+        qos: 1,
+        dup: false,
+        retain: false,
+        messageId: i + 1,
+      }, 4));
+    const commits = (b.broker.store as KvStore).commitStats.atomics;
+    const writes = writeStats.writes;
+    await writeAll(pub, concatBytes(burst));
+    await readUntil(() => got.length === 201);
+    const acks = got.slice(1);
+    assert.deepEqual(
+      acks.map((p) => p.cmd === "puback" ? p.messageId : p.cmd),
+      burst.map((_, i) => i + 1),
+    );
+    const used = writeStats.writes - writes;
+    const atomics = (b.broker.store as KvStore).commitStats.atomics - commits;
+    // At most one write per commit (and a little slack): one per PUBACK before the change.
+    assert.ok(used <= atomics + 2, `${used} writes for 200 PUBACKs from ${atomics} commits`);
+  } finally {
+    pub.close();
+  }
+});
+
+function concatBytes(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

@@ -42,6 +42,12 @@ const LINGER_MS = 500;
 let nextConnectionId = 1;
 
 /**
+ * Socket writes made by every connection of this process, and the bytes they carried:
+ * how well output is coalesced (the benchmarks and tests read it).
+ */
+export const writeStats = { writes: 0, bytes: 0 };
+
+/**
  * One accepted TCP or TLS socket with a bounded, coalescing output queue. Subclasses
  * turn its input into items ({@link readChunk}) and their items into bytes
  * ({@link sendBytes}).
@@ -78,6 +84,7 @@ export abstract class SocketConnection {
   /** Bytes queued plus bytes being written: the memory a slow peer holds. */
   #unwrittenBytes = 0;
   #writing: Promise<void> | undefined;
+  #corked = false;
   #drained: PromiseWithResolvers<void> | undefined;
 
   #closing = false;
@@ -208,7 +215,21 @@ export abstract class SocketConnection {
       });
       return;
     }
-    this.#writing ??= this.#writeLoop();
+    if (!this.#corked) this.#writing ??= this.#writeLoop();
+  }
+
+  /**
+   * Holds output back until {@link uncork}: a reader corks while it handles the input of
+   * one read, so that the replies to all of it leave in one write instead of one each.
+   */
+  protected cork(): void {
+    this.#corked = true;
+  }
+
+  /** Lets output go again, starting a write of whatever was queued meanwhile. */
+  protected uncork(): void {
+    this.#corked = false;
+    if (this.#queue.length > 0 && !this.#closing) this.#writing ??= this.#writeLoop();
   }
 
   /**
@@ -227,17 +248,22 @@ export abstract class SocketConnection {
     try {
       // Let the rest of this turn queue its output too, so it leaves in one write.
       await Promise.resolve();
-      while (this.#queue.length > 0) {
+      // Corked meanwhile: the uncork writes what is queued then.
+      while (this.#queue.length > 0 && !this.#corked) {
         const batch = concat(this.#queue);
         this.#queue = [];
         let written = 0;
         while (written < batch.length) {
+          writeStats.writes++;
           written += await this.#conn.write(batch.subarray(written));
         }
+        writeStats.bytes += batch.length;
         this.#unwrittenBytes -= batch.length;
       }
-      this.#drained?.resolve();
-      this.#drained = undefined;
+      if (this.#queue.length === 0) {
+        this.#drained?.resolve();
+        this.#drained = undefined;
+      }
     } catch (err) {
       if (!this.#closing) this.#shutdown(`write failed: ${errorText(err)}`, { flush: false });
     } finally {
@@ -275,6 +301,8 @@ export abstract class SocketConnection {
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
     if (!flush) this.#queue = [];
+    this.#corked = false;
+    if (this.#queue.length > 0) this.#writing ??= this.#writeLoop();
     void this.#finish(flush);
   }
 

@@ -88,6 +88,15 @@ export function serveMqtt(link: Link, ctx: MqttContext): Promise<void> {
   return new MqttClient(link, ctx).run();
 }
 
+/** A reply of {@link MqttClient} waiting for its turn. */
+interface PendingReply {
+  state: "waiting" | "ready" | "failed";
+  /** What the awaited promise resolved to, or its error. */
+  value: unknown;
+  send: (value: unknown) => void;
+  fail?: (err: unknown) => void;
+}
+
 /** The state of one MQTT connection. */
 export class MqttClient {
   readonly link: Link;
@@ -118,7 +127,10 @@ export class MqttClient {
   #uncommitted = 0;
   #source: { origin: string; user: string | null } | undefined;
   /** Replies in arrival order. */
-  #replying: Promise<unknown> = Promise.resolve();
+  /** Replies not yet sent, in the order of the packets they answer (see {@link #reply}). */
+  #replies: PendingReply[] = [];
+  #repliesHead = 0;
+  #repliesEmpty: PromiseWithResolvers<void> | null = null;
   /** Shared groups this connection is a member of. */
   #groups: Map<string, SharedGroup> | undefined;
   /** Our packet identifiers lent to shared group messages → the group and its tag. */
@@ -185,7 +197,7 @@ export class MqttClient {
     }
     this.#state = "closing";
     // Answer what was already accepted before the socket goes.
-    await this.#replying.catch(() => {});
+    await this.#repliesSent();
   }
 
   #refuse(c: Close): void {
@@ -257,7 +269,7 @@ export class MqttClient {
         return this.#unsubscribe(p);
       case "pingreq":
         // [MQTT-3.12.4-1]
-        this.#reply(() => this.link.send({ cmd: "pingresp" }));
+        this.#reply(null, () => this.link.send({ cmd: "pingresp" }));
         return;
       case "disconnect":
         return this.#disconnect(p);
@@ -547,12 +559,12 @@ export class MqttClient {
     // A QoS 2 PUBLISH whose identifier has a receipt was stored already: answer it again
     // and store nothing, 3.1.1 [MQTT-4.3.3-2], v5 [MQTT-4.3.3-10].
     if (qos === 2 && session.receipts.has(tag)) {
-      this.#reply(() => ack(RC.success));
+      this.#reply(null, () => ack(RC.success));
       return;
     }
     const refusal = this.#checkPublish(topic, payload, props);
     if (refusal) {
-      this.#reply(() => this.#refusePublish(refusal, qos, topic, ack));
+      this.#reply(null, () => this.#refusePublish(refusal, qos, topic, ack));
       return;
     }
     if (qos === 2) session.receipts.add(tag);
@@ -586,12 +598,10 @@ export class MqttClient {
       this.#submitting = submitted.catch(() => {}).finally(() => this.#submitsWaiting--);
       committed = submitted.then((s) => s.committed);
     }
-    this.#reply(() =>
-      committed.then(() => ack(RC.success), (err) => {
-        if (qos === 2) session.receipts.delete(tag);
-        this.#refusePublish(err, qos, topic, ack);
-      })
-    );
+    this.#reply(committed, () => ack(RC.success), (err) => {
+      if (qos === 2) session.receipts.delete(tag);
+      this.#refusePublish(err, qos, topic, ack);
+    });
     // Inbound flow control: with too many of this connection's messages not yet
     // committed (QoS 0 has no window), stop reading until the newest one lands; TCP then
     // slows the publisher down instead of the broker's memory growing.
@@ -690,7 +700,7 @@ export class MqttClient {
         return;
       }
       const received = lent.group.session.received(lent.groupTag);
-      this.#reply(() => received.then(() => this.link.send({ cmd: "pubrel", messageId: tag })));
+      this.#reply(received, () => this.link.send({ cmd: "pubrel", messageId: tag }));
       return;
     }
     if ((reasonCode ?? 0) >= 0x80) {
@@ -698,13 +708,11 @@ export class MqttClient {
       return;
     }
     const received = session.received(tag);
-    this.#reply(() =>
-      received.then((known) => {
-        const packet: Record<string, unknown> = { cmd: "pubrel", messageId: tag };
-        if (!known && this.#version === 5) packet.reasonCode = RC.packetIdNotFound;
-        this.link.send(packet as unknown as OutboundPacket);
-      })
-    );
+    this.#reply(received, (known) => {
+      const packet: Record<string, unknown> = { cmd: "pubrel", messageId: tag };
+      if (!known && this.#version === 5) packet.reasonCode = RC.packetIdNotFound;
+      this.link.send(packet as unknown as OutboundPacket);
+    });
   }
 
   #pubrel(id: number | undefined): void {
@@ -717,7 +725,7 @@ export class MqttClient {
       : Promise.resolve();
     // PUBCOMP after the receipt is gone, v5 [MQTT-4.3.3-11]. An unknown identifier is
     // answered too: a lost PUBCOMP and a PUBREL repeated after it look the same.
-    this.#reply(() => done.then(() => this.link.send({ cmd: "pubcomp", messageId: tag })));
+    this.#reply(done, () => this.link.send({ cmd: "pubcomp", messageId: tag }));
   }
 
   // --- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------
@@ -803,7 +811,7 @@ export class MqttClient {
         granted.push(this.#version === 5 ? RC.unspecified : SUBACK_FAILURE_V4);
       }
     }
-    this.#reply(() => {
+    this.#reply(null, () => {
       this.link.send({ cmd: "suback", messageId: p.messageId as number, granted });
       // Retained messages after the SUBACK: v5 Retain Handling 0 always, 1 for a new
       // subscription only, 2 never (v5 [MQTT-3.3.1-9..11]); 3.1.1 always [MQTT-3.3.1-6].
@@ -826,7 +834,7 @@ export class MqttClient {
       const removed = await this.#ctx.broker.sessions.unsubscribe(session, filter);
       codes.push(removed ? RC.success : RC.noSubscriptionExisted);
     }
-    this.#reply(() => {
+    this.#reply(null, () => {
       const packet: Record<string, unknown> = { cmd: "unsuback", messageId: p.messageId };
       if (this.#version === 5) packet.granted = codes;
       this.link.send(packet as unknown as OutboundPacket);
@@ -860,7 +868,7 @@ export class MqttClient {
 
   async #end(): Promise<void> {
     this.#state = "closing";
-    await this.#replying.catch(() => {});
+    await this.#repliesSent();
     const session = this.#session;
     if (this.#ctx.clients.get(this.#clientId) === this) this.#ctx.clients.delete(this.#clientId);
     // Leaving hands what this connection held to the other members (sent again, DUP).
@@ -1066,14 +1074,72 @@ export class MqttClient {
   // --- helpers ---------------------------------------------------------------------------------
 
   /** Queues a reply after every earlier one, so replies keep the packets' order. */
-  #reply(send: () => void | Promise<void>): void {
-    this.#replying = this.#replying.then(send).catch((err) => {
-      log.warning("MQTT reply to {clientId} failed: {error}", {
-        clientId: this.#clientId,
-        error: String(err),
-      });
-      this.link.close("reply failed");
+  /**
+   * Sends a reply in the order of the packets answered: once `after` (if any) settles
+   * and every earlier reply is out. `send` gets what `after` resolved to; `fail` (or, by
+   * default, closing the connection) handles its rejection.
+   *
+   * Not a promise chain: the replies that became ready together (the acknowledgements of
+   * one group commit) are sent in one synchronous pass, so they leave in one write.
+   */
+  #reply<T>(
+    after: Promise<T> | null,
+    send: (value: T) => void,
+    fail?: (err: unknown) => void,
+  ): void {
+    const r: PendingReply = {
+      state: after ? "waiting" : "ready",
+      value: undefined,
+      send: send as (value: unknown) => void,
+      fail,
+    };
+    this.#replies.push(r);
+    if (!after) {
+      this.#flushReplies();
+      return;
+    }
+    after.then((value) => {
+      r.state = "ready";
+      r.value = value;
+      this.#flushReplies();
+    }, (err) => {
+      r.state = "failed";
+      r.value = err;
+      this.#flushReplies();
     });
+  }
+
+  #flushReplies(): void {
+    const q = this.#replies;
+    while (this.#repliesHead < q.length) {
+      const r = q[this.#repliesHead] as PendingReply;
+      if (r.state === "waiting") break;
+      q[this.#repliesHead++] = undefined as unknown as PendingReply;
+      try {
+        if (r.state === "ready") r.send(r.value);
+        else if (r.fail) r.fail(r.value);
+        else throw r.value;
+      } catch (err) {
+        log.warning("MQTT reply to {clientId} failed: {error}", {
+          clientId: this.#clientId,
+          error: String(err),
+        });
+        this.link.close("reply failed");
+      }
+    }
+    if (this.#repliesHead === q.length) {
+      this.#replies = [];
+      this.#repliesHead = 0;
+      this.#repliesEmpty?.resolve();
+      this.#repliesEmpty = null;
+    }
+  }
+
+  /** Resolves once every reply queued so far is sent (or dropped by its failure). */
+  #repliesSent(): Promise<void> {
+    if (this.#repliesHead === this.#replies.length) return Promise.resolve();
+    this.#repliesEmpty ??= Promise.withResolvers<void>();
+    return this.#repliesEmpty.promise;
   }
 
   /** Packet identifiers are non-zero, 3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]. */
