@@ -365,13 +365,6 @@ export async function startBroker(
     await Promise.allSettled(mqttHandlers.values());
     await broker.close();
     const c = dir.store.commitStats;
-    console.log(
-      "PUMP",
-      JSON.stringify([...((globalThis as any).__pb ?? [])].sort((a, b) => a[0] - b[0])),
-    );
-    for (const [k, v] of (globalThis as any).__st ?? []) {
-      console.log("WRITES", k.id, v[0], "PACKETS", v[1]);
-    }
     dir.close();
     log.info(
       "Stopped; store closed after {atomics} commits of {operations} operations and {mutations} keys written",
