@@ -5,7 +5,7 @@
  * @module
  */
 
-import { addressText, concat, errorText, withTimeout } from "./connection.ts";
+import { addressText, concat, errorText, withTimeout, writeStats } from "./connection.ts";
 import { LineSplitStream, LineTooLongError } from "./lines.ts";
 
 /** One item of {@link LineConnection.lines}. */
@@ -261,13 +261,17 @@ export class LineConnection {
   /** One write at a time, each taking everything queued since the last one. */
   async #writeLoop(): Promise<void> {
     try {
+      // Let the rest of this turn queue its lines too, so they leave in one write.
+      await Promise.resolve();
       while (this.#queue.length > 0) {
         const batch = concat(this.#queue);
         this.#queue = [];
         let written = 0;
         while (written < batch.length) {
+          writeStats.writes++;
           written += await this.#conn.write(batch.subarray(written));
         }
+        writeStats.bytes += batch.length;
         this.#unwrittenBytes -= batch.length;
       }
     } catch (err) {

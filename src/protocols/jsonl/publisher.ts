@@ -16,6 +16,7 @@ import type { LineConnection } from "../../transport/tcp.ts";
 import { ackLine, decodePublisher, type PublisherCommand } from "./commands.ts";
 import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
+import { OrderedReplies } from "../replies.ts";
 import { encodeBody } from "./payload.ts";
 
 const log = getLogger("publisher");
@@ -38,31 +39,36 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
   // Only with authentication: without it, the port behaves as the seed's (no login).
   const gate = ctx.auth ? new LoginGate(conn, ctx) : null;
   if (gate) conn.send(PLEASE_LOGIN);
-  // Replies in line order: each line appends its reply to this chain.
-  let tail: Promise<void> = Promise.resolve();
-  let outstanding = 0;
+  // Replies in line order (handle() never rejects: errors are reply lines too).
+  const replies = new OrderedReplies((err) => {
+    log.error("Publisher {remote}: a reply failed: {error}", {
+      remote: conn.remote,
+      error: errorText(err),
+    });
+  });
   let drained: (() => void) | null = null;
 
-  const enqueue = (reply: Promise<string>) => {
-    outstanding++;
-    tail = tail.then(() => reply).then((line) => {
+  const enqueue = (reply: Promise<string> | string) => {
+    const send = (line: string) => {
       conn.send(line);
-      if (--outstanding < MAX_OUTSTANDING && drained) {
+      if (drained && replies.pending < MAX_OUTSTANDING) {
         drained();
         drained = null;
       }
-    });
+    };
+    if (typeof reply === "string") replies.add(null, () => send(reply));
+    else replies.add(reply, send);
   };
 
   try {
     for await (const ev of conn.lines()) {
       if (ev.kind === "too-long") {
-        await tail;
+        await replies.settled();
         conn.send(tooLongLine(ev.limit));
         break;
       }
       if (ev.kind === "invalid-utf8") {
-        enqueue(Promise.resolve(INVALID_UTF8.reply));
+        enqueue(INVALID_UTF8.reply);
         deadLetterInput(ctx, conn, "publisher", source.user ?? undefined, INVALID_UTF8, undefined);
         continue;
       }
@@ -84,16 +90,16 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
       }
       const decoded = decodePublisher(line, ctx.maxJsonDepth);
       if (!decoded.ok) {
-        enqueue(Promise.resolve(decoded.reply));
+        enqueue(decoded.reply);
         deadLetterInput(ctx, conn, "publisher", source.user ?? undefined, decoded, line);
         continue;
       }
       enqueue(handle(decoded.command, ctx, source, conn));
-      if (outstanding >= MAX_OUTSTANDING) {
+      if (replies.pending >= MAX_OUTSTANDING) {
         await new Promise<void>((resolve) => drained = resolve);
       }
     }
-    await tail;
+    await replies.settled();
   } finally {
     gate?.dispose();
     conn.close();

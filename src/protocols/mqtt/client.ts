@@ -26,6 +26,7 @@ import type { IConnectPacket, IPublishPacket, Packet } from "../../transport/mqt
 import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
+import { OrderedReplies } from "../replies.ts";
 import { sharedPublish } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 
@@ -88,15 +89,6 @@ export function serveMqtt(link: Link, ctx: MqttContext): Promise<void> {
   return new MqttClient(link, ctx).run();
 }
 
-/** A reply of {@link MqttClient} waiting for its turn. */
-interface PendingReply {
-  state: "waiting" | "ready" | "failed";
-  /** What the awaited promise resolved to, or its error. */
-  value: unknown;
-  send: (value: unknown) => void;
-  fail?: (err: unknown) => void;
-}
-
 /** The state of one MQTT connection. */
 export class MqttClient {
   readonly link: Link;
@@ -127,10 +119,14 @@ export class MqttClient {
   #uncommitted = 0;
   #source: { origin: string; user: string | null } | undefined;
   /** Replies in arrival order. */
-  /** Replies not yet sent, in the order of the packets they answer (see {@link #reply}). */
-  #replies: PendingReply[] = [];
-  #repliesHead = 0;
-  #repliesEmpty: PromiseWithResolvers<void> | null = null;
+  /** Replies not yet sent, in the order of the packets they answer. */
+  #replies = new OrderedReplies((err) => {
+    log.warning("MQTT reply to {clientId} failed: {error}", {
+      clientId: this.#clientId,
+      error: String(err),
+    });
+    this.link.close("reply failed");
+  });
   /** Shared groups this connection is a member of. */
   #groups: Map<string, SharedGroup> | undefined;
   /** Our packet identifiers lent to shared group messages → the group and its tag. */
@@ -197,7 +193,7 @@ export class MqttClient {
     }
     this.#state = "closing";
     // Answer what was already accepted before the socket goes.
-    await this.#repliesSent();
+    await this.#replies.settled();
   }
 
   #refuse(c: Close): void {
@@ -868,7 +864,7 @@ export class MqttClient {
 
   async #end(): Promise<void> {
     this.#state = "closing";
-    await this.#repliesSent();
+    await this.#replies.settled();
     const session = this.#session;
     if (this.#ctx.clients.get(this.#clientId) === this) this.#ctx.clients.delete(this.#clientId);
     // Leaving hands what this connection held to the other members (sent again, DUP).
@@ -1078,68 +1074,13 @@ export class MqttClient {
    * Sends a reply in the order of the packets answered: once `after` (if any) settles
    * and every earlier reply is out. `send` gets what `after` resolved to; `fail` (or, by
    * default, closing the connection) handles its rejection.
-   *
-   * Not a promise chain: the replies that became ready together (the acknowledgements of
-   * one group commit) are sent in one synchronous pass, so they leave in one write.
    */
   #reply<T>(
     after: Promise<T> | null,
     send: (value: T) => void,
     fail?: (err: unknown) => void,
   ): void {
-    const r: PendingReply = {
-      state: after ? "waiting" : "ready",
-      value: undefined,
-      send: send as (value: unknown) => void,
-      fail,
-    };
-    this.#replies.push(r);
-    if (!after) {
-      this.#flushReplies();
-      return;
-    }
-    after.then((value) => {
-      r.state = "ready";
-      r.value = value;
-      this.#flushReplies();
-    }, (err) => {
-      r.state = "failed";
-      r.value = err;
-      this.#flushReplies();
-    });
-  }
-
-  #flushReplies(): void {
-    const q = this.#replies;
-    while (this.#repliesHead < q.length) {
-      const r = q[this.#repliesHead] as PendingReply;
-      if (r.state === "waiting") break;
-      q[this.#repliesHead++] = undefined as unknown as PendingReply;
-      try {
-        if (r.state === "ready") r.send(r.value);
-        else if (r.fail) r.fail(r.value);
-        else throw r.value;
-      } catch (err) {
-        log.warning("MQTT reply to {clientId} failed: {error}", {
-          clientId: this.#clientId,
-          error: String(err),
-        });
-        this.link.close("reply failed");
-      }
-    }
-    if (this.#repliesHead === q.length) {
-      this.#replies = [];
-      this.#repliesHead = 0;
-      this.#repliesEmpty?.resolve();
-      this.#repliesEmpty = null;
-    }
-  }
-
-  /** Resolves once every reply queued so far is sent (or dropped by its failure). */
-  #repliesSent(): Promise<void> {
-    if (this.#repliesHead === this.#replies.length) return Promise.resolve();
-    this.#repliesEmpty ??= Promise.withResolvers<void>();
-    return this.#repliesEmpty.promise;
+    this.#replies.add(after, send, fail);
   }
 
   /** Packet identifiers are non-zero, 3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]. */

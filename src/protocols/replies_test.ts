@@ -1,0 +1,77 @@
+import assert from "node:assert/strict";
+import { OrderedReplies } from "./replies.ts";
+
+function deferred<T>() {
+  return Promise.withResolvers<T>();
+}
+
+Deno.test("replies go out in the order they were added, whatever order their waits settle in", async () => {
+  const sent: string[] = [];
+  const replies = new OrderedReplies((err) => assert.fail(String(err)));
+  const a = deferred<string>();
+  const b = deferred<string>();
+  replies.add(a.promise, (v) => sent.push(v));
+  replies.add(b.promise, (v) => sent.push(v));
+  replies.add(null, () => sent.push("c"));
+  b.resolve("b");
+  await b.promise;
+  await Promise.resolve();
+  assert.deepEqual(sent, []); // "a" still waits, so nothing after it goes
+  assert.equal(replies.pending, 3);
+  a.resolve("a");
+  await replies.settled();
+  assert.deepEqual(sent, ["a", "b", "c"]);
+  assert.equal(replies.pending, 0);
+});
+
+Deno.test("replies that become ready together are sent in one synchronous pass", async () => {
+  const replies = new OrderedReplies((err) => assert.fail(String(err)));
+  const gate = deferred<void>();
+  let turn = 0;
+  const turns: number[] = [];
+  for (let i = 0; i < 50; i++) replies.add(gate.promise, () => turns.push(turn));
+  // A microtask counter: a promise chain would let it advance between the sends.
+  const ticking = (async () => {
+    for (let i = 0; i < 500; i++) {
+      await Promise.resolve();
+      turn++;
+    }
+  })();
+  gate.resolve();
+  await replies.settled();
+  await ticking;
+  assert.equal(turns.length, 50);
+  assert.equal(new Set(turns).size, 1, `sent over ${new Set(turns).size} microtask turns`);
+});
+
+Deno.test("a rejected wait goes to its fail handler, or to onError; later replies still go", async () => {
+  const sent: string[] = [];
+  const errors: unknown[] = [];
+  const replies = new OrderedReplies((err) => errors.push(err));
+  replies.add(Promise.reject(new Error("no commit")), () => sent.push("x"), (err) => {
+    sent.push(`failed: ${(err as Error).message}`);
+  });
+  replies.add(Promise.reject(new Error("unhandled")), () => sent.push("y"));
+  replies.add(null, () => {
+    throw new Error("send threw");
+  });
+  replies.add(Promise.resolve("z"), (v) => sent.push(v));
+  await replies.settled();
+  assert.deepEqual(sent, ["failed: no commit", "z"]);
+  assert.deepEqual(errors.map((e) => (e as Error).message), ["unhandled", "send threw"]);
+});
+
+Deno.test("settled() resolves at once when nothing is pending, and again after new replies", async () => {
+  const replies = new OrderedReplies(() => {});
+  await replies.settled();
+  const d = deferred<number>();
+  let got = 0;
+  replies.add(d.promise, (v) => got = v);
+  let done = false;
+  const waiting = replies.settled().then(() => done = true);
+  await Promise.resolve();
+  assert.equal(done, false);
+  d.resolve(7);
+  await waiting;
+  assert.equal(got, 7);
+});
