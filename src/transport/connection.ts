@@ -84,7 +84,6 @@ export abstract class SocketConnection {
   /** Bytes queued plus bytes being written: the memory a slow peer holds. */
   #unwrittenBytes = 0;
   #writing: Promise<void> | undefined;
-  #corked = false;
   #drained: PromiseWithResolvers<void> | undefined;
 
   #closing = false;
@@ -215,21 +214,7 @@ export abstract class SocketConnection {
       });
       return;
     }
-    if (!this.#corked) this.#writing ??= this.#writeLoop();
-  }
-
-  /**
-   * Holds output back until {@link uncork}: a reader corks while it handles the input of
-   * one read, so that the replies to all of it leave in one write instead of one each.
-   */
-  protected cork(): void {
-    this.#corked = true;
-  }
-
-  /** Lets output go again, starting a write of whatever was queued meanwhile. */
-  protected uncork(): void {
-    this.#corked = false;
-    if (this.#queue.length > 0 && !this.#closing) this.#writing ??= this.#writeLoop();
+    this.#writing ??= this.#writeLoop();
   }
 
   /**
@@ -248,8 +233,7 @@ export abstract class SocketConnection {
     try {
       // Let the rest of this turn queue its output too, so it leaves in one write.
       await Promise.resolve();
-      // Corked meanwhile: the uncork writes what is queued then.
-      while (this.#queue.length > 0 && !this.#corked) {
+      while (this.#queue.length > 0) {
         const batch = concat(this.#queue);
         this.#queue = [];
         let written = 0;
@@ -260,10 +244,8 @@ export abstract class SocketConnection {
         writeStats.bytes += batch.length;
         this.#unwrittenBytes -= batch.length;
       }
-      if (this.#queue.length === 0) {
-        this.#drained?.resolve();
-        this.#drained = undefined;
-      }
+      this.#drained?.resolve();
+      this.#drained = undefined;
     } catch (err) {
       if (!this.#closing) this.#shutdown(`write failed: ${errorText(err)}`, { flush: false });
     } finally {
@@ -301,8 +283,6 @@ export abstract class SocketConnection {
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
     if (!flush) this.#queue = [];
-    this.#corked = false;
-    if (this.#queue.length > 0) this.#writing ??= this.#writeLoop();
     void this.#finish(flush);
   }
 

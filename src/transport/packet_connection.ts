@@ -99,17 +99,11 @@ export class PacketConnection extends SocketConnection implements PacketLink {
         return; // a read error (reset, closed by us) just ends the input
       }
       if (chunk === null) return;
-      // The replies to everything in this read go out together when it is handled.
-      this.cork();
-      try {
-        for (const item of this.#parser.push(chunk)) {
-          if (this.inputStopped) return;
-          // Keep Alive counts whole Control Packets received (3.1.1 §3.1.2.10, v5 §3.1.2.10).
-          if (item.kind === "packet") this.noteInput();
-          yield item;
-        }
-      } finally {
-        this.uncork();
+      for (const item of this.#parser.push(chunk)) {
+        if (this.inputStopped) return;
+        // Keep Alive counts whole Control Packets received (3.1.1 §3.1.2.10, v5 §3.1.2.10).
+        if (item.kind === "packet") this.noteInput();
+        yield item;
       }
       if (this.#parser.failed) return;
     }
