@@ -40,7 +40,10 @@ export interface AppendMutation {
   log: Deno.KvKey;
   seq: number;
   value: unknown;
-  /** Estimated size of `value`, filled in by {@link GroupCommitter.commit}. */
+  /**
+   * Estimated size of `value` (at least what {@link estimateSize} gives); computed by
+   * {@link GroupCommitter.commit} when absent.
+   */
   size?: number;
 }
 
@@ -137,8 +140,8 @@ export class GroupCommitter {
         bytes += k;
         continue;
       }
-      const v = estimateSize(m.value);
-      if (m.type === "append") m.size = v;
+      // An append may come with its size already estimated (see AppendMutation.size).
+      const v = m.type === "append" ? (m.size ??= estimateSize(m.value)) : estimateSize(m.value);
       // Deno KV refuses values over 64 KiB, and one refused value fails the whole atomic:
       // refuse it here so that only its own operation fails.
       if (v > MAX_VALUE_BYTES) {
@@ -291,6 +294,15 @@ function isSorted(appends: AppendMutation[]): boolean {
 
 /** An unambiguous string for a key, to find repeated writes of one key in a batch. */
 function keyId(key: Deno.KvKey): string {
+  // Strings and finite numbers only (nearly every key): JSON tells them apart.
+  let plain = true;
+  for (const part of key) {
+    if (typeof part !== "string" && (typeof part !== "number" || !Number.isFinite(part))) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) return JSON.stringify(key);
   let s = "";
   for (const part of key) {
     // Strings are JSON-quoted (so no separator inside them is ambiguous); the other part
@@ -325,7 +337,10 @@ export function estimateSize(value: unknown): number {
         for (const v of value) n += estimateSize(v);
         return n;
       }
-      for (const [k, v] of Object.entries(value)) n += 4 + k.length * 2 + estimateSize(v);
+      const o = value as Record<string, unknown>;
+      for (const k in o) {
+        if (Object.hasOwn(o, k)) n += 4 + k.length * 2 + estimateSize(o[k]);
+      }
       return n;
     }
     default:

@@ -294,7 +294,13 @@ export class KvStore implements BrokerStore {
    */
   append(message: StoredMessage, head: TopicRecord, effects?: AppendEffects): Promise<void> {
     const m: Mutation[] = [
-      { type: "append", log: ["log", message.topic], seq: message.seq, value: message },
+      {
+        type: "append",
+        log: ["log", message.topic],
+        seq: message.seq,
+        value: message,
+        size: messageSize(message),
+      },
       { type: "set", key: ["topic", head.name], value: head },
     ];
     const releasedId = effects?.releasedId;
@@ -539,6 +545,18 @@ export class KvStore implements BrokerStore {
   close(): void {
     this.#kv.close();
   }
+}
+
+/**
+ * An upper bound of {@link estimateSize} for a stored message, without walking it: the
+ * hot path of every append. Field names, numbers, flags and the format come to at most
+ * 300 bytes by that estimate; the variable parts are counted as it counts them.
+ */
+export function messageSize(m: StoredMessage): number {
+  let n = 300 + m.topic.length * 2 + m.payload.byteLength;
+  if (m.from !== undefined) n += m.from.length * 2;
+  if (m.props !== undefined) n += estimateSize(m.props);
+  return n;
 }
 
 /** A subscription record and its subscriber index entry. */

@@ -5,8 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { FencedError } from "./group_commit.ts";
-import { KvStore, SCHEMA_VERSION, SchemaError } from "./kv_store.ts";
+import fc from "fast-check";
+import { estimateSize, FencedError } from "./group_commit.ts";
+import { KvStore, messageSize, SCHEMA_VERSION, SchemaError } from "./kv_store.ts";
 import type {
   FilterRecord,
   InflightRecord,
@@ -958,4 +959,33 @@ Deno.test("KvStore: the version 1 fixture written by the version 1 broker opens 
     }
     await assertSchemaCurrent(path);
   });
+});
+
+Deno.test("messageSize is never below the group committer's estimate of the message", () => {
+  const text = fc.string({ maxLength: 40 });
+  const message = fc.record({
+    id: fc.nat(),
+    seq: fc.nat(),
+    topic: text,
+    payload: fc.uint8Array({ maxLength: 300 }),
+    format: fc.constantFrom("text" as const, "json" as const, "binary" as const),
+    publishedAt: fc.nat(),
+    qos: fc.option(fc.constantFrom(0 as const, 1 as const, 2 as const), { nil: undefined }),
+    retain: fc.option(fc.boolean(), { nil: undefined }),
+    from: fc.option(text, { nil: undefined }),
+    expiresAt: fc.option(fc.nat(), { nil: undefined }),
+    props: fc.option(
+      fc.record({
+        contentType: fc.option(text, { nil: undefined }),
+        responseTopic: fc.option(text, { nil: undefined }),
+        correlationData: fc.option(fc.uint8Array({ maxLength: 50 }), { nil: undefined }),
+        userProperties: fc.option(fc.dictionary(text, text, { maxKeys: 4 }), { nil: undefined }),
+      }),
+      { nil: undefined },
+    ),
+  }, { requiredKeys: ["id", "seq", "topic", "payload", "format", "publishedAt"] });
+  fc.assert(fc.property(message, (m) => messageSize(m) >= estimateSize(m)), { numRuns: 500 });
+  // Every optional field present, with long names: still within the bound.
+  const full = mqttMessage("x".repeat(100), 1);
+  assert.ok(messageSize(full) >= estimateSize(full));
 });

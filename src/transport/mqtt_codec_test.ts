@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
 import { concat } from "./connection.ts";
 import { Buffer } from "node:buffer";
+import type * as MqttPacket from "mqtt-packet";
+import * as mqtt from "mqtt-packet";
 import {
   createPacketParser,
   encodePacket,
   MalformedPacketError,
+  type OutboundPacket,
   type Packet,
   type PacketEvent,
 } from "./mqtt_codec.ts";
@@ -224,4 +227,43 @@ Deno.test("a PUBLISH topic is checked strictly: U+FFFD itself passes, ill-formed
     assert.equal(items.length, 1);
     assert.equal(items[0]?.kind, "malformed");
   }
+});
+
+Deno.test("acknowledgements from templates are byte for byte what mqtt-packet generates", () => {
+  const cmds = ["puback", "pubrec", "pubrel", "pubcomp"] as const;
+  const ids = [1, 2, 0x7f, 0x80, 0xff, 0x100, 0x1234, 0x7fff, 0x8000, 0xfffe, 0xffff];
+  for (const cmd of cmds) {
+    for (const level of [4, 5] as const) {
+      for (const reasonCode of level === 5 ? [undefined, 0, 0x10, 0x80, 0x92] : [undefined]) {
+        for (const messageId of ids) {
+          const packet = { cmd, messageId, ...(reasonCode === undefined ? {} : { reasonCode }) };
+          const mine = encodePacket(packet as OutboundPacket, level);
+          const theirs = mqtt.generate(packet as MqttPacket.Packet, { protocolVersion: level });
+          assert.deepEqual(
+            [...mine],
+            [...theirs],
+            `${cmd} ${messageId} v${level} rc ${reasonCode}`,
+          );
+        }
+      }
+    }
+  }
+  // With properties, mqtt-packet encodes it in full (no template applies).
+  const withProps = {
+    cmd: "puback",
+    messageId: 9,
+    reasonCode: 0x80,
+    properties: { reasonString: "no" },
+  } as unknown as OutboundPacket;
+  assert.deepEqual(
+    [...encodePacket(withProps, 5)],
+    [...mqtt.generate(withProps as unknown as MqttPacket.Packet, { protocolVersion: 5 })],
+  );
+});
+
+Deno.test("a template acknowledgement is a fresh copy each time", () => {
+  const a = encodePacket({ cmd: "puback", messageId: 1 } as OutboundPacket, 4);
+  const b = encodePacket({ cmd: "puback", messageId: 2 } as OutboundPacket, 4);
+  assert.deepEqual([...a], [0x40, 2, 0, 1]);
+  assert.deepEqual([...b], [0x40, 2, 0, 2]);
 });
