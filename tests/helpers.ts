@@ -166,13 +166,18 @@ export async function loginConsumer(port: number, name: string): Promise<LineCli
 }
 
 /** PUB then PUBREL; returns the message id after checking both answers. */
-export async function publish(p: LineClient, topic: string, msg: unknown): Promise<number> {
+export async function publish(
+  p: LineClient,
+  topic: string,
+  msg: unknown,
+  timeoutMs = 3000,
+): Promise<number> {
   await p.send(JSON.stringify({ type: "PUB", topic, msg }));
-  const rec = await p.expectJson();
+  const rec = await p.expectJson(timeoutMs);
   assert.equal(rec.type, "PUBREC");
   const id = rec.msgId as number;
   await p.send(JSON.stringify({ type: "PUBREL", msgId: id }));
-  await p.expect(`{"msgId":${id},"type":"PUBCOMP"}`);
+  await p.expect(`{"msgId":${id},"type":"PUBCOMP"}`, timeoutMs);
   return id;
 }
 
@@ -228,13 +233,14 @@ export async function waitFor(cond: () => boolean | Promise<boolean>, what: stri
 export async function completeAll(
   c: LineClient,
   count: number,
+  lineTimeoutMs = 5000,
 ): Promise<Record<string, unknown>[]> {
   const pubs: Record<string, unknown>[] = [];
   const released = new Set<unknown>();
   let oks = 0;
   for (let guard = 0; released.size < count || oks < 2 * count; guard++) {
     assert.ok(guard < 10 * count, "too many lines");
-    const line = await c.next(5000);
+    const line = await c.next(lineTimeoutMs);
     assert.ok(line !== null, "connection closed");
     if (line === "OK") {
       oks++;
