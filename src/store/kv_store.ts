@@ -30,8 +30,8 @@
  * A topic's log is written in segments: the messages appended to one topic in one
  * atomic form one value, an array in sequence order, under the sequence number of its
  * last message (see {@link GroupCommitter}). The segment holding `seq` is therefore the
- * first key at or after `["log", topic, seq]`, and retention deletes a segment once
- * every message in it may go.
+ * first key at or after `["log", topic, seq]`. Retention deletes the segments that end
+ * below its floor and writes the one holding the floor again without what precedes it.
  *
  * Older stores are migrated by rewriting the schema number, because every change since
  * version 1 is additive: version 2 added optional fields to existing values and the
@@ -243,10 +243,11 @@ export class KvStore implements BrokerStore {
   }
 
   /**
-   * Deletes the segments of a topic's log whose last message is in
-   * `[fromSeq, toSeq)`: every segment whose messages are all below `toSeq`, except those
-   * already below `fromSeq`. A segment holding `toSeq - 1` and later messages stays
-   * until a later call passes them all.
+   * Deletes the messages of a topic's log with `fromSeq <= seq < toSeq` and returns
+   * their payload bytes: the segments that end in that range go, and the segment holding
+   * `toSeq` (if it begins below it) is written again without its first messages. Messages
+   * below `fromSeq` in a segment that ends in the range go with it (they were already
+   * past).
    */
   async trimLog(topic: string, fromSeq: number, toSeq: number): Promise<number> {
     let bytes = 0;
@@ -261,9 +262,24 @@ export class KvStore implements BrokerStore {
         keys.push({ type: "delete", key: e.key });
         bytes += payloadSize(e.value);
       }
-      if (keys.length === 0) return bytes;
+      if (keys.length === 0) break;
       await this.#gc.commit(keys);
     }
+    for await (
+      const e of this.#kv.list(
+        { start: ["log", topic, toSeq], end: ["log", topic, Number.MAX_SAFE_INTEGER] },
+        { limit: 1 },
+      )
+    ) {
+      const messages = this.#segment(e);
+      const rest = messages.filter((m) => m.seq >= toSeq);
+      if (rest.length === messages.length || rest.length === 0) break;
+      for (const m of messages) if (m.seq < toSeq) bytes += m.payload.byteLength;
+      // Segments are never written again by appends (those take new keys), so this
+      // rewrite races nothing.
+      await this.#gc.commit([{ type: "set", key: e.key, value: rest }]);
+    }
+    return bytes;
   }
 
   async payloadBytes(): Promise<number> {
