@@ -540,3 +540,40 @@ for (const v of LEVELS) {
     await c.expectSilence(QUIET_MS);
   });
 }
+
+// --- QoS 0 kept in memory ------------------------------------------------------------------
+
+Deno.test("QoS 0 messages only clean sessions receive are delivered in order without being stored; a persistent subscriber makes them stored", async () => {
+  await using b = await mqttBroker();
+  await using sub = await Client.open(b.mqttPort, 4, { clientId: "clean-sub" });
+  await sub.subscribe({ "q0/t": 0 });
+  await using pub = await Client.open(b.mqttPort, 4, { clientId: "q0-pub" });
+  // QoS 0 and QoS 1 interleaved: one order on the wire, only QoS 1 in the log.
+  for (let i = 1; i <= 20; i++) await pub.publish("q0/t", `m${i}`, { qos: i % 5 === 0 ? 1 : 0 });
+  await sub.waitMessages(20);
+  assert.deepEqual(sub.textsOn("q0/t"), Array.from({ length: 20 }, (_, i) => `m${i + 1}`));
+  const logged = async () =>
+    (await b.broker.store.readLog("q0/t", 1, 100)).map((m) => new TextDecoder().decode(m.payload));
+  assert.deepEqual(await logged(), ["m5", "m10", "m15", "m20"]);
+
+  // A persistent session on the topic: QoS 0 messages go through the log from now on,
+  // and one published while it is offline reaches it when it comes back.
+  const durable = await Client.open(b.mqttPort, 4, { ...persistent(4), clientId: "keeper" });
+  await durable.subscribe({ "q0/t": 0 });
+  await durable.drop();
+  // Once the broker has seen it go: a QoS 0 message sent to a connection that is
+  // already dead is gone (at most once).
+  await waitFor(
+    () => b.broker.sessions.live(sidOf("keeper"))?.connected !== true,
+    "keeper offline",
+  );
+  await pub.publish("q0/t", "while away", { qos: 0 });
+  await waitFor(async () => (await logged()).includes("while away"), "the QoS 0 message stored");
+  // A raw client: it reads from the first byte, so a PUBLISH in the CONNACK's segment is
+  // not missed (MQTT.js may emit a QoS 0 message before a listener can be attached).
+  await using back = await RawClient.accepted(b.mqttPort, 4, { clientId: "keeper", clean: false });
+  const again = await back.expect("publish");
+  assert.equal(again.topic, "q0/t");
+  assert.equal(new TextDecoder().decode(again.payload as Uint8Array), "while away");
+  assert.equal(again.qos, 0);
+});

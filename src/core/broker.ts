@@ -181,7 +181,7 @@ export class Broker {
           (this.sessions.live(sid) ?? this.shared.get(sid)?.session)?.reached(topic, seq);
         }
       },
-      appended: (m) => this.#appended(m),
+      appended: (m, logged) => this.#appended(m, logged),
     };
   }
 
@@ -456,7 +456,9 @@ export class Broker {
       receipt: input.receipt,
       willOf: input.willOf,
     });
-    committed.then(() => this.#payloadBytes += payload.byteLength, () => {});
+    committed.then((m) => {
+      if (t.logged(m)) this.#payloadBytes += payload.byteLength;
+    }, () => {});
     return committed;
   }
 
@@ -475,8 +477,8 @@ export class Broker {
     return subs;
   }
 
-  #appended(m: StoredMessage): void {
-    this.metrics.messagesStored++;
+  #appended(m: StoredMessage, logged: boolean): void {
+    if (logged) this.metrics.messagesStored++;
     if (!m.retain) return;
     if (m.payload.byteLength === 0) this.retained.delete(m.topic);
     else this.retained.set(m.topic, m);

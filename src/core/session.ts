@@ -447,7 +447,7 @@ export class Session {
     const position = s.outstanding[0] ?? s.next;
     if (position <= s.position) return false;
     s.position = position;
-    s.topic.trackPosition(this.sid, position);
+    s.topic.trackPosition(this.sid, position, this.durable);
     const gone: number[] = [];
     for (const [seq, tag] of s.doneTags) {
       if (seq < position) {
@@ -496,7 +496,7 @@ export class Session {
       wake: () => this.#schedule(),
     };
     this.#streams.set(topic.topic, s);
-    topic.trackPosition(this.sid, position);
+    topic.trackPosition(this.sid, position, this.durable);
     topic.attach(s);
     return s;
   }

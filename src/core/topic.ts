@@ -7,6 +7,14 @@
  * commit that made a message durable. The newest messages stay in memory so that live
  * subscribers read them without touching the store.
  *
+ * A QoS 0 message that no durable subscription needs is not written at all: QoS 0 is
+ * "at most once", and only sessions that end with their connection would read it. It
+ * takes the next sequence number and reaches the topic's memory in order with the
+ * messages around it (after every earlier append has committed), but a reader that has
+ * fallen behind the memory, or reads after a restart, finds a gap there. Any durable
+ * subscriber on the topic (a JSON-line consumer, a persistent MQTT session or shared
+ * group) puts QoS 0 messages through the log like any other.
+ *
  * On failure the topic waits until every write it started has settled, reloads its head
  * from the store and carries on; appends posted meanwhile are held and replayed.
  *
@@ -24,6 +32,7 @@ import type {
   TopicRecord,
 } from "../store/store.ts";
 import { getLogger } from "../log.ts";
+import { OrderedReplies } from "../protocols/replies.ts";
 import { Mailbox } from "./mailbox.ts";
 
 const log = getLogger("topic");
@@ -57,8 +66,11 @@ export interface Reach {
   subscribersOf(topic: string): readonly { sid: string; durable: boolean }[];
   /** Called after the commit that created positions for `sids` at `seq`. */
   materialised(topic: Topic, sids: string[], seq: number): void;
-  /** Called after the commit of every append (retained messages, counters). */
-  appended?(message: StoredMessage): void;
+  /**
+   * Called after the commit of every append (retained messages, counters), in order;
+   * `logged` is false for a QoS 0 message kept in memory only.
+   */
+  appended?(message: StoredMessage, logged: boolean): void;
 }
 
 /** Something to wake when a message becomes readable (a delivery). */
@@ -112,6 +124,17 @@ export class Topic implements Restartable {
   #subscribers = new Set<Wakeable>();
   /** Durable positions of every subscription to this topic, for retention. */
   #positions = new Map<string, number>();
+  /** Messages of this topic that were not written to the log. */
+  #memoryOnly = new WeakSet<StoredMessage>();
+  /** The subscribers among {@link #positions} whose positions are stored. */
+  #durable = new Set<string>();
+  /** Appends become readable in sequence order, each once it committed (if logged). */
+  #releases = new OrderedReplies((err) => {
+    log.error('Topic "{topic}": releasing an append failed: {error}', {
+      topic: this.topic,
+      error: String(err),
+    });
+  });
   /** Log entries below this are deleted (by retention) or never existed. */
   trimmedTo = 0;
 
@@ -181,9 +204,15 @@ export class Topic implements Restartable {
     this.#cacheFrom = this.#nextSeq;
     this.trimmedTo = (await this.#store.readLog(this.topic, 0, 1))[0]?.seq ?? this.#nextSeq;
     this.#positions.clear();
+    this.#durable.clear();
     for (const s of await this.#store.loadTopicSubscriptions(this.topic)) {
       this.#positions.set(s.subscriber, s.position);
+      this.#durable.add(s.subscriber);
+      // Messages kept in memory only left no trace in the head: never hand out a
+      // sequence number a stored position has already passed.
+      if (s.position > this.#nextSeq) this.#nextSeq = s.position;
     }
+    this.#cacheFrom = this.#nextSeq;
   }
 
   /** Appends a message; resolves with it once it is durable. */
@@ -240,20 +269,36 @@ export class Topic implements Restartable {
     if (input.willOf !== undefined) effects.willOf = input.willOf;
     const reached = this.#materialise(message.seq, effects);
     const epoch = this.#epoch;
-    this.#store.append(message, head, effects).then(() => {
+    const release = (logged: boolean) => {
       m.resolve(message);
       if (epoch !== this.#epoch) return; // a restart reloaded the state since
       this.#remember(message);
       if (reached.length > 0) this.#reach?.materialised(this, reached, message.seq);
-      this.#reach?.appended?.(message);
+      this.#reach?.appended?.(message, logged);
       for (const s of this.#subscribers) s.wake();
-    }, (err) => {
+    };
+    if (this.#inMemoryOnly(input, effects)) {
+      this.#memoryOnly.add(message);
+      this.#releases.add(null, () => release(false));
+      return;
+    }
+    this.#releases.add(this.#store.append(message, head, effects), () => release(true), (err) => {
       // The store refused the write (disk full, read-only file...): not a fault of the
       // topic, so no restart counts against it. It resynchronises its head with the
       // store and goes on; the caller was told, and nothing of the append was written.
       m.reject(err);
       this.#resync(err);
     });
+  }
+
+  /**
+   * Whether an append can skip the log: QoS 0, nothing else to commit with it, and no
+   * subscription here (or reaching here through a filter) with a stored position.
+   */
+  #inMemoryOnly(input: AppendInput, effects: AppendEffects): boolean {
+    return input.qos === 0 && !input.retain && this.#durable.size === 0 &&
+      effects.positions === undefined && effects.releasedId === undefined &&
+      effects.receipt === undefined && effects.willOf === undefined;
   }
 
   /** Gives filter subscribers without a position here one at `seq`; returns their ids. */
@@ -267,6 +312,7 @@ export class Topic implements Restartable {
       this.#positions.set(sid, seq);
       reached.push(sid);
       if (durable) {
+        this.#durable.add(sid);
         const rec: SubscriptionRecord = {
           subscriber: sid,
           topic: this.topic,
@@ -278,6 +324,11 @@ export class Topic implements Restartable {
       }
     }
     return reached;
+  }
+
+  /** False for a message this topic kept in memory only (see the module's documentation). */
+  logged(message: StoredMessage): boolean {
+    return !this.#memoryOnly.has(message);
   }
 
   /** True when `subscriber` has a position (durable or tracked) in this topic. */
@@ -339,16 +390,19 @@ export class Topic implements Restartable {
   }
 
   /**
-   * Records a subscription's durable position, for retention. Called before the
-   * position is committed, so retention never deletes what a new subscription needs.
+   * Records a subscription's position, for retention. Called before the position is
+   * committed, so retention never deletes what a new subscription needs. `durable`:
+   * the position is stored (QoS 0 messages then go through the log too).
    */
-  trackPosition(subscriber: string, position: number): void {
+  trackPosition(subscriber: string, position: number, durable = true): void {
     this.#positions.set(subscriber, position);
+    if (durable) this.#durable.add(subscriber);
   }
 
   /** Forgets a removed subscription. */
   untrackPosition(subscriber: string): void {
     this.#positions.delete(subscriber);
+    this.#durable.delete(subscriber);
   }
 
   /** Messages below this sequence number can be deleted: no subscription needs them. */
@@ -387,10 +441,17 @@ export class Topic implements Restartable {
   /** Supervisor callback: rebuild from the store once every write in flight settled. */
   async restart(): Promise<void> {
     this.#epoch++;
+    const handedOut = this.#nextSeq;
     // Writes already submitted may still commit: read the head only after them, or a
     // sequence number could be handed out twice.
     await this.#store.flush();
     await this.#load(false);
+    // Messages kept in memory only are not in the stored head, and live subscribers
+    // may be past them: carry on after every number handed out.
+    if (handedOut > this.#nextSeq) {
+      this.#nextSeq = handedOut;
+      this.#cacheFrom = handedOut;
+    }
     this.#state = "running";
     const held = this.#held;
     this.#held = [];

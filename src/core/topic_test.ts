@@ -242,10 +242,12 @@ Deno.test("retentionFloor follows the lowest tracked position", async () => {
       createdAt: 1,
     });
     topic = await Topic.start("t", store, sup);
+    // A stored position is never behind the head: the first message gets seq 2.
+    assert.equal(topic.nextSeq, 2);
     await Promise.all(["a", "b", "c", "d", "e"].map((t) => topic!.append(input(t))));
     assert.equal(topic.retentionFloor(), 2, "positions of stored subscriptions are loaded");
     topic.untrackPosition("stored");
-    assert.equal(topic.retentionFloor(), 6, "with no subscription everything can go");
+    assert.equal(topic.retentionFloor(), 7, "with no subscription everything can go");
     topic.trackPosition("alice", 4);
     topic.trackPosition("bob", 3);
     assert.equal(topic.retentionFloor(), 3);
@@ -255,10 +257,110 @@ Deno.test("retentionFloor follows the lowest tracked position", async () => {
     assert.equal(topic.retentionFloor(), 5);
     await topic.append(input("f"));
     topic.untrackPosition("bob");
-    assert.equal(topic.retentionFloor(), 7);
+    assert.equal(topic.retentionFloor(), 8);
   } finally {
     topic?.stop();
     sup.close();
+    store.close();
+  }
+});
+
+function qos0(text: string): AppendInput {
+  return { ...input(text), qos: 0 };
+}
+
+Deno.test("QoS 0 messages no stored subscription needs stay in memory, in order with logged ones", async () => {
+  await withTopic(async ({ store, topic }) => {
+    const woken: (string | null)[] = [];
+    let next = 1;
+    topic.attach({
+      wake() {
+        for (let m = topic.readCached(next); m; m = topic.readCached(next)) {
+          woken.push(textOf(m));
+          next = m.seq + 1;
+        }
+      },
+    });
+    // A logged QoS 1 message, then QoS 0 ones submitted while its commit is in flight:
+    // they reach readers only after it, in sequence order.
+    const all = await Promise.all([
+      topic.append({ ...input("q1"), qos: 1 }),
+      topic.append(qos0("a")),
+      topic.append(qos0("b")),
+      topic.append({ ...input("q2"), qos: 2 }),
+      topic.append(qos0("c")),
+    ]);
+    assert.deepEqual(all.map((m) => m.seq), [1, 2, 3, 4, 5]);
+    await until(() => woken.length === 5);
+    assert.deepEqual(woken, ["q1", "a", "b", "q2", "c"]);
+    assert.deepEqual(all.map((m) => topic.logged(m)), [true, false, false, true, false]);
+    // Only the QoS 1 and 2 messages are in the log; the head counts every number.
+    assert.deepEqual((await store.readLog("t", 1, 10)).map(textOf), ["q1", "q2"]);
+    assert.equal(topic.nextSeq, 6);
+  });
+});
+
+Deno.test("QoS 0 messages go through the log while a stored subscription is on the topic", async () => {
+  await withTopic(async ({ store, topic }) => {
+    topic.trackPosition("clean", 1, false);
+    await topic.append(qos0("memory"));
+    topic.trackPosition("persistent", 2); // durable: stored positions need the log
+    const logged = await topic.append(qos0("logged"));
+    assert.equal(topic.logged(logged), true);
+    topic.untrackPosition("persistent");
+    await topic.append(qos0("memory again"));
+    assert.deepEqual((await store.readLog("t", 1, 10)).map(textOf), ["logged"]);
+    // A retained QoS 0 message is stored whatever the subscriptions.
+    await topic.append({ ...qos0("kept"), retain: true });
+    assert.deepEqual((await store.readLog("t", 1, 10)).map(textOf), ["logged", "kept"]);
+  });
+});
+
+Deno.test("after a restart a topic never hands out again the numbers of messages kept in memory", async () => {
+  let fail = false;
+  await withTopic(async ({ topic }) => {
+    const first = await Promise.all([topic.append(qos0("a")), topic.append(qos0("b"))]);
+    assert.deepEqual(first.map((m) => m.seq), [1, 2]);
+    fail = true;
+    await assert.rejects(topic.append(qos0("boom")));
+    fail = false;
+    await until(() => {
+      try {
+        return topic.nextSeq >= 3 && topic.read(1) !== undefined;
+      } catch {
+        return false;
+      }
+    });
+    const after = await topic.append(qos0("c"));
+    assert.ok(after.seq > 2, `seq ${after.seq} was handed out before the restart`);
+  }, {
+    beforeAppend() {
+      if (fail) throw new Error("injected failure");
+    },
+  });
+});
+
+Deno.test("a stored position ahead of the stored head moves the head past it at start", async () => {
+  const store = await KvStore.open(":memory:");
+  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
+  let topic: Topic | undefined;
+  try {
+    // What a broker leaves behind when its last messages were kept in memory only and a
+    // persistent subscriber then subscribed at the topic's end.
+    await store.ensureTopic({ name: "t", nextSeq: 3, createdAt: 1 });
+    await store.saveSubscription({
+      subscriber: "late",
+      topic: "t",
+      position: 40,
+      received: null,
+      createdAt: 2,
+    });
+    topic = await Topic.start("t", store, sup);
+    assert.equal((await topic.append(input("x"))).seq, 40);
+  } finally {
+    topic?.stop();
+    sup.close();
+    await store.flush();
     store.close();
   }
 });
