@@ -262,7 +262,8 @@ export async function startMessageBroker(o: StartOptions = {}): Promise<BrokerUn
         // The store's commit counters: how well group commit batched under this load.
         const stats = child.tail().split("\n").findLast((l) => l.includes("store closed after"));
         const m = stats?.match(/after (\d+) commits of (\d+) operations and (\d+) keys/);
-        if (m) {
+        if (m && Number(m[1]) === 0) console.log("  store: no commit");
+        else if (m) {
           const [atomics, ops, keys] = [Number(m[1]), Number(m[2]), Number(m[3])];
           console.log(
             `  store: ${atomics} commits, ${(ops / atomics).toFixed(1)} operations and ` +

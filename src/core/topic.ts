@@ -98,7 +98,10 @@ interface AppendMsg {
   reject: (err: unknown) => void;
 }
 
-/** How many recent messages a topic keeps in memory for live subscribers. */
+/**
+ * How many recent messages a topic keeps in memory for live subscribers (at least; up
+ * to twice as many between two trims).
+ */
 const CACHE_MESSAGES = 1024;
 /** ...and how many payload bytes at most. */
 const CACHE_BYTES = 8 * 1024 * 1024;
@@ -339,11 +342,19 @@ export class Topic implements Restartable {
   #remember(message: StoredMessage): void {
     this.#cache.push(message);
     this.#cacheBytes += message.payload.byteLength;
-    while (this.#cache.length > CACHE_MESSAGES || this.#cacheBytes > CACHE_BYTES) {
-      const old = this.#cache.shift() as StoredMessage;
+    // Trimmed in steps of CACHE_MESSAGES, not one message at a time: removing the head
+    // of an array moves all of it.
+    if (this.#cache.length <= 2 * CACHE_MESSAGES && this.#cacheBytes <= CACHE_BYTES) return;
+    let drop = 0;
+    while (
+      drop < this.#cache.length &&
+      (this.#cache.length - drop > CACHE_MESSAGES || this.#cacheBytes > CACHE_BYTES)
+    ) {
+      const old = this.#cache[drop++] as StoredMessage;
       this.#cacheBytes -= old.payload.byteLength;
       this.#cacheFrom = old.seq + 1;
     }
+    this.#cache.splice(0, drop);
   }
 
   /** The first committed message with `seq >= fromSeq`, or null if there is none yet. */

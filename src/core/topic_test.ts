@@ -86,18 +86,20 @@ Deno.test("read() answers from memory for recent messages and null past the end"
 
 Deno.test("read() of seqs older than the in-memory window comes from the store", async () => {
   await withTopic(async ({ topic }) => {
+    // The memory keeps 1,024 to 2,048 recent messages (trimmed in steps of 1,024).
     const all = await Promise.all(
-      Array.from({ length: 1100 }, (_, i) => topic.append(input(`m${i + 1}`))),
+      Array.from({ length: 2100 }, (_, i) => topic.append(input(`m${i + 1}`))),
     );
-    assert.deepEqual(all.map((m) => m.seq), Array.from({ length: 1100 }, (_, i) => i + 1));
+    assert.deepEqual(all.map((m) => m.seq), Array.from({ length: 2100 }, (_, i) => i + 1));
     const old = topic.read(1);
     assert.ok(old instanceof Promise, "the oldest messages left the cache");
     assert.equal(textOf(await old), "m1");
     assert.equal(textOf(await topic.read(50)), "m50");
-    const recent = topic.read(1100);
-    assert.ok(!(recent instanceof Promise));
-    assert.equal(textOf(recent), "m1100");
-    assert.equal(topic.read(1101), null);
+    const recent = topic.read(2100 - 1023);
+    assert.ok(!(recent instanceof Promise), "the newest 1,024 are always in memory");
+    assert.equal(textOf(recent), `m${2100 - 1023}`);
+    assert.equal(textOf(topic.read(2100) as StoredMessage), "m2100");
+    assert.equal(topic.read(2101), null);
   });
 });
 
