@@ -80,7 +80,7 @@ export type OpenOptions = Omit<IClientOptions, "protocolVersion" | "reconnectPer
  */
 export class Client implements AsyncDisposable {
   readonly mqtt: MqttClient;
-  readonly connack: IConnackPacket;
+  #connack: IConnackPacket | undefined;
   readonly messages: Received[] = [];
   /**
    * Every PUBLISH in the order it came off the wire. MQTT.js emits a QoS 2 message only
@@ -95,9 +95,13 @@ export class Client implements AsyncDisposable {
   #closed: Promise<void>;
   #isClosed = false;
 
-  private constructor(client: MqttClient, connack: IConnackPacket) {
+  /**
+   * Made before the CONNECT goes out: the broker may send queued messages in the same
+   * segment as its CONNACK, and MQTT.js emits them at once, so the listeners must be in
+   * place first or those messages are acknowledged and lost to the test.
+   */
+  private constructor(client: MqttClient) {
     this.mqtt = client;
-    this.connack = connack;
     client.on("message", (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength).slice();
       this.messages.push({ topic, text: decoder.decode(bytes), payload: bytes, packet });
@@ -129,6 +133,7 @@ export class Client implements AsyncDisposable {
    */
   static async connect(url: string, options: IClientOptions): Promise<Client> {
     const client = mqtt.connect(url, { connectTimeout: 5000, ...options, reconnectPeriod: 0 });
+    const c = new Client(client);
     try {
       const connack = await within(
         new Promise<IConnackPacket>((resolve, reject) => {
@@ -139,11 +144,18 @@ export class Client implements AsyncDisposable {
         5000,
         `CONNACK for ${options.clientId}`,
       );
-      return new Client(client, connack);
+      c.#connack = connack;
+      return c;
     } catch (err) {
       await closeQuietly(client);
       throw err;
     }
+  }
+
+  /** The broker's CONNACK. */
+  get connack(): IConnackPacket {
+    assert.ok(this.#connack, "not connected");
+    return this.#connack;
   }
 
   /** {@link connect} over TCP to 127.0.0.1:`port` at `level`. */
