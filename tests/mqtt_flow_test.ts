@@ -150,3 +150,72 @@ function concatBytes(parts: Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+Deno.test("a clean QoS 0 subscriber far behind messages kept in memory only skips the gap and goes on with the newest", async () => {
+  // QoS 0 published, only a clean session subscribed: nothing is stored. The subscriber
+  // stops reading while 6,000 messages (more than a topic keeps in memory) go by; when it
+  // reads again it may have lost the oldest, but it must not be stuck behind them.
+  await using b = await startTestBroker({ mqttPort: -1, writeBufferBytes: 65_536 });
+  const port = b.mqttPort as number;
+  const sub = await Deno.connect({ hostname: "127.0.0.1", port });
+  const parser = createPacketParser(4, 1 << 20);
+  const got: Packet[] = [];
+  const readSome = async () => {
+    const buf = new Uint8Array(64 * 1024);
+    const n = await sub.read(buf);
+    if (n === null) throw new Error("the broker closed the subscriber");
+    for (const item of parser.push(buf.subarray(0, n))) {
+      if (item.kind === "packet") got.push(item.packet);
+    }
+  };
+  await writeAll(
+    sub,
+    encodePacket(
+      {
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: 4,
+        clean: true,
+        clientId: "behind",
+        keepalive: 0,
+      },
+      4,
+    ),
+  );
+  await writeAll(
+    sub,
+    encodePacket(
+      { cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "gap/t", qos: 0 }] },
+      4,
+    ),
+  );
+  while (!got.some((p) => p.cmd === "suback")) await readSome();
+  got.length = 0;
+
+  const pub = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
+    clientId: "p0",
+    reconnectPeriod: 0,
+  });
+  const total = 6000;
+  const body = new Uint8Array(1024);
+  for (let i = 0; i < total; i++) {
+    new DataView(body.buffer).setUint32(0, i);
+    await pub.publishAsync("gap/t", Buffer.from(body), { qos: 0 });
+  }
+  await pub.publishAsync("gap/t", Buffer.from("last"), { qos: 1 });
+  const isLast = (p: Packet) => p.cmd === "publish" && p.payload.length === 4;
+  const deadline = Date.now() + 20_000;
+  while (!got.some(isLast)) {
+    assert.ok(Date.now() < deadline, `the newest message never came (${got.length} received)`);
+    await readSome();
+  }
+  const order = got.filter((p) => !isLast(p)).map((p) => {
+    const payload = (p as { payload: Uint8Array }).payload;
+    return new DataView(payload.buffer, payload.byteOffset).getUint32(0);
+  });
+  assert.ok(order.every((n, i) => i === 0 || n > order[i - 1]!), "out of order or repeated");
+  assert.ok(order.length >= 1024, `only ${order.length} of ${total} arrived`);
+  assert.equal(await b.broker.store.readLog("gap/t", 1, 10).then((l) => l.length), 1); // "last"
+  sub.close();
+  await pub.endAsync();
+});

@@ -617,7 +617,12 @@ export class Session {
       s.reading = false;
       if (this.#streams.get(s.topic.topic) !== s) return;
       s.ahead = page.filter((m) => m.seq >= s.next);
-      if (s.ahead.length > 0) this.#schedule();
+      if (s.ahead.length === 0 && s.next < s.topic.memoryFrom) {
+        // Nothing stored from here on: what lay between was kept in memory only (QoS 0
+        // nobody durable needed) and is gone for a reader this far behind.
+        s.next = s.topic.memoryFrom;
+      }
+      if (s.ahead.length > 0 || s.next >= s.topic.memoryFrom) this.#schedule();
     }, (err) => {
       s.reading = false;
       log.warning("Session {sid}: reading {topic} failed: {error}", {

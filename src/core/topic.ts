@@ -357,6 +357,11 @@ export class Topic implements Restartable {
     this.#cache.splice(0, drop);
   }
 
+  /** Every message with `seq >= memoryFrom` that has been released is in memory. */
+  get memoryFrom(): number {
+    return this.#cacheFrom;
+  }
+
   /** The first committed message with `seq >= fromSeq`, or null if there is none yet. */
   read(fromSeq: number): StoredMessage | null | Promise<StoredMessage | null> {
     const cached = this.readCached(fromSeq);
