@@ -83,14 +83,36 @@ export class PacketConnection extends SocketConnection implements PacketLink {
    * @throws {Error} if called a second time: the input can be read once
    */
   packets(): AsyncIterableIterator<PacketEvent> {
-    if (this.#packetsCalled) {
-      throw new Error(`packets() of connection ${this.id} was already called`);
-    }
-    this.#packetsCalled = true;
+    this.#takeInput();
     return this.#readPackets();
   }
 
+  batches(): AsyncIterableIterator<PacketEvent[]> {
+    this.#takeInput();
+    return this.#readBatches();
+  }
+
+  get reading(): boolean {
+    return !this.inputStopped && !this.isClosed;
+  }
+
+  #takeInput(): void {
+    if (this.#packetsCalled) {
+      throw new Error(`the input of connection ${this.id} was already taken`);
+    }
+    this.#packetsCalled = true;
+  }
+
   async *#readPackets(): AsyncGenerator<PacketEvent> {
+    for await (const batch of this.#readBatches()) {
+      for (const item of batch) {
+        if (this.inputStopped) return;
+        yield item;
+      }
+    }
+  }
+
+  async *#readBatches(): AsyncGenerator<PacketEvent[]> {
     for (;;) {
       let chunk: Uint8Array | null;
       try {
@@ -98,12 +120,12 @@ export class PacketConnection extends SocketConnection implements PacketLink {
       } catch {
         return; // a read error (reset, closed by us) just ends the input
       }
-      if (chunk === null) return;
-      for (const item of this.#parser.push(chunk)) {
-        if (this.inputStopped) return;
+      if (chunk === null || this.inputStopped) return;
+      const items = this.#parser.push(chunk);
+      if (items.length > 0) {
         // Keep Alive counts whole Control Packets received (3.1.1 §3.1.2.10, v5 §3.1.2.10).
-        if (item.kind === "packet") this.noteInput();
-        yield item;
+        if (items.some((item) => item.kind === "packet")) this.noteInput();
+        yield items;
       }
       if (this.#parser.failed) return;
     }

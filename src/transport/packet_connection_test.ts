@@ -395,3 +395,36 @@ test("MQTT.js connects, subscribes and receives a PUBLISH at levels 4 and 5", as
     await h.cleanup();
   }
 });
+
+test("batches() hands over the packets of one read together; reading is false after stopReading", async () => {
+  const batches: PacketEvent[][] = [];
+  const stopped = Promise.withResolvers<boolean>();
+  const h = new Harness({
+    onConnection: async (conn) => {
+      assert.equal(conn.reading, true);
+      for await (const batch of conn.batches()) {
+        batches.push(batch);
+        if (batches.flat().length >= 20) {
+          conn.stopReading();
+          stopped.resolve(conn.reading);
+        }
+      }
+      assert.throws(() => conn.packets(), /already taken/);
+      conn.close("done");
+    },
+  });
+  try {
+    const client = await h.connect(4);
+    const pings = Array.from({ length: 20 }, () => encodePacket({ cmd: "pingreq" }, 4));
+    await client.write(concat(pings)); // one write of 20 packets
+    assert.equal(await stopped.promise, false);
+    // 20 packets of 2 bytes in one write: one read, so one batch (a slow socket may split it).
+    assert.ok(batches.length <= 2, `${batches.length} batches`);
+    assert.deepEqual(
+      batches.flat().map((i) => i.kind === "packet" && i.packet.cmd),
+      pings.map(() => "pingreq"),
+    );
+  } finally {
+    await h.cleanup();
+  }
+});

@@ -53,6 +53,18 @@ export interface PacketLink {
    */
   packets(): AsyncIterableIterator<PacketEvent>;
   /**
+   * The same input in batches: the items that arrived together (one read or frame), in
+   * order, so that a caller can handle them without a turn of the event loop between
+   * two (and what they cause leaves in one write). The caller checks {@link reading}
+   * before each item: a batch may hold items that follow a stop. Either this or
+   * {@link packets} may be called, once.
+   *
+   * @throws {Error} if the input was already taken
+   */
+  batches(): AsyncIterableIterator<PacketEvent[]>;
+  /** False once the input was stopped ({@link stopReading}, a close, a failure). */
+  readonly reading: boolean;
+  /**
    * Encodes `packet` at {@link protocolVersion} and queues it; everything sent in one
    * turn leaves together. Ignored once closed.
    *

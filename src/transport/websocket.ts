@@ -164,11 +164,25 @@ export class WsPacketConnection implements PacketLink {
    * @throws {Error} if called a second time: the input can be read once
    */
   packets(): AsyncIterableIterator<PacketEvent> {
+    this.#takeInput();
+    return this.#readPackets();
+  }
+
+  /** The input in batches: every item that arrived since the last batch was taken. */
+  batches(): AsyncIterableIterator<PacketEvent[]> {
+    this.#takeInput();
+    return this.#readBatches();
+  }
+
+  get reading(): boolean {
+    return !this.#inputEnded && !this.#closing;
+  }
+
+  #takeInput(): void {
     if (this.#packetsCalled) {
-      throw new Error(`packets() of WebSocket connection ${this.id} was already called`);
+      throw new Error(`the input of WebSocket connection ${this.id} was already taken`);
     }
     this.#packetsCalled = true;
-    return this.#readPackets();
   }
 
   async *#readPackets(): AsyncGenerator<PacketEvent> {
@@ -177,6 +191,20 @@ export class WsPacketConnection implements PacketLink {
       if (next) {
         this.#inputBytes -= next.bytes;
         yield next.event;
+        continue;
+      }
+      if (this.#inputEnded) return;
+      await new Promise<void>((resolve) => this.#wakeReader = resolve);
+    }
+  }
+
+  async *#readBatches(): AsyncGenerator<PacketEvent[]> {
+    for (;;) {
+      if (this.#input.length > 0) {
+        const taken = this.#input;
+        this.#input = [];
+        for (const t of taken) this.#inputBytes -= t.bytes;
+        yield taken.map((t) => t.event);
         continue;
       }
       if (this.#inputEnded) return;
