@@ -345,16 +345,30 @@ export class Topic implements Restartable {
     // Trimmed in steps of CACHE_MESSAGES, not one message at a time: removing the head
     // of an array moves all of it.
     if (this.#cache.length <= 2 * CACHE_MESSAGES && this.#cacheBytes <= CACHE_BYTES) return;
+    // Messages a live clean session has not read yet stay (up to CACHE_BYTES): those kept
+    // in memory only exist nowhere else, and such a reader is only briefly behind.
+    const keepFrom = this.#liveFloor();
     let drop = 0;
     while (
       drop < this.#cache.length &&
-      (this.#cache.length - drop > CACHE_MESSAGES || this.#cacheBytes > CACHE_BYTES)
+      ((this.#cache.length - drop > CACHE_MESSAGES &&
+        (this.#cache[drop] as StoredMessage).seq < keepFrom) ||
+        this.#cacheBytes > CACHE_BYTES)
     ) {
       const old = this.#cache[drop++] as StoredMessage;
       this.#cacheBytes -= old.payload.byteLength;
       this.#cacheFrom = old.seq + 1;
     }
     this.#cache.splice(0, drop);
+  }
+
+  /** The lowest position of a subscriber whose position is not stored (clean sessions). */
+  #liveFloor(): number {
+    let floor = Number.POSITIVE_INFINITY;
+    for (const [sid, p] of this.#positions) {
+      if (p < floor && !this.#durable.has(sid)) floor = p;
+    }
+    return floor;
   }
 
   /** Every message with `seq >= memoryFrom` that has been released is in memory. */

@@ -366,3 +366,16 @@ Deno.test("a stored position ahead of the stored head moves the head past it at 
     store.close();
   }
 });
+
+Deno.test("the memory keeps what a live clean subscriber has not read yet, not what a stored one lacks", async () => {
+  await withTopic(async ({ topic }) => {
+    topic.trackPosition("clean", 1, false);
+    await Promise.all(Array.from({ length: 3000 }, (_, i) => topic.append(qos0(`m${i + 1}`))));
+    assert.equal(topic.memoryFrom, 1, "every message the clean reader still needs is kept");
+    assert.equal(textOf(topic.readCached(1) ?? null), "m1");
+    topic.untrackPosition("clean");
+    topic.trackPosition("stored", 1); // durable: it reads the log, the memory need not wait
+    await Promise.all(Array.from({ length: 2100 }, (_, i) => topic.append(input(`n${i + 1}`))));
+    assert.ok(topic.memoryFrom > 3000, `memory still from ${topic.memoryFrom}`);
+  });
+});
