@@ -8,7 +8,7 @@ import { Buffer } from "node:buffer";
 import mqtt from "mqtt";
 import { createPacketParser, encodePacket, type Packet } from "../src/transport/mqtt_codec.ts";
 import type { KvStore } from "../src/store/kv_store.ts";
-import { writeStats } from "../src/transport/connection.ts";
+import { concat, writeStats } from "../src/transport/connection.ts";
 import { startTestBroker, waitFor } from "./helpers.ts";
 
 const COUNT = 3000;
@@ -18,17 +18,17 @@ async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   for (let n = 0; n < bytes.length;) n += await conn.write(bytes.subarray(n));
 }
 
-Deno.test("a QoS 0 subscriber that stops reading is paced, not dropped, and then gets every message in order", async () => {
-  // 6 MB of messages against a 64 KiB write buffer: without pacing the broker would
-  // close this connection as too slow.
-  await using b = await startTestBroker({ mqttPort: -1, writeBufferBytes: 65_536 });
-  const port = b.mqttPort as number;
-  const sub = await Deno.connect({ hostname: "127.0.0.1", port });
+/**
+ * A raw 3.1.1 clean-session subscriber to `topic` at QoS 0 that reads only when the test
+ * calls `readSome` (so it can stop reading); `got` holds the packets after the SUBACK.
+ */
+async function rawSubscriber(port: number, clientId: string, topic: string) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   const parser = createPacketParser(4, 1 << 20);
   const got: Packet[] = [];
   const readSome = async () => {
     const buf = new Uint8Array(64 * 1024);
-    const n = await sub.read(buf);
+    const n = await conn.read(buf);
     if (n === null) throw new Error("the broker closed the subscriber");
     for (const item of parser.push(buf.subarray(0, n))) {
       assert.equal(item.kind, "packet");
@@ -36,25 +36,34 @@ Deno.test("a QoS 0 subscriber that stops reading is paced, not dropped, and then
     }
   };
   await writeAll(
-    sub,
-    encodePacket({
-      cmd: "connect",
-      protocolId: "MQTT",
-      protocolVersion: 4,
-      clean: true,
-      clientId: "slow",
-      keepalive: 0,
-    }, 4),
-  );
-  await writeAll(
-    sub,
+    conn,
     encodePacket(
-      { cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "flow/t", qos: 0 }] },
+      {
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: 4,
+        clean: true,
+        clientId,
+        keepalive: 0,
+      },
       4,
     ),
   );
+  await writeAll(
+    conn,
+    encodePacket({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 0 }] }, 4),
+  );
   while (!got.some((p) => p.cmd === "suback")) await readSome();
   got.length = 0;
+  return { conn, got, readSome };
+}
+
+Deno.test("a QoS 0 subscriber that stops reading is paced, not dropped, and then gets every message in order", async () => {
+  // 6 MB of messages against a 64 KiB write buffer: without pacing the broker would
+  // close this connection as too slow.
+  await using b = await startTestBroker({ mqttPort: -1, writeBufferBytes: 65_536 });
+  const port = b.mqttPort as number;
+  const { conn: sub, got, readSome } = await rawSubscriber(port, "slow", "flow/t");
 
   // The publisher sends everything while the subscriber reads nothing.
   const pub = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
@@ -125,7 +134,7 @@ Deno.test("the acknowledgements of messages committed together leave in a few wr
       }, 4));
     const commits = (b.broker.store as KvStore).commitStats.atomics;
     const writes = writeStats.writes;
-    await writeAll(pub, concatBytes(burst));
+    await writeAll(pub, concat(burst));
     await readUntil(() => got.length === 201);
     const acks = got.slice(1);
     assert.deepEqual(
@@ -141,56 +150,13 @@ Deno.test("the acknowledgements of messages committed together leave in a few wr
   }
 });
 
-function concatBytes(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 Deno.test("a clean QoS 0 subscriber far behind messages kept in memory only skips the gap and goes on with the newest", async () => {
   // QoS 0 published, only a clean session subscribed: nothing is stored. The subscriber
   // stops reading while 6,000 messages (more than a topic keeps in memory) go by; when it
   // reads again it may have lost the oldest, but it must not be stuck behind them.
   await using b = await startTestBroker({ mqttPort: -1, writeBufferBytes: 65_536 });
   const port = b.mqttPort as number;
-  const sub = await Deno.connect({ hostname: "127.0.0.1", port });
-  const parser = createPacketParser(4, 1 << 20);
-  const got: Packet[] = [];
-  const readSome = async () => {
-    const buf = new Uint8Array(64 * 1024);
-    const n = await sub.read(buf);
-    if (n === null) throw new Error("the broker closed the subscriber");
-    for (const item of parser.push(buf.subarray(0, n))) {
-      if (item.kind === "packet") got.push(item.packet);
-    }
-  };
-  await writeAll(
-    sub,
-    encodePacket(
-      {
-        cmd: "connect",
-        protocolId: "MQTT",
-        protocolVersion: 4,
-        clean: true,
-        clientId: "behind",
-        keepalive: 0,
-      },
-      4,
-    ),
-  );
-  await writeAll(
-    sub,
-    encodePacket(
-      { cmd: "subscribe", messageId: 1, subscriptions: [{ topic: "gap/t", qos: 0 }] },
-      4,
-    ),
-  );
-  while (!got.some((p) => p.cmd === "suback")) await readSome();
-  got.length = 0;
+  const { conn: sub, got, readSome } = await rawSubscriber(port, "behind", "gap/t");
 
   const pub = await mqtt.connectAsync(`mqtt://127.0.0.1:${port}`, {
     clientId: "p0",
