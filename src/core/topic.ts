@@ -32,7 +32,7 @@ import type {
   TopicRecord,
 } from "../store/store.ts";
 import { getLogger } from "../log.ts";
-import { OrderedReplies } from "../protocols/replies.ts";
+import { OrderedReplies } from "../ordered_replies.ts";
 import { Mailbox } from "./mailbox.ts";
 
 const log = getLogger("topic");
@@ -204,7 +204,6 @@ export class Topic implements Restartable {
     this.#createdAt = rec?.createdAt ?? Date.now();
     this.#cache = [];
     this.#cacheBytes = 0;
-    this.#cacheFrom = this.#nextSeq;
     this.trimmedTo = (await this.#store.readLog(this.topic, 0, 1))[0]?.seq ?? this.#nextSeq;
     this.#positions.clear();
     this.#durable.clear();

@@ -326,13 +326,7 @@ Deno.test("after a restart a topic never hands out again the numbers of messages
     fail = true;
     await assert.rejects(topic.append(qos0("boom")));
     fail = false;
-    await until(() => {
-      try {
-        return topic.nextSeq >= 3 && topic.read(1) !== undefined;
-      } catch {
-        return false;
-      }
-    });
+    // An append posted while the topic restarts is held and replayed after it.
     const after = await topic.append(qos0("c"));
     assert.ok(after.seq > 2, `seq ${after.seq} was handed out before the restart`);
   }, {

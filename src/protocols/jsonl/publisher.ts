@@ -16,7 +16,7 @@ import type { LineConnection } from "../../transport/tcp.ts";
 import { ackLine, decodePublisher, type PublisherCommand } from "./commands.ts";
 import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
-import { OrderedReplies } from "../replies.ts";
+import { OrderedReplies } from "../../ordered_replies.ts";
 import { encodeBody } from "./payload.ts";
 
 const log = getLogger("publisher");

@@ -26,7 +26,7 @@ import type { IConnectPacket, IPublishPacket, Packet } from "../../transport/mqt
 import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
-import { OrderedReplies } from "../replies.ts";
+import { OrderedReplies } from "../../ordered_replies.ts";
 import { sharedPublish } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 
@@ -118,7 +118,6 @@ export class MqttClient {
   #submitsWaiting = 0;
   #uncommitted = 0;
   #source: { origin: string; user: string | null } | undefined;
-  /** Replies in arrival order. */
   /** Replies not yet sent, in the order of the packets they answer. */
   #replies = new OrderedReplies((err) => {
     log.warning("MQTT reply to {clientId} failed: {error}", {
@@ -270,7 +269,7 @@ export class MqttClient {
         return this.#unsubscribe(p);
       case "pingreq":
         // [MQTT-3.12.4-1]
-        this.#reply(null, () => this.link.send({ cmd: "pingresp" }));
+        this.#replies.add(null, () => this.link.send({ cmd: "pingresp" }));
         return;
       case "disconnect":
         return this.#disconnect(p);
@@ -560,12 +559,12 @@ export class MqttClient {
     // A QoS 2 PUBLISH whose identifier has a receipt was stored already: answer it again
     // and store nothing, 3.1.1 [MQTT-4.3.3-2], v5 [MQTT-4.3.3-10].
     if (qos === 2 && session.receipts.has(tag)) {
-      this.#reply(null, () => ack(RC.success));
+      this.#replies.add(null, () => ack(RC.success));
       return;
     }
     const refusal = this.#checkPublish(topic, payload, props);
     if (refusal) {
-      this.#reply(null, () => this.#refusePublish(refusal, qos, topic, ack));
+      this.#replies.add(null, () => this.#refusePublish(refusal, qos, topic, ack));
       return;
     }
     if (qos === 2) session.receipts.add(tag);
@@ -599,7 +598,7 @@ export class MqttClient {
       this.#submitting = submitted.catch(() => {}).finally(() => this.#submitsWaiting--);
       committed = submitted.then((s) => s.committed);
     }
-    this.#reply(committed, () => ack(RC.success), (err) => {
+    this.#replies.add(committed, () => ack(RC.success), (err) => {
       if (qos === 2) session.receipts.delete(tag);
       this.#refusePublish(err, qos, topic, ack);
     });
@@ -701,7 +700,7 @@ export class MqttClient {
         return;
       }
       const received = lent.group.session.received(lent.groupTag);
-      this.#reply(received, () => this.link.send({ cmd: "pubrel", messageId: tag }));
+      this.#replies.add(received, () => this.link.send({ cmd: "pubrel", messageId: tag }));
       return;
     }
     if ((reasonCode ?? 0) >= 0x80) {
@@ -709,7 +708,7 @@ export class MqttClient {
       return;
     }
     const received = session.received(tag);
-    this.#reply(received, (known) => {
+    this.#replies.add(received, (known) => {
       const packet: Record<string, unknown> = { cmd: "pubrel", messageId: tag };
       if (!known && this.#version === 5) packet.reasonCode = RC.packetIdNotFound;
       this.link.send(packet as unknown as OutboundPacket);
@@ -726,7 +725,7 @@ export class MqttClient {
       : Promise.resolve();
     // PUBCOMP after the receipt is gone, v5 [MQTT-4.3.3-11]. An unknown identifier is
     // answered too: a lost PUBCOMP and a PUBREL repeated after it look the same.
-    this.#reply(done, () => this.link.send({ cmd: "pubcomp", messageId: tag }));
+    this.#replies.add(done, () => this.link.send({ cmd: "pubcomp", messageId: tag }));
   }
 
   // --- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------
@@ -812,7 +811,7 @@ export class MqttClient {
         granted.push(this.#version === 5 ? RC.unspecified : SUBACK_FAILURE_V4);
       }
     }
-    this.#reply(null, () => {
+    this.#replies.add(null, () => {
       this.link.send({ cmd: "suback", messageId: p.messageId as number, granted });
       // Retained messages after the SUBACK: v5 Retain Handling 0 always, 1 for a new
       // subscription only, 2 never (v5 [MQTT-3.3.1-9..11]); 3.1.1 always [MQTT-3.3.1-6].
@@ -835,7 +834,7 @@ export class MqttClient {
       const removed = await this.#ctx.broker.sessions.unsubscribe(session, filter);
       codes.push(removed ? RC.success : RC.noSubscriptionExisted);
     }
-    this.#reply(null, () => {
+    this.#replies.add(null, () => {
       const packet: Record<string, unknown> = { cmd: "unsuback", messageId: p.messageId };
       if (this.#version === 5) packet.granted = codes;
       this.link.send(packet as unknown as OutboundPacket);
@@ -1075,19 +1074,6 @@ export class MqttClient {
   // --- helpers ---------------------------------------------------------------------------------
 
   /** Queues a reply after every earlier one, so replies keep the packets' order. */
-  /**
-   * Sends a reply in the order of the packets answered: once `after` (if any) settles
-   * and every earlier reply is out. `send` gets what `after` resolved to; `fail` (or, by
-   * default, closing the connection) handles its rejection.
-   */
-  #reply<T>(
-    after: Promise<T> | null,
-    send: (value: T) => void,
-    fail?: (err: unknown) => void,
-  ): void {
-    this.#replies.add(after, send, fail);
-  }
-
   /** Packet identifiers are non-zero, 3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]. */
   #needId(id: number | undefined): void {
     if (!id) {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { OrderedReplies } from "./replies.ts";
+import { OrderedReplies } from "./ordered_replies.ts";
 
 function deferred<T>() {
   return Promise.withResolvers<T>();

@@ -9,6 +9,9 @@
  * own. Here every reply that is ready goes out in one synchronous pass, and the
  * connection's output queue sends them in one write.
  *
+ * The core uses it too: a topic releases its appends to readers in sequence order,
+ * each once its commit landed (or at once when it is kept in memory only).
+ *
  * @module
  */
 
