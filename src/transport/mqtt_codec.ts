@@ -151,6 +151,8 @@ class FramingParser implements PacketParser {
   #frame: Uint8Array | undefined;
   #filled = 0;
   #failed = false;
+  /** Topic bytes of the last PUBLISH whose topic passed the UTF-8 check. */
+  #checkedTopic: Uint8Array | undefined;
 
   constructor(protocolVersion: ProtocolVersion, maxPacketBytes: number) {
     this.#max = maxPacketBytes;
@@ -241,10 +243,15 @@ class FramingParser implements PacketParser {
       this.#out.push({ kind: "packet", packet: packet as unknown as MqttPacket.Packet });
       return;
     }
-    const badTopic = publishTopicProblem(frame);
-    if (badTopic) {
-      this.#malformed(badTopic);
-      return;
+    const topic = publishTopicBytes(frame);
+    // A publisher mostly repeats its topics: the last one that passed is not checked again.
+    if (topic !== null && !(this.#checkedTopic && sameBytes(topic, this.#checkedTopic))) {
+      const badTopic = publishTopicProblem(topic);
+      if (badTopic) {
+        this.#malformed(badTopic);
+        return;
+      }
+      this.#checkedTopic = topic.slice();
     }
     const isConnect = frame[0]! >> 4 === 1;
     const codec = isConnect ? parsers.connect : parsers[this.#level];
@@ -277,13 +284,10 @@ class FramingParser implements PacketParser {
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
- * Checks a PUBLISH frame's topic bytes, which mqtt-packet decodes lossily (ill-formed
- * UTF-8 would arrive as U+FFFD): the topic must be well-formed UTF-8 without U+0000,
- * 3.1.1 [MQTT-1.5.3-1], [MQTT-1.5.3-2]; v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2]. Returns what
- * is wrong, or null (also for other packet types and frames too short to hold a topic,
- * which the codec itself refuses).
+ * The topic name bytes of a PUBLISH frame, or null for other packets and frames too
+ * short to hold one (which the codec itself refuses).
  */
-function publishTopicProblem(frame: Uint8Array): string | null {
+function publishTopicBytes(frame: Uint8Array): Uint8Array | null {
   if (frame[0]! >> 4 !== 3) return null;
   let offset = 1;
   while (offset < frame.length && (frame[offset]! & 0x80) !== 0) offset++;
@@ -291,7 +295,22 @@ function publishTopicProblem(frame: Uint8Array): string | null {
   if (offset + 2 > frame.length) return null;
   const length = (frame[offset]! << 8) | frame[offset + 1]!;
   const bytes = frame.subarray(offset + 2, offset + 2 + length);
-  if (bytes.length < length) return null;
+  return bytes.length < length ? null : bytes;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * Checks a PUBLISH topic's bytes, which mqtt-packet decodes lossily (ill-formed UTF-8
+ * would arrive as U+FFFD): the topic must be well-formed UTF-8 without U+0000, 3.1.1
+ * [MQTT-1.5.3-1], [MQTT-1.5.3-2]; v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2]. Returns what is
+ * wrong, or null.
+ */
+function publishTopicProblem(bytes: Uint8Array): string | null {
   if (bytes.includes(0)) return "PUBLISH topic contains U+0000";
   try {
     strictUtf8.decode(bytes);
@@ -345,15 +364,79 @@ export function encodePacket(packet: OutboundPacket, protocolVersion: ProtocolVe
 }
 
 function generate(packet: OutboundPacket, protocolVersion: ProtocolVersion): Uint8Array {
-  let buffer: Buffer;
+  collector.reset();
   try {
-    buffer = mqtt.generate(withBuffers(packet), { protocolVersion });
+    mqtt.writeToStream(
+      withBuffers(packet),
+      collector as unknown as Parameters<typeof mqtt.writeToStream>[1],
+      {
+        protocolVersion,
+      },
+    );
+    return collector.join();
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
     throw new TypeError(`cannot encode a ${packet.cmd} packet: ${message}`, { cause: err });
+  } finally {
+    collector.reset();
   }
-  return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
 }
+
+const utf8 = new TextEncoder();
+
+/**
+ * The stream mqtt-packet's `writeToStream` encodes into: it writes a packet as a few
+ * pieces (header, length, strings, payload), which are joined here with native copies
+ * into one array. mqtt-packet's own `generate` does the same through Node's `Buffer`
+ * (`Buffer.concat`, `copy`), which costs more under Deno; the bytes are the same
+ * (tested against `generate`). One collector serves every call: encoding is synchronous.
+ */
+class Collector {
+  #pieces: Uint8Array[] = [];
+  #length = 0;
+  /** Last string written (topics repeat) and its encoding. */
+  #lastText = "";
+  #lastBytes: Uint8Array = new Uint8Array(0);
+
+  write(piece: Uint8Array | string): boolean {
+    let bytes: Uint8Array;
+    if (typeof piece !== "string") bytes = piece;
+    else if (piece === this.#lastText) bytes = this.#lastBytes;
+    else {
+      bytes = utf8.encode(piece);
+      this.#lastText = piece;
+      this.#lastBytes = bytes;
+    }
+    this.#pieces.push(bytes);
+    this.#length += bytes.length;
+    return true;
+  }
+
+  /** mqtt-packet's way of saying a field is invalid. */
+  destroy(err?: Error): void {
+    if (err) throw err;
+  }
+
+  join(): Uint8Array {
+    const out = new Uint8Array(this.#length);
+    let offset = 0;
+    for (const piece of this.#pieces) {
+      const n = piece.length;
+      // Most pieces are a few bytes (header, lengths, identifier): a loop beats `set`'s call.
+      if (n > 32) out.set(piece, offset);
+      else for (let i = 0; i < n; i++) out[offset + i] = piece[i]!;
+      offset += n;
+    }
+    return out;
+  }
+
+  reset(): void {
+    this.#pieces.length = 0;
+    this.#length = 0;
+  }
+}
+
+const collector = new Collector();
 
 /** The acknowledgements that have a packet identifier right after a one-byte length. */
 const ACK_TYPES: ReadonlyMap<string, number> = new Map([
@@ -409,15 +492,23 @@ function encodeAck(
   return out;
 }
 
-/** mqtt-packet's `generate` needs `Buffer`s (a plain Uint8Array fails in its concat). */
+/**
+ * mqtt-packet needs `Buffer`s where a field may be a string or bytes (it tells them
+ * apart with `Buffer.isBuffer`). A PUBLISH payload is only measured and written, so a
+ * plain Uint8Array does there.
+ */
 function withBuffers(packet: OutboundPacket): MqttPacket.Packet {
   const p = packet as unknown as Record<string, unknown>;
+  if (p.cmd === "publish" && p.properties === undefined) {
+    // The topic as bytes: mqtt-packet would measure the string twice and encode it.
+    return { ...p, topic: topicBytes(p.topic) } as unknown as MqttPacket.Packet;
+  }
   let copy: Record<string, unknown> | undefined;
   const set = (key: string, value: unknown) => {
     copy ??= { ...p };
     copy[key] = value;
   };
-  if (isPlainBytes(p.payload)) set("payload", toBuffer(p.payload));
+  if (isPlainBytes(p.payload) && p.cmd !== "publish") set("payload", toBuffer(p.payload));
   if (isPlainBytes(p.password)) set("password", toBuffer(p.password));
   const will = p.will as Record<string, unknown> | undefined;
   if (will && isPlainBytes(will.payload)) set("will", { ...will, payload: toBuffer(will.payload) });
@@ -432,6 +523,21 @@ function withBuffers(packet: OutboundPacket): MqttPacket.Packet {
     }
   }
   return (copy ?? p) as unknown as MqttPacket.Packet;
+}
+
+/** Encoded topic names, as `Buffer`s (mqtt-packet takes a topic as a string or a Buffer). */
+const topicCache = new Map<string, Buffer>();
+const TOPIC_CACHE_SIZE = 4096;
+
+function topicBytes(topic: unknown): unknown {
+  if (typeof topic !== "string") return topic;
+  let bytes = topicCache.get(topic);
+  if (bytes === undefined) {
+    if (topicCache.size >= TOPIC_CACHE_SIZE) topicCache.clear();
+    bytes = Buffer.from(topic, "utf8");
+    topicCache.set(topic, bytes);
+  }
+  return bytes;
 }
 
 function isPlainBytes(value: unknown): value is Uint8Array {
