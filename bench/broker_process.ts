@@ -206,7 +206,8 @@ async function probeMqtt(
 /**
  * `deno run` flags with `--cpu-prof` added when `BENCH_CPU_PROF` names a directory (the
  * broker then writes a V8 CPU profile there when it stops; open it in Chrome DevTools),
- * and `--v8-flags=` with `BENCH_V8_FLAGS` when it is set (e.g. `--trace-gc`).
+ * `--v8-flags=` with `BENCH_V8_FLAGS` when it is set (e.g. `--trace-gc`), and the
+ * `deno run` flags in `BENCH_DENO_FLAGS` (e.g. `--inspect=127.0.0.1:9229`).
  */
 function withProfile(run: readonly string[]): string[] {
   const extra: string[] = [];
@@ -214,6 +215,8 @@ function withProfile(run: readonly string[]): string[] {
   if (dir) extra.push("--cpu-prof", `--cpu-prof-dir=${dir}`);
   const v8 = Deno.env.get("BENCH_V8_FLAGS");
   if (v8) extra.push(`--v8-flags=${v8}`);
+  const more = Deno.env.get("BENCH_DENO_FLAGS");
+  if (more) extra.push(...more.split(" ").filter((flag) => flag !== ""));
   return [run[0] as string, ...extra, ...run.slice(1)];
 }
 

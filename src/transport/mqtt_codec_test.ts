@@ -350,3 +350,24 @@ Deno.test("encodePacket gives byte for byte what mqtt-packet's generate gives", 
     assert.deepEqual([...encodePacket(packet as unknown as OutboundPacket, 5)], [...theirs]);
   }
 });
+
+Deno.test("mqtt-packet's debug output is off, and comes back when DEBUG names it", async () => {
+  const codec = new URL("./mqtt_codec.ts", import.meta.url).href;
+  const script = `const { createPacketParser } = await import(${JSON.stringify(codec)});
+    createPacketParser(4, 1024).push(new Uint8Array([0xc0, 0]));`;
+  const run = async (debug: string | undefined) => {
+    const env: Record<string, string> = { NO_COLOR: "1" };
+    if (debug !== undefined) env.DEBUG = debug;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--config", new URL("../../deno.json", import.meta.url).pathname, script],
+      env,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    return new TextDecoder().decode(out.stderr) + new TextDecoder().decode(out.stdout);
+  };
+  assert.doesNotMatch(await run(undefined), /mqtt-packet:parser/);
+  assert.doesNotMatch(await run("other:*"), /mqtt-packet:parser/);
+  assert.match(await run("mqtt-packet:*"), /mqtt-packet:parser/);
+});
