@@ -207,16 +207,14 @@ export async function startBroker(
   const mqttHandlers = new Map<PacketLink, Promise<void>>();
   const mqttSockets = new Set<PacketLink>();
   const mqttClients = new WeakMap<PacketLink, MqttClient>();
-  const serveLink = async (conn: PacketLink, ctx: MqttContext) => {
+  // The connection handlers below chain promises rather than await: every suspended
+  // async function is a few hundred bytes for as long as its connection lives.
+  const serveLink = (conn: PacketLink, ctx: MqttContext): Promise<void> => {
     const client = new MqttClient(conn, ctx);
     mqttClients.set(conn, client);
-    const handling = client.run();
+    const handling = client.run().finally(() => mqttHandlers.delete(conn));
     mqttHandlers.set(conn, handling);
-    try {
-      await handling;
-    } finally {
-      mqttHandlers.delete(conn);
-    }
+    return handling;
   };
   // Keep Alive timeout: a v5 client is told why (DISCONNECT 0x8D) before the close, but
   // only after its CONNACK, v5 [MQTT-3.14.0-1].
@@ -235,7 +233,7 @@ export async function startBroker(
       // Until the CONNECT: the time allowed to connect; then the client's keep-alive.
       idleTimeoutMs: config.loginTimeout,
       onIdle,
-      async onConnection(conn) {
+      onConnection(conn) {
         mqttSockets.add(conn);
         conn.closed.then(() => mqttSockets.delete(conn));
         const refused = limits.admit(conn.address);
@@ -247,11 +245,14 @@ export async function startBroker(
           conn.close(refused);
           return;
         }
+        let served: Promise<void>;
         try {
-          await serveLink(conn, ctx);
-        } finally {
+          served = serveLink(conn, ctx);
+        } catch (err) {
           limits.release(conn.address);
+          throw err;
         }
+        return served.finally(() => limits.release(conn.address));
       },
       onHandshakeError(err, remote) {
         log.warning("MQTT TLS handshake with {remote}: {error}", {
@@ -285,10 +286,10 @@ export async function startBroker(
     onIdle,
     // Admitted before the upgrade (503 when refused), released when it closes.
     limits,
-    async onConnection(conn) {
+    onConnection(conn) {
       mqttSockets.add(conn);
       conn.closed.then(() => mqttSockets.delete(conn));
-      await serveLink(conn, wsCtx);
+      return serveLink(conn, wsCtx);
     },
     onRefused(remote, reason) {
       log.warning("Refused MQTT WebSocket connection from {remote}: {reason}", { remote, reason });

@@ -104,6 +104,13 @@ const READ_PAGE = 256;
 /** Largest MQTT packet identifier. */
 const MAX_TAG = 65_535;
 
+/**
+ * The empty tag set sessions start with (most never lend or park a tag): never added
+ * to, replaced by a set of their own on first use. An idle connection's session holds
+ * no collection it does not need.
+ */
+const NO_TAGS: Set<number> = new Set();
+
 /** The live state of one filter session. Created by the broker's session registry. */
 export class Session {
   readonly sid: string;
@@ -133,16 +140,15 @@ export class Session {
   #broken = false;
   #filtersFor: (topic: string) => FilterEntry[];
   #checkAcl: boolean;
-  #filterCache = new Map<string, { version: number; entries: FilterEntry[] }>();
+  #filterCache: Map<string, { version: number; entries: FilterEntry[] }> | undefined;
   /**
    * Tags of completed messages still stored as `done` (above a position): not reused
    * until the position passes them and their entries are deleted.
    */
-  #parked = new Set<number>();
+  #parked: Set<number> = NO_TAGS;
   /** Tags lent out for messages of shared groups this session is a member of. */
-  #lent = new Set<number>();
-  /** Inbound QoS 2 packet identifiers stored and awaiting PUBREL. */
-  readonly receipts = new Set<number>();
+  #lent: Set<number> = NO_TAGS;
+  #receipts: Set<number> | undefined;
 
   constructor(
     broker: Broker,
@@ -197,6 +203,16 @@ export class Session {
     return this.#output !== null;
   }
 
+  /** Inbound QoS 2 packet identifiers stored and awaiting PUBREL (made on first use). */
+  get receipts(): Set<number> {
+    return this.#receipts ??= new Set();
+  }
+
+  #park(tag: number): void {
+    if (this.#parked === NO_TAGS) this.#parked = new Set();
+    this.#parked.add(tag);
+  }
+
   /**
    * Rebuilds a persistent session from the store: positions, messages in flight and
    * inbound receipts. Called once, before the first {@link attach}.
@@ -229,7 +245,7 @@ export class Session {
         stream.next = Math.max(stream.next, e.seq + 1);
         if (e.phase === "done") {
           stream.doneTags.set(e.seq, e.tag);
-          this.#parked.add(e.tag);
+          this.#park(e.tag);
           continue;
         }
         const m = await topic.read(e.seq);
@@ -240,7 +256,7 @@ export class Session {
             topic: name,
           });
           stream.doneTags.set(e.seq, e.tag);
-          this.#parked.add(e.tag);
+          this.#park(e.tag);
           continue;
         }
         stream.outstanding.push(e.seq);
@@ -347,6 +363,7 @@ export class Session {
   /** A packet identifier for a message of a shared group, counted in this window. */
   lendTag(): number {
     const tag = this.#allocateTag();
+    if (this.#lent === NO_TAGS) this.#lent = new Set();
     this.#lent.add(tag);
     return tag;
   }
@@ -433,7 +450,7 @@ export class Session {
     if (i >= 0) s.outstanding.splice(i, 1);
     if (f) {
       s.doneTags.set(seq, f.tag);
-      this.#parked.add(f.tag);
+      this.#park(f.tag);
     }
     if (!this.#settlePosition(s) && f && this.durable) {
       // Completed above the position (out of order): remembered durably as done, so
@@ -659,10 +676,10 @@ export class Session {
   /** The filters matching `topic`, cached until the filter index changes. */
   #filtersOf(topic: string): FilterEntry[] {
     const version = this.#broker.filterIndex.version;
-    const cached = this.#filterCache.get(topic);
+    const cached = this.#filterCache?.get(topic);
     if (cached?.version === version) return cached.entries;
     const entries = this.#filtersFor(topic);
-    this.#filterCache.set(topic, { version, entries });
+    (this.#filterCache ??= new Map()).set(topic, { version, entries });
     return entries;
   }
 

@@ -28,7 +28,7 @@ export interface ConnectionOptions {
  * so an idle connection starts (and falls back) small; a connection whose reads fill the
  * buffer gets a bigger one, up to the largest.
  */
-const MIN_READ_BUFFER_BYTES = 1024;
+const MIN_READ_BUFFER_BYTES = 256;
 const MAX_READ_BUFFER_BYTES = 64 * 1024;
 const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
 

@@ -172,12 +172,16 @@ const parsers = {
   5: sharedParser(5),
 };
 
+/** Shared empty result; never added to (`push` starts a fresh array). */
+const NO_EVENTS: PacketEvent[] = [];
+
 class FramingParser implements PacketParser {
   readonly #max: number;
   #level: ProtocolVersion;
-  #out: PacketEvent[] = [];
+  /** What the `push` in progress completes; empty between pushes, so nothing is kept. */
+  #out: PacketEvent[] = NO_EVENTS;
   /** First byte and Remaining Length bytes of the packet being framed. */
-  readonly #header = new Uint8Array(5);
+  readonly #header: number[] = [0, 0, 0, 0, 0];
   #headerBytes = 0;
   /** The frame being filled once its header is known. */
   #frame: Uint8Array | undefined;
@@ -243,7 +247,9 @@ class FramingParser implements PacketParser {
       offset += take;
       if (this.#filled === frame.length) this.#decode(frame);
     }
-    return this.#out;
+    const out = this.#out;
+    this.#out = NO_EVENTS;
+    return out;
   }
 
   /** The header is complete: the frame's size, or -1 when it is refused (and failed). */
@@ -271,7 +277,7 @@ class FramingParser implements PacketParser {
   /** Makes room for a frame of `size` bytes that arrives over several chunks. */
   #startFrame(size: number): void {
     const frame = new Uint8Array(size);
-    frame.set(this.#header.subarray(0, this.#headerBytes));
+    for (let i = 0; i < this.#headerBytes; i++) frame[i] = this.#header[i]!;
     this.#filled = this.#headerBytes;
     if (size === this.#headerBytes) this.#decode(frame);
     else this.#frame = frame;
@@ -483,6 +489,10 @@ class Collector {
 }
 
 const collector = new Collector();
+
+// mqtt-packet builds its table of encoded 16-bit numbers (65,536 small Buffers, ~6.5 MB)
+// on its first encoding: done here, at start-up, rather than on the first connection.
+generate({ cmd: "pingresp" }, 4);
 
 /** The acknowledgements that have a packet identifier right after a one-byte length. */
 const ACK_TYPES: ReadonlyMap<string, number> = new Map([

@@ -113,6 +113,10 @@ export class PacketConnection extends SocketConnection implements PacketLink {
   }
 
   async *#readBatches(): AsyncGenerator<PacketEvent[]> {
+    // `items` is cleared before the next read: a suspended generator keeps its
+    // variables, and an idle connection would otherwise hold its last packets (the
+    // CONNECT, with its strings) for as long as it lives.
+    let items: PacketEvent[] | null = null;
     for (;;) {
       let chunk: Uint8Array | null;
       try {
@@ -121,12 +125,14 @@ export class PacketConnection extends SocketConnection implements PacketLink {
         return; // a read error (reset, closed by us) just ends the input
       }
       if (chunk === null || this.inputStopped) return;
-      const items = this.#parser.push(chunk);
+      items = this.#parser.push(chunk);
+      chunk = null;
       if (items.length > 0) {
         // Keep Alive counts whole Control Packets received (3.1.1 §3.1.2.10, v5 §3.1.2.10).
         if (items.some((item) => item.kind === "packet")) this.noteInput();
         yield items;
       }
+      items = null;
       if (this.#parser.failed) return;
     }
   }

@@ -22,13 +22,21 @@ import type {
   StoredMessage,
   WillRecord,
 } from "../../store/store.ts";
-import type { IConnectPacket, IPublishPacket, Packet } from "../../transport/mqtt_codec.ts";
+import type {
+  IConnectPacket,
+  IPublishPacket,
+  Packet,
+  PacketEvent,
+} from "../../transport/mqtt_codec.ts";
 import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
 import { OrderedReplies } from "../../ordered_replies.ts";
 import { sharedPublish } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
+
+/** An empty batch, to let go of a handled one. */
+const NO_PACKETS: PacketEvent[] = [];
 
 const log = getLogger("mqtt");
 
@@ -149,25 +157,27 @@ export class MqttClient {
     return this.#state === "connected";
   }
 
-  async run(): Promise<void> {
-    try {
-      await this.#loop();
-    } catch (err) {
+  /** Serves the connection until it ends; never rejects (a failure is logged and closes it). */
+  run(): Promise<void> {
+    // Chained, not awaited: this connection's stack of suspended functions stays shorter.
+    return this.#loop().catch((err) => {
       log.error("MQTT connection {id} failed: {error}", {
         id: this.link.id,
         error: err instanceof Error ? err.stack ?? err.message : String(err),
       });
       this.link.close("handler failed");
-    } finally {
-      await this.#end();
-    }
+    }).then(() => this.#end());
   }
 
   async #loop(): Promise<void> {
     // A read's packets are handled in one go: those that need no waiting (acknowledgements,
     // most PUBLISHes) without a turn of the event loop between them.
-    input: for await (const batch of this.link.batches()) {
-      for (const item of batch) {
+    // `batch` and `item` are cleared once handled: a suspended async function keeps its
+    // variables, and an idle connection would otherwise hold its last packet (the
+    // CONNECT) for as long as it lives.
+    input: for await (let batch of this.link.batches()) {
+      for (let i = 0; i < batch.length; i++) {
+        let item: PacketEvent | null = batch[i]!;
         if (this.#state === "closing" || !this.link.reading) break input;
         try {
           if (item.kind === "too-large") {
@@ -187,6 +197,7 @@ export class MqttClient {
             );
           }
           const waiting = this.#dispatch(item.packet);
+          item = null;
           if (waiting) await waiting;
         } catch (err) {
           if (!(err instanceof Close)) throw err;
@@ -194,6 +205,7 @@ export class MqttClient {
           break input;
         }
       }
+      batch = NO_PACKETS;
     }
     this.#state = "closing";
     // Answer what was already accepted before the socket goes.
