@@ -55,9 +55,15 @@ export interface Memory {
   rssKb: number;
   /** VmHWM: the highest resident size since the process started. */
   peakKb: number;
+  /**
+   * RssAnon: the resident part that is the process's own memory (heap, stacks), without
+   * file pages such as the executable's code, which the kernel pages in as code paths are
+   * first run and may drop again at any time.
+   */
+  anonKb: number;
 }
 
-/** Reads VmRSS and VmHWM of `pid`. */
+/** Reads VmRSS, VmHWM and RssAnon of `pid`. */
 export async function memory(pid: number | "self"): Promise<Memory> {
   const status = await readProc(pid, "status");
   const field = (name: string): number => {
@@ -65,5 +71,5 @@ export async function memory(pid: number | "self"): Promise<Memory> {
     if (!m) throw new Error(`no ${name} in /proc/${pid}/status`);
     return Number(m[1]);
   };
-  return { rssKb: field("VmRSS"), peakKb: field("VmHWM") };
+  return { rssKb: field("VmRSS"), peakKb: field("VmHWM"), anonKb: field("RssAnon") };
 }

@@ -16,6 +16,7 @@ import { servePublisher } from "./protocols/jsonl/publisher.ts";
 import { type DataDir, openDataDir } from "./store/data_dir.ts";
 import { errorText, type RestartPolicy } from "./supervisor.ts";
 import { ConnectionLimits } from "./transport/connection_limits.ts";
+import { MemoryReducer } from "./memory_reducer.ts";
 import { type LineConnection, LineServer, type TlsPem } from "./transport/tcp.ts";
 import { readTlsFiles } from "./transport/tls.ts";
 import { MqttClient, type MqttContext } from "./protocols/mqtt/client.ts";
@@ -116,7 +117,13 @@ export async function startBroker(
   const connections = new Map<LineConnection, Promise<void>>();
   // Every accepted socket until it is closed (a handler may end before its socket).
   const sockets = new Set<LineConnection>();
-  const limits = new ConnectionLimits(config.maxConnections, config.maxConnectionsPerAddress);
+  // A crowd of connections leaving leaves garbage that a quiet broker would keep.
+  const reducer = new MemoryReducer({ minPeak: 1000, quietMs: 2000 });
+  const limits = new ConnectionLimits(
+    config.maxConnections,
+    config.maxConnectionsPerAddress,
+    (total) => reducer.connections(total),
+  );
   const serve = (kind: "consumer" | "publisher", port: number, pem?: TlsPem) => {
     const handler = kind === "consumer" ? serveConsumer : servePublisher;
     return new LineServer({
@@ -350,6 +357,7 @@ export async function startBroker(
   let stopping: Promise<void> | null = null;
   const stop = async () => {
     log.info("Stopping: no new connections");
+    reducer.stop();
     await sys.stop();
     await Promise.all(servers.map((s) => s.close()));
     for (const c of mqttHandlers.keys()) c.stopReading();

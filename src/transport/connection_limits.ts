@@ -9,16 +9,19 @@
 export class ConnectionLimits {
   readonly #max: number;
   readonly #maxPerAddress: number;
+  readonly #onChange: ((total: number) => void) | undefined;
   #total = 0;
   #perAddress = new Map<string, number>();
 
   /**
    * @param max connections in all
    * @param maxPerAddress connections from one address
+   * @param onChange told the new total after each admission and release
    */
-  constructor(max: number, maxPerAddress: number) {
+  constructor(max: number, maxPerAddress: number, onChange?: (total: number) => void) {
     this.#max = max;
     this.#maxPerAddress = maxPerAddress;
+    this.#onChange = onChange;
   }
 
   /** Connections admitted and not yet released. */
@@ -35,6 +38,7 @@ export class ConnectionLimits {
     }
     this.#perAddress.set(address, n + 1);
     this.#total++;
+    this.#onChange?.(this.#total);
     return null;
   }
 
@@ -44,5 +48,6 @@ export class ConnectionLimits {
     if (n > 0) this.#perAddress.set(address, n);
     else this.#perAddress.delete(address);
     this.#total--;
+    this.#onChange?.(this.#total);
   }
 }

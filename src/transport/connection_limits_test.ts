@@ -20,3 +20,14 @@ Deno.test("a released connection frees its slot, in all and for its address", ()
   assert.equal(limits.admit("a"), null);
   assert.equal(limits.admit("c"), "too many connections (limit 2)");
 });
+
+Deno.test("onChange is told the total after each admission and release, not after a refusal", () => {
+  const totals: number[] = [];
+  const limits = new ConnectionLimits(2, 2, (total) => totals.push(total));
+  assert.equal(limits.admit("a"), null);
+  assert.equal(limits.admit("b"), null);
+  assert.notEqual(limits.admit("c"), null);
+  limits.release("a");
+  limits.release("b");
+  assert.deepEqual(totals, [1, 2, 1, 0]);
+});

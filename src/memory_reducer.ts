@@ -1,0 +1,109 @@
+/**
+ * Gives memory back once a crowd of connections has left.
+ *
+ * V8 collects garbage when JavaScript allocates. A broker that goes quiet after 10,000
+ * clients disconnect has nothing left to allocate, so their connections' objects stay in
+ * its heap as garbage, and the pages under them stay resident, until the next burst of
+ * work: measured here, 10,000 idle MQTT clients leaving left the broker at 130 MB of
+ * heap and +218 MiB of anonymous RSS over its start, 20 s later. So when the number of
+ * connections falls to half of its peak (a peak of at least `minPeak`), and then nothing
+ * connects or leaves for `quietMs`, the reducer runs one full collection. The peak then
+ * restarts from the current count: another collection needs another crowd, so a broker
+ * whose clients come and go in small numbers never pays for one.
+ *
+ * @module
+ */
+
+import v8 from "node:v8";
+import vm from "node:vm";
+import { getLogger } from "./log.ts";
+
+const log = getLogger("memory");
+
+/** What the reducer needs; `collect` defaults to a full V8 garbage collection. */
+export interface MemoryReducerOptions {
+  /** Peak connection count below which nothing is collected. */
+  minPeak: number;
+  /** Time without a connection arriving or leaving before the collection. */
+  quietMs: number;
+  collect?: () => void;
+}
+
+/** Watches the connection count; see the module documentation. */
+export class MemoryReducer {
+  readonly #minPeak: number;
+  readonly #quietMs: number;
+  readonly #collect: () => void;
+  #peak = 0;
+  #count = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #stopped = false;
+
+  constructor(options: MemoryReducerOptions) {
+    this.#minPeak = options.minPeak;
+    this.#quietMs = options.quietMs;
+    this.#collect = options.collect ?? fullCollection;
+  }
+
+  /** The number of live connections changed to `count`. */
+  connections(count: number): void {
+    this.#count = count;
+    if (count > this.#peak) this.#peak = count;
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+    if (this.#stopped || this.#peak < this.#minPeak || count > this.#peak / 2) return;
+    this.#timer = setTimeout(() => this.#run(), this.#quietMs);
+  }
+
+  /** Cancels a pending collection; later changes are ignored. */
+  stop(): void {
+    this.#stopped = true;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #run(): void {
+    this.#timer = undefined;
+    const peak = this.#peak;
+    this.#peak = this.#count;
+    const before = Deno.memoryUsage();
+    try {
+      this.#collect();
+    } catch (err) {
+      log.warning("Garbage collection after connections left failed: {error}", {
+        error: err instanceof Error ? err.message : String(err),
+      });
+      return;
+    }
+    const after = Deno.memoryUsage();
+    const mb = (bytes: number) => (bytes / 1_048_576).toFixed(1);
+    log.info(
+      "Connections fell from {peak} to {count}: collected garbage, heap {before} → {after} MiB, RSS {rssBefore} → {rssAfter} MiB",
+      {
+        peak,
+        count: this.#count,
+        before: mb(before.heapUsed),
+        after: mb(after.heapUsed),
+        rssBefore: mb(before.rss),
+        rssAfter: mb(after.rss),
+      },
+    );
+  }
+}
+
+let gc: (() => void) | undefined;
+
+/**
+ * A full garbage collection. V8 exposes `gc` only with `--expose-gc`; the flag is set
+ * here, when first needed, and the function taken from a fresh context, which V8 gives
+ * it from then on. No permission is involved.
+ */
+function fullCollection(): void {
+  if (!gc) {
+    v8.setFlagsFromString("--expose-gc");
+    gc = vm.runInNewContext("gc") as () => void;
+  }
+  gc();
+}
