@@ -448,6 +448,9 @@ export class Session {
   #finish(s: Stream, seq: number, f: Inflight | null): void {
     const i = s.outstanding.indexOf(seq);
     if (i >= 0) s.outstanding.splice(i, 1);
+    // The usual case: the lowest message in flight completes, the position moves past it
+    // and its tag is free at once, with nothing to remember in between.
+    if (f && i === 0 && this.#settlePosition(s, f.tag)) return;
     if (f) {
       s.doneTags.set(seq, f.tag);
       this.#park(f.tag);
@@ -459,13 +462,16 @@ export class Session {
     }
   }
 
-  /** Moves the position to the lowest incomplete message; false when it did not move. */
-  #settlePosition(s: Stream): boolean {
+  /**
+   * Moves the position to the lowest incomplete message; false when it did not move.
+   * `freed` is the tag of a message below the new position that was never parked.
+   */
+  #settlePosition(s: Stream, freed?: number): boolean {
     const position = s.outstanding[0] ?? s.next;
     if (position <= s.position) return false;
     s.position = position;
     s.topic.trackPosition(this.sid, position, this.durable);
-    const gone: number[] = [];
+    const gone: number[] = freed === undefined ? [] : [freed];
     for (const [seq, tag] of s.doneTags) {
       if (seq < position) {
         gone.push(tag);

@@ -32,8 +32,13 @@ import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
 import { OrderedReplies } from "../../ordered_replies.ts";
-import { sharedPublish } from "./publish_cache.ts";
+import { cachedPublish, publishVariant, sharedPublish } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
+
+/** The properties of a PUBLISH that has none (3.1.1, and most at 5.0); never written. */
+const NO_PROPERTIES: NonNullable<IPublishPacket["properties"]> = Object.freeze({});
+
+function ignore(): void {}
 
 /** An empty batch, to let go of a handled one. */
 const NO_PACKETS: PacketEvent[] = [];
@@ -497,7 +502,7 @@ export class MqttClient {
   #publish(p: IPublishPacket): Promise<void> | void {
     const qos = p.qos as Qos;
     if (qos > 0) this.#needId(p.messageId);
-    const props = p.properties ?? {};
+    const props = p.properties ?? NO_PROPERTIES;
     let topic = p.topic;
     if (this.#version === 5 && props.topicAlias !== undefined) {
       const alias = props.topicAlias;
@@ -610,17 +615,20 @@ export class MqttClient {
       this.#submitting = submitted.catch(() => {}).finally(() => this.#submitsWaiting--);
       committed = submitted.then((s) => s.committed);
     }
-    this.#replies.add(committed, () => ack(RC.success), (err) => {
+    // Inbound flow control: with too many of this connection's messages not yet
+    // committed and answered (QoS 0 has no window), stop reading until the newest one
+    // lands; TCP then slows the publisher down instead of the broker's memory growing.
+    this.#uncommitted++;
+    this.#replies.add(committed, () => {
+      this.#uncommitted--;
+      ack(RC.success);
+    }, (err) => {
+      this.#uncommitted--;
       if (qos === 2) session.receipts.delete(tag);
       this.#refusePublish(err, qos, topic, ack);
     });
-    // Inbound flow control: with too many of this connection's messages not yet
-    // committed (QoS 0 has no window), stop reading until the newest one lands; TCP then
-    // slows the publisher down instead of the broker's memory growing.
-    this.#uncommitted++;
-    const landed = () => void this.#uncommitted--;
-    const settled = committed.then(landed, landed);
-    if (this.#uncommitted >= MAX_UNCOMMITTED) return settled;
+    // The reply above was queued first, so the count is down when this resolves.
+    if (this.#uncommitted >= MAX_UNCOMMITTED) return committed.then(ignore, ignore);
   }
 
   /** `Broker.submitNow`, with a refusal turned into a rejected commit. */
@@ -937,16 +945,19 @@ export class MqttClient {
     // this receiver's own (subscription ids, the expiry countdown, topic aliases).
     const own = out.subscriptionIds.length > 0 || m.expiresAt !== undefined ||
       (this.#version === 5 && this.#clientAliasMax > 0);
-    const bytes = own
-      ? encodePacket(this.#publishPacket(out, tag, dup), this.#version)
-      : sharedPublish(
+    let bytes: Uint8Array | undefined;
+    if (own) bytes = encodePacket(this.#publishPacket(out, tag, dup), this.#version);
+    else {
+      const variant = publishVariant(this.#version, out.qos, out.retain);
+      bytes = cachedPublish(m, variant, tag, dup) ?? sharedPublish(
         m,
-        `${this.#version}/${out.qos}/${out.retain ? 1 : 0}`,
+        variant,
         () => this.#publishPacket(out, tag === null ? null : 1, false),
         this.#version,
         tag,
         dup,
       );
+    }
     if (this.#clientMaxPacket > 0 && bytes.byteLength > this.#clientMaxPacket) {
       // Too large for the client: dropped as if sent, v5 [MQTT-3.1.2-25].
       log.warning("Message {msgId} on {topic} is larger than {clientId} accepts; not sent", {

@@ -3,8 +3,8 @@
  * fan-out to 50 subscribers encodes once, not 50 times). Each receiver gets a copy with
  * its own packet identifier and DUP flag written in: both sit at fixed places of the
  * encoding (the identifier right after the topic name, 3.1.1 §3.3.2 and v5 §3.3.2; DUP
- * in bit 3 of the first byte, §3.3.1.1). The cache lives as long as the message object
- * (a WeakMap), so nothing here needs expiring.
+ * in bit 3 of the first byte, §3.3.1.1). The cache lives on the message object, so
+ * nothing here needs expiring.
  *
  * @module
  */
@@ -17,33 +17,70 @@ interface Encoded {
   idOffset: number;
 }
 
-const cache = new WeakMap<StoredMessage, Map<string, Encoded>>();
+/**
+ * Where a message keeps its encodings, by variant: a symbol-keyed, non-enumerable
+ * property, which Deno KV's serialisation, JSON and object spread all skip. It lives
+ * exactly as long as the message, with neither a WeakMap entry nor a Map per message.
+ */
+const ENCODED = Symbol("encoded PUBLISH packets");
+
+type WithEncodings = StoredMessage & { [ENCODED]?: (Encoded | undefined)[] };
+
+/**
+ * The variant of a receiver's PUBLISH: what depends on its subscription (level, QoS,
+ * RETAIN), as a small number.
+ */
+export function publishVariant(protocolVersion: 4 | 5, qos: 0 | 1 | 2, retain: boolean): number {
+  return (protocolVersion - 4) * 6 + qos * 2 + (retain ? 1 : 0);
+}
+
+/**
+ * The PUBLISH for `message` with identifier `tag` (null at QoS 0) and `dup` if the
+ * message's encoding of `variant` is made already (see {@link sharedPublish}), else
+ * undefined. Costs no encoding and no closure: the common case of a fan-out.
+ */
+export function cachedPublish(
+  message: StoredMessage,
+  variant: number,
+  tag: number | null,
+  dup: boolean,
+): Uint8Array | undefined {
+  const e = (message as WithEncodings)[ENCODED]?.[variant];
+  return e && forReceiver(e, tag, dup);
+}
 
 /**
  * The PUBLISH for `message` with identifier `tag` (null at QoS 0) and `dup`, from the
  * shared encoding of `packet` (which must not depend on the receiver: no alias, no
- * subscription identifier, no expiry countdown). `variant` names what does depend on
- * the receiver's subscription: level, QoS and RETAIN.
+ * subscription identifier, no expiry countdown). `variant` ({@link publishVariant})
+ * names what does depend on the receiver's subscription: level, QoS and RETAIN.
  */
 export function sharedPublish(
   message: StoredMessage,
-  variant: string,
+  variant: number,
   packet: () => OutboundPacket,
   protocolVersion: 4 | 5,
   tag: number | null,
   dup: boolean,
 ): Uint8Array {
-  let variants = cache.get(message);
+  const m = message as WithEncodings;
+  let variants = m[ENCODED];
   if (!variants) {
-    variants = new Map();
-    cache.set(message, variants);
+    // Not enumerable: a copy of the message (`{ ...message, topic }`) must not take
+    // encodings that may no longer fit it.
+    variants = [];
+    Object.defineProperty(m, ENCODED, { value: variants });
   }
-  let e = variants.get(variant);
+  let e = variants[variant];
   if (!e) {
     const bytes = encodePacket(packet(), protocolVersion);
     e = { bytes, idOffset: identifierOffset(bytes) };
-    variants.set(variant, e);
+    variants[variant] = e;
   }
+  return forReceiver(e, tag, dup);
+}
+
+function forReceiver(e: Encoded, tag: number | null, dup: boolean): Uint8Array {
   if (tag === null && !dup) return e.bytes; // QoS 0: the shared bytes as they are
   const copy = e.bytes.slice();
   if (dup) copy[0] = copy[0]! | 0x08;

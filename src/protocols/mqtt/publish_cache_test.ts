@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import type { StoredMessage } from "../../store/store.ts";
 import { encodePacket, type OutboundPacket } from "../../transport/mqtt_codec.ts";
-import { sharedPublish } from "./publish_cache.ts";
+import { cachedPublish, publishVariant, sharedPublish } from "./publish_cache.ts";
 
 const message: StoredMessage = {
   id: 1,
@@ -31,7 +31,7 @@ Deno.test("a shared PUBLISH with its identifier and DUP written in equals a fres
       for (const [tag, dup] of [[1, false], [258, true], [65535, false]] as const) {
         const shared = sharedPublish(
           message,
-          `${version}/${qos}`,
+          publishVariant(version, qos, false),
           () => packet(qos, 1, false),
           version,
           tag,
@@ -42,7 +42,7 @@ Deno.test("a shared PUBLISH with its identifier and DUP written in equals a fres
     }
     const qos0 = sharedPublish(
       message,
-      `${version}/0`,
+      publishVariant(version, 0, false),
       () => packet(0, undefined, false),
       version,
       null,
@@ -53,9 +53,37 @@ Deno.test("a shared PUBLISH with its identifier and DUP written in equals a fres
 });
 
 Deno.test("receivers get their own copies: one's identifier does not leak into another's", () => {
-  const a = sharedPublish(message, "4/1/x", () => packet(1, 1, false), 4, 7, false);
-  const b = sharedPublish(message, "4/1/x", () => packet(1, 1, false), 4, 9, false);
+  const variant = publishVariant(4, 1, true);
+  const a = sharedPublish(message, variant, () => packet(1, 1, false), 4, 7, false);
+  const b = cachedPublish(message, variant, 9, false);
   assert.notEqual(a, b);
   assert.deepEqual(a, encodePacket(packet(1, 7, false), 4));
   assert.deepEqual(b, encodePacket(packet(1, 9, false), 4));
+});
+
+Deno.test("variants are cached apart, and the cache stays out of the stored message", async () => {
+  const fresh: StoredMessage = { ...message, id: 2 };
+  const v4 = publishVariant(4, 1, false);
+  const v5 = publishVariant(5, 1, false);
+  assert.equal(cachedPublish(fresh, v4, 3, false), undefined, "nothing before the first encoding");
+  sharedPublish(fresh, v4, () => packet(1, 1, false), 4, 3, false);
+  assert.equal(cachedPublish(fresh, v5, 3, false), undefined, "another level is another variant");
+  const ids = new Set<number>();
+  for (const level of [4, 5] as const) {
+    for (const qos of [0, 1, 2] as const) {
+      for (const retain of [false, true]) ids.add(publishVariant(level, qos, retain));
+    }
+  }
+  assert.equal(ids.size, 12);
+  const kv = await Deno.openKv(":memory:");
+  try {
+    await kv.set(["m"], fresh);
+    assert.deepEqual((await kv.get(["m"])).value, { ...message, id: 2 });
+    assert.deepEqual(
+      JSON.parse(JSON.stringify(fresh)),
+      JSON.parse(JSON.stringify(message.id === 2 ? message : { ...message, id: 2 })),
+    );
+  } finally {
+    kv.close();
+  }
 });
