@@ -81,6 +81,11 @@ export abstract class SocketConnection {
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
 
   #queue: Uint8Array[] = [];
+  /**
+   * Packet identifiers to write into shared bytes of the queue as the batch is joined:
+   * part index, offset in the part, identifier, DUP (0/1); four numbers per patch.
+   */
+  #patches: number[] = [];
   /** Bytes queued plus bytes being written: the memory a slow peer holds. */
   #unwrittenBytes = 0;
   #writing: Promise<void> | undefined;
@@ -202,6 +207,18 @@ export abstract class SocketConnection {
     return this.#drained.promise;
   }
 
+  /**
+   * Queues `bytes` (shared, left unchanged) with a 16-bit packet identifier written at
+   * `idOffset` and, with `dup`, bit 3 of the first byte set, as the output is joined for
+   * writing: a PUBLISH encoded once for many receivers, or an acknowledgement template,
+   * goes out without a copy of its own.
+   */
+  sendPatched(bytes: Uint8Array, idOffset: number, id: number, dup: boolean): void {
+    if (this.#closing) return;
+    this.#patches.push(this.#queue.length, idOffset, id, dup ? 1 : 0);
+    this.sendBytes(bytes);
+  }
+
   sendBytes(bytes: Uint8Array): void {
     if (this.#closing) return;
     this.#queue.push(bytes);
@@ -234,8 +251,9 @@ export abstract class SocketConnection {
       // Let the rest of this turn queue its output too, so it leaves in one write.
       await Promise.resolve();
       while (this.#queue.length > 0) {
-        const batch = concat(this.#queue);
+        const batch = concat(this.#queue, this.#patches);
         this.#queue = [];
+        if (this.#patches.length > 0) this.#patches = [];
         let written = 0;
         while (written < batch.length) {
           writeStats.writes++;
@@ -282,7 +300,10 @@ export abstract class SocketConnection {
     this.#closeReason = reason;
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
-    if (!flush) this.#queue = [];
+    if (!flush) {
+      this.#queue = [];
+      this.#patches = [];
+    }
     void this.#finish(flush);
   }
 
@@ -321,16 +342,36 @@ export abstract class SocketConnection {
   }
 }
 
-/** Joins `parts` into one array so a whole batch goes out in one write. */
-export function concat(parts: Uint8Array[]): Uint8Array {
-  if (parts.length === 1 && parts[0]) return parts[0];
+/**
+ * Joins `parts` into one array so a whole batch goes out in one write, then applies
+ * `patches` (see {@link SocketConnection.sendPatched}: part index, offset, 16-bit
+ * value, DUP flag; four numbers each) to the joined copy, never to the parts.
+ */
+export function concat(parts: Uint8Array[], patches?: readonly number[]): Uint8Array {
+  const patched = patches !== undefined && patches.length > 0;
+  if (parts.length === 1 && parts[0] && !patched) return parts[0];
   let total = 0;
   for (const part of parts) total += part.length;
   const out = new Uint8Array(total);
+  const starts: number[] | null = patched ? [] : null;
   let offset = 0;
   for (const part of parts) {
-    out.set(part, offset);
-    offset += part.length;
+    starts?.push(offset);
+    const n = part.length;
+    // Small parts (acknowledgements, headers) are copied faster by hand than by `set`.
+    if (n > 32) out.set(part, offset);
+    else for (let i = 0; i < n; i++) out[offset + i] = part[i]!;
+    offset += n;
+  }
+  if (starts) {
+    for (let k = 0; k < patches!.length; k += 4) {
+      const start = starts[patches![k]!]!;
+      const at = start + patches![k + 1]!;
+      const value = patches![k + 2]!;
+      out[at] = value >> 8;
+      out[at + 1] = value & 0xff;
+      if (patches![k + 3]) out[start] = out[start]! | 0x08;
+    }
   }
   return out;
 }

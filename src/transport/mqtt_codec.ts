@@ -110,7 +110,8 @@ const MAX_REMAINING_LENGTH = 268_435_455;
 export interface PacketParser {
   /**
    * Feeds `chunk` and returns the items it completes, in order. Each packet is copied
-   * into a frame of its own (payloads are views of it), so `chunk` may be reused.
+   * into a frame of its own (payloads are views of it), so `chunk` may be reused, unless
+   * the parser was made with `chunksAreFresh`.
    */
   push(chunk: Uint8Array): PacketEvent[];
   /** The level packets are parsed at: the initial one until a CONNECT says its own. */
@@ -128,6 +129,11 @@ export interface PacketParser {
  * @param protocolVersion level of packets before any CONNECT
  * @param maxPacketBytes largest whole packet accepted (fixed header included), as v5's
  *   Maximum Packet Size counts it; bounds what a peer can make us buffer
+ * @param options.chunksAreFresh the caller hands over each chunk for good (a fresh
+ *   array per read, never written again): a packet that lies wholly in one chunk is then
+ *   parsed from a view of it rather than from a copy, and its byte fields (payload,
+ *   correlation data, a will's payload) stay views of the chunk, so a caller that keeps
+ *   one must copy it. Without it every packet gets a frame of its own.
  * @example
  * ```ts
  * const parser = createPacketParser(4, 65536);
@@ -139,8 +145,9 @@ export interface PacketParser {
 export function createPacketParser(
   protocolVersion: ProtocolVersion,
   maxPacketBytes: number,
+  options: { chunksAreFresh?: boolean } = {},
 ): PacketParser {
-  return new FramingParser(protocolVersion, maxPacketBytes);
+  return new FramingParser(protocolVersion, maxPacketBytes, options.chunksAreFresh ?? false);
 }
 
 /** mqtt-packet's parser; `settings` becomes the CONNECT packet once one is parsed. */
@@ -177,6 +184,8 @@ const NO_EVENTS: PacketEvent[] = [];
 
 class FramingParser implements PacketParser {
   readonly #max: number;
+  /** Frames wholly inside a chunk are views of it (`chunksAreFresh`). */
+  readonly #views: boolean;
   #level: ProtocolVersion;
   /** What the `push` in progress completes; empty between pushes, so nothing is kept. */
   #out: PacketEvent[] = NO_EVENTS;
@@ -190,9 +199,10 @@ class FramingParser implements PacketParser {
   /** Topic bytes of the last PUBLISH whose topic passed the UTF-8 check. */
   #checkedTopic: Uint8Array | undefined;
 
-  constructor(protocolVersion: ProtocolVersion, maxPacketBytes: number) {
+  constructor(protocolVersion: ProtocolVersion, maxPacketBytes: number, views: boolean) {
     this.#max = maxPacketBytes;
     this.#level = protocolVersion;
+    this.#views = views;
   }
 
   get protocolVersion(): ProtocolVersion {
@@ -232,9 +242,9 @@ class FramingParser implements PacketParser {
         if (size < 0) continue; // failed
         const start = offset - this.#headerBytes; // negative: the header began in an earlier chunk
         if (start >= 0 && start + size <= chunk.length) {
-          // The whole frame is in this chunk (the usual case): one copy of it.
+          // The whole frame is in this chunk (the usual case): a view of it or one copy.
           offset = start + size;
-          this.#decode(chunk.slice(start, offset));
+          this.#decode(this.#views ? chunk.subarray(start, offset) : chunk.slice(start, offset));
           continue;
         }
         this.#startFrame(size);
@@ -410,9 +420,14 @@ export type OutboundPacket =
  * ```
  */
 export function encodePacket(packet: OutboundPacket, protocolVersion: ProtocolVersion): Uint8Array {
-  const ack = encodeAck(packet, protocolVersion);
-  if (ack) return ack;
-  return generate(packet, protocolVersion);
+  const template = ackTemplate(packet, protocolVersion);
+  if (!template) return generate(packet, protocolVersion);
+  const out = new Uint8Array(template.length);
+  out.set(template);
+  const id = (packet as { messageId: number }).messageId;
+  out[2] = id >> 8;
+  out[3] = id & 0xff;
+  return out;
 }
 
 function generate(packet: OutboundPacket, protocolVersion: ProtocolVersion): Uint8Array {
@@ -509,14 +524,15 @@ const PROBE_ID = 0x1234;
 const ackTemplates = new Map<number, Uint8Array | null>();
 
 /**
- * A PUBACK, PUBREC, PUBREL or PUBCOMP without properties, from mqtt-packet's encoding of
- * the same packet with another identifier: the identifier is the first field of their
- * variable header, right after a one-byte Remaining Length (3.1.1 §3.4-3.7, v5
- * §3.4-3.7), so only those two bytes differ. One copy and two stores instead of a
- * `generate` per acknowledgement, which every QoS 1 and 2 message needs. Undefined for
- * any other packet.
+ * For a PUBACK, PUBREC, PUBREL or PUBCOMP without properties: mqtt-packet's encoding of
+ * the same packet with another identifier, shared (never to be changed). The identifier
+ * is the first field of their variable header, at bytes 2 and 3 after a one-byte
+ * Remaining Length (3.1.1 §3.4-3.7, v5 §3.4-3.7), so the packet is the template with
+ * its identifier written there: one copy and two stores, or none when the output queue
+ * writes them in (a connection's `sendPatched`), instead of a `generate` per
+ * acknowledgement, which every QoS 1 and 2 message needs. Undefined for any other packet.
  */
-function encodeAck(
+export function ackTemplate(
   packet: OutboundPacket,
   protocolVersion: ProtocolVersion,
 ): Uint8Array | undefined {
@@ -540,12 +556,7 @@ function encodeAck(
     template = fits ? probe.slice() : null;
     ackTemplates.set(key, template);
   }
-  if (template === null) return undefined;
-  const out = new Uint8Array(template.length);
-  out.set(template);
-  out[2] = id >> 8;
-  out[3] = id & 0xff;
-  return out;
+  return template ?? undefined;
 }
 
 /**

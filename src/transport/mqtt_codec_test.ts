@@ -371,3 +371,29 @@ Deno.test("mqtt-packet's debug output is off, and comes back when DEBUG names it
   assert.doesNotMatch(await run("other:*"), /mqtt-packet:parser/);
   assert.match(await run("mqtt-packet:*"), /mqtt-packet:parser/);
 });
+
+Deno.test("chunksAreFresh: a packet inside one chunk is parsed from a view of it, otherwise from a copy", () => {
+  const publish = encodePacket({ ...publish5, qos: 1, messageId: 3 } as OutboundPacket, 5);
+  const chunk = concat([publish, publish]);
+  const payloadsOf = (items: PacketEvent[]) =>
+    packetsOf(items).map((p) => (p as { payload: Uint8Array }).payload);
+
+  const viewing = createPacketParser(5, 4096, { chunksAreFresh: true });
+  const viewed = payloadsOf(viewing.push(chunk));
+  assert.equal(viewed.length, 2);
+  for (const payload of viewed) {
+    assert.equal(payload.buffer, chunk.buffer);
+    assert.equal(new TextDecoder().decode(payload), "hello");
+  }
+  // Split across chunks, a packet still gets a frame of its own.
+  const [split] = payloadsOf(
+    viewing.push(publish.subarray(0, 5)).concat(viewing.push(publish.subarray(5))),
+  );
+  assert.notEqual(split!.buffer, publish.buffer);
+  assert.equal(new TextDecoder().decode(split), "hello");
+
+  const copying = createPacketParser(5, 4096);
+  for (const payload of payloadsOf(copying.push(chunk))) {
+    assert.notEqual(payload.buffer, chunk.buffer);
+  }
+});

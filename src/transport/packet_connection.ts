@@ -8,6 +8,7 @@
 
 import { type ConnectionOptions, SocketConnection } from "./connection.ts";
 import {
+  ackTemplate,
   createPacketParser,
   encodePacket,
   type OutboundPacket,
@@ -65,7 +66,8 @@ export class PacketConnection extends SocketConnection implements PacketLink {
   constructor(conn: Deno.TcpConn | Deno.TlsConn, options: PacketConnectionOptions) {
     super(conn, options);
     // Level 4 until the CONNECT: the codec parses a CONNECT of any level and takes its level.
-    this.#parser = createPacketParser(4, options.maxPacketBytes);
+    // Each chunk is a fresh copy of a read (`readChunk`): packets are parsed from views of it.
+    this.#parser = createPacketParser(4, options.maxPacketBytes, { chunksAreFresh: true });
     this.#onIdle = options.onIdle;
   }
 
@@ -146,6 +148,13 @@ export class PacketConnection extends SocketConnection implements PacketLink {
    */
   send(packet: OutboundPacket): void {
     if (this.isClosed) return;
+    const template = ackTemplate(packet, this.protocolVersion);
+    if (template) {
+      // An acknowledgement: the shared template, with the identifier written in as the
+      // output is joined.
+      this.sendPatched(template, 2, (packet as { messageId: number }).messageId, false);
+      return;
+    }
     this.sendBytes(encodePacket(packet, this.protocolVersion));
   }
 

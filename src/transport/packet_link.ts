@@ -76,6 +76,12 @@ export interface PacketLink {
    * change afterwards. Never throws; ignored once closed.
    */
   sendBytes(bytes: Uint8Array): void;
+  /**
+   * Queues `bytes` (shared, left unchanged) with the 16-bit packet identifier `id`
+   * written at `idOffset` and, with `dup`, bit 3 of the first byte set (a PUBLISH
+   * encoded once for many receivers). Never throws; ignored once closed.
+   */
+  sendPatched(bytes: Uint8Array, idOffset: number, id: number, dup: boolean): void;
   /** Output queued and not yet written, in bytes. */
   readonly bufferedBytes: number;
   /** Resolves once everything queued so far is written (or the connection closed). */

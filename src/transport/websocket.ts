@@ -224,6 +224,16 @@ export class WsPacketConnection implements PacketLink {
     this.sendBytes(encodePacket(packet, this.protocolVersion));
   }
 
+  /** As {@link sendBytes}, on a copy with the identifier (and DUP) written in. */
+  sendPatched(bytes: Uint8Array, idOffset: number, id: number, dup: boolean): void {
+    if (this.#closing) return;
+    const copy = bytes.slice();
+    copy[idOffset] = id >> 8;
+    copy[idOffset + 1] = id & 0xff;
+    if (dup) copy[0] = copy[0]! | 0x08;
+    this.sendBytes(copy);
+  }
+
   /** Output queued here or in the socket, in bytes. */
   get bufferedBytes(): number {
     return this.#outputBytes + this.#socket.bufferedAmount;

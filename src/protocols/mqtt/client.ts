@@ -32,7 +32,13 @@ import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
 import { OrderedReplies } from "../../ordered_replies.ts";
-import { cachedPublish, publishVariant, sharedPublish } from "./publish_cache.ts";
+import {
+  cachedEncoding,
+  type Encoded,
+  forReceiver,
+  publishVariant,
+  sharedEncoding,
+} from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 
 /** The properties of a PUBLISH that has none (3.1.1, and most at 5.0); never written. */
@@ -945,18 +951,18 @@ export class MqttClient {
     // this receiver's own (subscription ids, the expiry countdown, topic aliases).
     const own = out.subscriptionIds.length > 0 || m.expiresAt !== undefined ||
       (this.#version === 5 && this.#clientAliasMax > 0);
-    let bytes: Uint8Array | undefined;
+    let bytes: Uint8Array;
+    let shared: Encoded | undefined;
     if (own) bytes = encodePacket(this.#publishPacket(out, tag, dup), this.#version);
     else {
       const variant = publishVariant(this.#version, out.qos, out.retain);
-      bytes = cachedPublish(m, variant, tag, dup) ?? sharedPublish(
+      shared = cachedEncoding(m, variant) ?? sharedEncoding(
         m,
         variant,
         () => this.#publishPacket(out, tag === null ? null : 1, false),
         this.#version,
-        tag,
-        dup,
       );
+      bytes = shared.bytes;
     }
     if (this.#clientMaxPacket > 0 && bytes.byteLength > this.#clientMaxPacket) {
       // Too large for the client: dropped as if sent, v5 [MQTT-3.1.2-25].
@@ -970,7 +976,9 @@ export class MqttClient {
     }
     this.#ctx.broker.metrics.messagesSent++;
     this.#ctx.broker.metrics.bytesSent += bytes.byteLength;
-    this.link.sendBytes(bytes);
+    if (!shared || (tag === null && !dup)) this.link.sendBytes(bytes);
+    else if (tag === null) this.link.sendBytes(forReceiver(shared, tag, dup));
+    else this.link.sendPatched(bytes, shared.idOffset, tag, dup);
   }
   /** The PUBLISH packet of `out` for this receiver (aliases are assigned here). */
   #publishPacket(out: Outbound, tag: number | null, dup: boolean): OutboundPacket {

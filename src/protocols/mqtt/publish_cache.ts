@@ -1,7 +1,8 @@
 /**
  * Outbound PUBLISH packets encoded once per message and shared by all its receivers (a
- * fan-out to 50 subscribers encodes once, not 50 times). Each receiver gets a copy with
- * its own packet identifier and DUP flag written in: both sit at fixed places of the
+ * fan-out to 50 subscribers encodes once, not 50 times). Each receiver's packet is the
+ * shared bytes with its own packet identifier and DUP flag written in, by the output
+ * queue as it joins a write or in a copy: both sit at fixed places of the
  * encoding (the identifier right after the topic name, 3.1.1 §3.3.2 and v5 §3.3.2; DUP
  * in bit 3 of the first byte, §3.3.1.1). The cache lives on the message object, so
  * nothing here needs expiring.
@@ -11,7 +12,8 @@
 import type { StoredMessage } from "../../store/store.ts";
 import { encodePacket, type OutboundPacket } from "../../transport/mqtt_codec.ts";
 
-interface Encoded {
+/** One shared encoding of a PUBLISH. */
+export interface Encoded {
   bytes: Uint8Array;
   /** Where the packet identifier starts (QoS 1 and 2 only). */
   idOffset: number;
@@ -34,35 +36,24 @@ export function publishVariant(protocolVersion: 4 | 5, qos: 0 | 1 | 2, retain: b
   return (protocolVersion - 4) * 6 + qos * 2 + (retain ? 1 : 0);
 }
 
-/**
- * The PUBLISH for `message` with identifier `tag` (null at QoS 0) and `dup` if the
- * message's encoding of `variant` is made already (see {@link sharedPublish}), else
- * undefined. Costs no encoding and no closure: the common case of a fan-out.
- */
-export function cachedPublish(
-  message: StoredMessage,
-  variant: number,
-  tag: number | null,
-  dup: boolean,
-): Uint8Array | undefined {
-  const e = (message as WithEncodings)[ENCODED]?.[variant];
-  return e && forReceiver(e, tag, dup);
+/** The shared encoding of `message` for `variant`, if it was made already. */
+export function cachedEncoding(message: StoredMessage, variant: number): Encoded | undefined {
+  return (message as WithEncodings)[ENCODED]?.[variant];
 }
 
 /**
- * The PUBLISH for `message` with identifier `tag` (null at QoS 0) and `dup`, from the
- * shared encoding of `packet` (which must not depend on the receiver: no alias, no
- * subscription identifier, no expiry countdown). `variant` ({@link publishVariant})
- * names what does depend on the receiver's subscription: level, QoS and RETAIN.
+ * The shared encoding of `message` for `variant` ({@link publishVariant}: what depends
+ * on the receiver's subscription, level, QoS and RETAIN), made from `packet` on first
+ * use. `packet` must not depend on the receiver otherwise: no alias, no subscription
+ * identifier, no expiry countdown. Send it with the receiver's identifier written at
+ * `idOffset` (a connection's `sendPatched`), or take a copy with {@link forReceiver}.
  */
-export function sharedPublish(
+export function sharedEncoding(
   message: StoredMessage,
   variant: number,
   packet: () => OutboundPacket,
   protocolVersion: 4 | 5,
-  tag: number | null,
-  dup: boolean,
-): Uint8Array {
+): Encoded {
   const m = message as WithEncodings;
   let variants = m[ENCODED];
   if (!variants) {
@@ -77,10 +68,11 @@ export function sharedPublish(
     e = { bytes, idOffset: identifierOffset(bytes) };
     variants[variant] = e;
   }
-  return forReceiver(e, tag, dup);
+  return e;
 }
 
-function forReceiver(e: Encoded, tag: number | null, dup: boolean): Uint8Array {
+/** A receiver's own copy of `e` with identifier `tag` (null at QoS 0) and `dup`. */
+export function forReceiver(e: Encoded, tag: number | null, dup: boolean): Uint8Array {
   if (tag === null && !dup) return e.bytes; // QoS 0: the shared bytes as they are
   const copy = e.bytes.slice();
   if (dup) copy[0] = copy[0]! | 0x08;

@@ -1,7 +1,25 @@
 import assert from "node:assert/strict";
 import type { StoredMessage } from "../../store/store.ts";
 import { encodePacket, type OutboundPacket } from "../../transport/mqtt_codec.ts";
-import { cachedPublish, publishVariant, sharedPublish } from "./publish_cache.ts";
+import { cachedEncoding, forReceiver, publishVariant, sharedEncoding } from "./publish_cache.ts";
+import { concat } from "../../transport/connection.ts";
+
+/** The receiver's packet as a copy (what a WebSocket connection sends). */
+function sharedPublish(
+  m: StoredMessage,
+  variant: number,
+  packet: () => OutboundPacket,
+  version: 4 | 5,
+  tag: number | null,
+  dup: boolean,
+): Uint8Array {
+  return forReceiver(sharedEncoding(m, variant, packet, version), tag, dup);
+}
+
+function cachedPublish(m: StoredMessage, variant: number, tag: number | null, dup: boolean) {
+  const e = cachedEncoding(m, variant);
+  return e && forReceiver(e, tag, dup);
+}
 
 const message: StoredMessage = {
   id: 1,
@@ -86,4 +104,37 @@ Deno.test("variants are cached apart, and the cache stays out of the stored mess
   } finally {
     kv.close();
   }
+});
+
+Deno.test("the output queue writes identifiers and DUP into shared bytes as it joins them, never into the shared bytes", () => {
+  const variant = publishVariant(5, 2, false);
+  const e = sharedEncoding(message, variant, () => packet(2, 1, false), 5);
+  const before = e.bytes.slice();
+  const ack = encodePacket({ cmd: "pubrec", messageId: 1 } as OutboundPacket, 5);
+  // As a connection joins its queue: part index, offset, identifier, DUP per patch.
+  const joined = concat([e.bytes, ack, e.bytes], [
+    0,
+    e.idOffset,
+    300,
+    0,
+    1,
+    2,
+    0xfffe,
+    0,
+    2,
+    e.idOffset,
+    7,
+    1,
+  ]);
+  assert.deepEqual(
+    joined,
+    concat([
+      encodePacket(packet(2, 300, false), 5),
+      encodePacket({ cmd: "pubrec", messageId: 0xfffe } as OutboundPacket, 5),
+      encodePacket(packet(2, 7, true), 5),
+    ]),
+  );
+  assert.deepEqual(e.bytes, before);
+  // One part and no patch: the part itself, no copy.
+  assert.equal(concat([e.bytes], []), e.bytes);
 });
