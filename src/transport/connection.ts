@@ -147,9 +147,9 @@ export abstract class SocketConnection {
    *
    * @throws what the socket's read throws (reset, closed by us)
    */
-  protected async readChunk(): Promise<Uint8Array | null> {
-    if (this.#inputStopped) return null;
-    if (this.#closing) throw new Error("connection closed");
+  protected readChunk(): Promise<Uint8Array | null> {
+    if (this.#inputStopped) return Promise.resolve(null);
+    if (this.#closing) return Promise.reject(new Error("connection closed"));
     const read = this.#conn.read(this.#readBuffer);
     // Tracked until it settles, also when a stop wins the race below: `#finish` waits for it.
     this.#read = read;
@@ -157,7 +157,13 @@ export abstract class SocketConnection {
       if (this.#read === read) this.#read = undefined;
     };
     read.then(settled, settled);
-    const n = await Promise.race([read, this.#stopInput.promise]);
+    // Chained rather than awaited: an idle connection waits here, and a suspended async
+    // function would cost it a few hundred bytes more.
+    return Promise.race([read, this.#stopInput.promise]).then((n) => this.#chunkOf(n));
+  }
+
+  /** The chunk a read of `n` bytes gave (null: end of input), sizing the next read. */
+  #chunkOf(n: number | null): Uint8Array | null {
     if (n === null || this.#inputStopped) return null;
     const chunk = this.#readBuffer.slice(0, n);
     const size = this.#readBuffer.length;

@@ -108,8 +108,8 @@ export function serveMqtt(link: Link, ctx: MqttContext): Promise<void> {
   return new MqttClient(link, ctx).run();
 }
 
-/** The state of one MQTT connection. */
-export class MqttClient {
+/** The state of one MQTT connection; its session sends through it. */
+export class MqttClient implements SessionOutput {
   readonly link: Link;
   #ctx: MqttContext;
   #state: State = "awaiting-connect";
@@ -472,7 +472,7 @@ export class MqttClient {
       version: version === 5 ? "5.0" : "3.1.1",
       kind: present ? "resumed" : session.durable ? "persistent" : "clean",
     });
-    session.attach(this.#output(), window);
+    session.attach(this, window);
     for (const f of this.#ctx.broker.filterIndex.entriesOf(this.#sid)) {
       if (parseShare(f.filter)) await this.#joinGroup(f.filter);
     }
@@ -925,24 +925,39 @@ export class MqttClient {
 
   // --- output ----------------------------------------------------------------------------------
 
-  #output(): SessionOutput {
-    return {
-      publish: (out, tag, dup) => {
-        if (this.#state === "closing" && !this.link.isClosed) {
-          // Still sent: the socket flushes what is queued before it closes.
-        }
-        this.#sendPublish(out, tag, dup);
-      },
-      release: (tag) => this.link.send({ cmd: "pubrel", messageId: tag }),
-      // Backpressure: stop feeding a connection with half its write buffer unwritten.
-      ready: () => this.link.bufferedBytes < this.#ctx.writeBufferBytes / 2,
-      whenReady: () => this.link.whenDrained(),
-      budget: () => this.#ctx.writeBufferBytes / 2 - this.link.bufferedBytes,
-      fail: (reason) => {
-        this.#refuse(new Close(reason, RC.unspecified));
-        this.link.close(reason);
-      },
-    };
+  // --- SessionOutput: the session sends through its client (no object of closures per
+  // connection). The socket flushes what is queued before it closes, so a publish while
+  // closing still goes out.
+
+  /** {@link SessionOutput.publish} */
+  publish(out: Outbound, tag: number | null, dup: boolean): void {
+    this.#sendPublish(out, tag, dup);
+  }
+
+  /** {@link SessionOutput.release} */
+  release(tag: number): void {
+    this.link.send({ cmd: "pubrel", messageId: tag });
+  }
+
+  /** {@link SessionOutput.ready}: backpressure at half the write buffer unwritten. */
+  ready(): boolean {
+    return this.link.bufferedBytes < this.#ctx.writeBufferBytes / 2;
+  }
+
+  /** {@link SessionOutput.whenReady} */
+  whenReady(): Promise<void> {
+    return this.link.whenDrained();
+  }
+
+  /** {@link SessionOutput.budget} */
+  budget(): number {
+    return this.#ctx.writeBufferBytes / 2 - this.link.bufferedBytes;
+  }
+
+  /** {@link SessionOutput.fail} */
+  fail(reason: string): void {
+    this.#refuse(new Close(reason, RC.unspecified));
+    this.link.close(reason);
   }
 
   #sendPublish(out: Outbound, tag: number | null, dup: boolean): void {
@@ -1061,50 +1076,57 @@ export class MqttClient {
     l.group.settled(l.groupTag);
   }
 
-  /** This connection as a member of shared groups. */
-  readonly #member: GroupMember = {
-    sid: "",
-    room: () => this.#state === "connected" ? (this.#session?.room() ?? 0) : 0,
-    send: (group, out, groupTag, dup) => {
-      const session = this.#session;
-      if (!session) return;
-      // The member's granted QoS bounds the message's, [MQTT-4.8.2-3].
-      const entry = this.#ctx.broker.filterIndex.entriesOf(this.#sid)
-        .find((f) => parseShare(f.filter) && groupId(f.filter) === group.sid);
-      const qos = Math.min(out.qos, entry?.qos ?? out.qos) as Qos;
-      const mine: Outbound = { ...out, qos };
-      if (qos === 0) {
-        this.#sendPublish(mine, null, false);
-        if (out.qos > 0) {
-          group.session.refused(groupTag);
-          group.settled(groupTag);
+  #memberObject: GroupMember | undefined;
+
+  /** This connection as a member of shared groups (made when it first joins one). */
+  get #member(): GroupMember {
+    return this.#memberObject ??= this.#makeMember();
+  }
+
+  #makeMember(): GroupMember {
+    return {
+      sid: "",
+      room: () => this.#state === "connected" ? (this.#session?.room() ?? 0) : 0,
+      send: (group, out, groupTag, dup) => {
+        const session = this.#session;
+        if (!session) return;
+        // The member's granted QoS bounds the message's, [MQTT-4.8.2-3].
+        const entry = this.#ctx.broker.filterIndex.entriesOf(this.#sid)
+          .find((f) => parseShare(f.filter) && groupId(f.filter) === group.sid);
+        const qos = Math.min(out.qos, entry?.qos ?? out.qos) as Qos;
+        const mine: Outbound = { ...out, qos };
+        if (qos === 0) {
+          this.#sendPublish(mine, null, false);
+          if (out.qos > 0) {
+            group.session.refused(groupTag);
+            group.settled(groupTag);
+          }
+          return;
         }
-        return;
-      }
-      const tag = session.lendTag();
-      (this.#lent ??= new Map()).set(tag, { group, groupTag, qos });
-      (this.#lentBy ??= new Map()).set(`${group.sid}:${groupTag}`, tag);
-      this.#sendPublish(mine, tag, dup);
-    },
-    release: (group, groupTag) => {
-      const tag = this.#lentBy?.get(`${group.sid}:${groupTag}`);
-      if (tag === undefined) return false;
-      this.link.send({ cmd: "pubrel", messageId: tag });
-      return true;
-    },
-    releaseNew: (group, groupTag) => {
-      const session = this.#session;
-      if (!session) return;
-      const tag = session.lendTag();
-      (this.#lent ??= new Map()).set(tag, { group, groupTag, qos: 2 });
-      (this.#lentBy ??= new Map()).set(`${group.sid}:${groupTag}`, tag);
-      this.link.send({ cmd: "pubrel", messageId: tag });
-    },
-  };
+        const tag = session.lendTag();
+        (this.#lent ??= new Map()).set(tag, { group, groupTag, qos });
+        (this.#lentBy ??= new Map()).set(`${group.sid}:${groupTag}`, tag);
+        this.#sendPublish(mine, tag, dup);
+      },
+      release: (group, groupTag) => {
+        const tag = this.#lentBy?.get(`${group.sid}:${groupTag}`);
+        if (tag === undefined) return false;
+        this.link.send({ cmd: "pubrel", messageId: tag });
+        return true;
+      },
+      releaseNew: (group, groupTag) => {
+        const session = this.#session;
+        if (!session) return;
+        const tag = session.lendTag();
+        (this.#lent ??= new Map()).set(tag, { group, groupTag, qos: 2 });
+        (this.#lentBy ??= new Map()).set(`${group.sid}:${groupTag}`, tag);
+        this.link.send({ cmd: "pubrel", messageId: tag });
+      },
+    };
+  }
 
   // --- helpers ---------------------------------------------------------------------------------
 
-  /** Queues a reply after every earlier one, so replies keep the packets' order. */
   /** Packet identifiers are non-zero, 3.1.1 [MQTT-2.3.1-1], v5 [MQTT-2.2.1-3]. */
   #needId(id: number | undefined): void {
     if (!id) {
