@@ -565,7 +565,12 @@ export class Broker {
         ? topic.nextSeq - this.options.deadLetterMax
         : topic.retentionFloor();
       if (floor > topic.trimmedTo) {
-        this.#payloadBytes -= await this.store.trimLog(topic.topic, topic.trimmedTo, floor);
+        this.#payloadBytes -= await this.store.trimLog(
+          topic.topic,
+          topic.trimmedTo,
+          floor,
+          topic.headRecord(),
+        );
         topic.trimmedTo = floor;
       }
     }

@@ -251,11 +251,6 @@ export class Topic implements Restartable {
     if (input.from !== undefined) message.from = input.from;
     if (input.expiresAt !== undefined) message.expiresAt = input.expiresAt;
     if (input.props !== undefined) message.props = input.props;
-    const head: TopicRecord = {
-      name: this.topic,
-      nextSeq: this.#nextSeq,
-      createdAt: this.#createdAt,
-    };
     const effects: AppendEffects = {};
     if (input.releasedId !== undefined) effects.releasedId = input.releasedId;
     if (input.receipt) {
@@ -284,7 +279,7 @@ export class Topic implements Restartable {
       this.#releases.add(null, () => release(false));
       return;
     }
-    this.#releases.add(this.#store.append(message, head, effects), () => release(true), (err) => {
+    this.#releases.add(this.#store.append(message, effects), () => release(true), (err) => {
       // The store refused the write (disk full, read-only file...): not a fault of the
       // topic, so no restart counts against it. It resynchronises its head with the
       // store and goes on; the caller was told, and nothing of the append was written.
@@ -368,6 +363,11 @@ export class Topic implements Restartable {
       if (p < floor && !this.#durable.has(sid)) floor = p;
     }
     return floor;
+  }
+
+  /** The topic's head record as of now (see TopicRecord): what a trim writes. */
+  headRecord(): TopicRecord {
+    return { name: this.topic, nextSeq: this.#nextSeq, createdAt: this.#createdAt };
   }
 
   /** Every message with `seq >= memoryFrom` that has been released is in memory. */

@@ -9,7 +9,7 @@
  * | ["meta", "schema"]               | number (2)           | first start; migration from 1     |
  * | ["meta", "owner"]                | {token, pid, at}     | every start (the fencing token)   |
  * | ["meta", "ids"]                  | number               | a block of ids is reserved        |
- * | ["topic", name]                  | TopicRecord          | topic created, message appended   |
+ * | ["topic", name]                  | TopicRecord          | topic created, log trimmed        |
  * | ["log", topic, seq]              | StoredMessage[]      | messages released to the topic    |
  * | ["pending", id]                  | PendingPublish       | PUB stored, deleted at PUBREL     |
  * | ["released", id]                 | ReleasedRecord       | PUBREL (expires after a week)     |
@@ -249,10 +249,20 @@ export class KvStore implements BrokerStore {
    * below `fromSeq` in a segment that ends in the range go with it (they were already
    * past).
    */
-  async trimLog(topic: string, fromSeq: number, toSeq: number): Promise<number> {
+  async trimLog(
+    topic: string,
+    fromSeq: number,
+    toSeq: number,
+    head: TopicRecord,
+  ): Promise<number> {
+    if (head.nextSeq < toSeq) {
+      throw new RangeError(`head ${head.nextSeq} below the trimmed range's end ${toSeq}`);
+    }
     let bytes = 0;
+    // The head goes with the first deletion, or with the rewrite if nothing else goes.
+    let withHead: Mutation[] = [{ type: "set", key: ["topic", head.name], value: head }];
     for (;;) {
-      const keys: Mutation[] = [];
+      const keys: Mutation[] = [...withHead];
       for await (
         const e of this.#kv.list(
           { start: ["log", topic, fromSeq], end: ["log", topic, toSeq] },
@@ -262,8 +272,9 @@ export class KvStore implements BrokerStore {
         keys.push({ type: "delete", key: e.key });
         bytes += payloadSize(e.value);
       }
-      if (keys.length === 0) break;
+      if (keys.length === withHead.length) break;
       await this.#gc.commit(keys);
+      withHead = [];
     }
     for await (
       const e of this.#kv.list(
@@ -277,7 +288,7 @@ export class KvStore implements BrokerStore {
       for (const m of messages) if (m.seq < toSeq) bytes += m.payload.byteLength;
       // Segments are never written again by appends (those take new keys), so this
       // rewrite races nothing.
-      await this.#gc.commit([{ type: "set", key: e.key, value: rest }]);
+      await this.#gc.commit([...withHead, { type: "set", key: e.key, value: rest }]);
     }
     return bytes;
   }
@@ -308,7 +319,8 @@ export class KvStore implements BrokerStore {
    * other order could let a subscription miss its first message. A rejected append may
    * then have written positions, but never the message or its other effects.
    */
-  append(message: StoredMessage, head: TopicRecord, effects?: AppendEffects): Promise<void> {
+  append(message: StoredMessage, effects?: AppendEffects): Promise<void> {
+    // No head record: the log's last entry is the topic's floor (see TopicRecord).
     const m: Mutation[] = [
       {
         type: "append",
@@ -317,7 +329,6 @@ export class KvStore implements BrokerStore {
         value: message,
         size: messageSize(message),
       },
-      { type: "set", key: ["topic", head.name], value: head },
     ];
     const releasedId = effects?.releasedId;
     if (releasedId !== undefined) {

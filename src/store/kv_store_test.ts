@@ -151,7 +151,7 @@ function byTag(rs: { tag: number }[]): number[] {
 
 /** Appends `seqs` to `topic`, each in its own operation, all in flight together. */
 async function appendAll(store: KvStore, topic: string, seqs: number[]): Promise<void> {
-  await Promise.all(seqs.map((seq) => store.append(message(topic, seq), head(topic, seq + 1))));
+  await Promise.all(seqs.map((seq) => store.append(message(topic, seq))));
 }
 
 function seqsOf(ms: StoredMessage[]): number[] {
@@ -194,7 +194,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     await store.ensureTopic(head("t", 1));
     await appendAll(store, "t", [7, 1, 5, 2]);
     await appendAll(store, "t2", [1, 3]); // a topic whose name extends "t"
-    await store.append(message("t", 9, 99, "last"), head("t", 10));
+    await store.append(message("t", 9, 99, "last"));
     assert.deepEqual(seqsOf(await store.readLog("t", 1, 100)), [1, 2, 5, 7, 9]);
     assert.deepEqual(seqsOf(await store.readLog("t", 3, 100)), [5, 7, 9]);
     assert.deepEqual(seqsOf(await store.readLog("t", 1, 2)), [1, 2]);
@@ -203,7 +203,8 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     const [m] = await store.readLog("t", 9, 1);
     assert.deepEqual(m, message("t", 9, 99, "last"));
     assert.ok(m?.payload instanceof Uint8Array);
-    assert.equal((await store.loadTopic("t"))?.nextSeq, 10);
+    assert.equal(await store.lastLogSeq("t"), 9);
+    assert.equal((await store.loadTopic("t"))?.nextSeq, 1, "appends leave the head record alone");
     assert.deepEqual(await store.readLog("missing", 1, 10), []);
   });
 
@@ -216,7 +217,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
   });
 
   test("ensureTopic keeps the head of a topic that already has one", async ({ store }) => {
-    await store.ensureTopic(head("a", 1));
+    await store.ensureTopic(head("a", 4));
     await appendAll(store, "a", [1, 2, 3]);
     await store.ensureTopic(head("a", 1));
     assert.equal((await store.loadTopic("a"))?.nextSeq, 4);
@@ -237,7 +238,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     assert.deepEqual((await store.loadPending())[0], pending);
     assert.equal(await store.getReleased(31), null);
 
-    await store.append(message("t", 4, 31), head("t", 5), { releasedId: 31 });
+    await store.append(message("t", 4, 31), { releasedId: 31 });
     assert.deepEqual((await store.loadPending()).map((p) => p.id), [32]);
     assert.deepEqual(await store.getReleased(31), { id: 31, topic: "t", seq: 4 });
     assert.equal(await store.getReleased(32), null);
@@ -274,15 +275,15 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     const bytes = (from: number, to: number) =>
       range(from, to).reduce((n, seq) => n + `m${seq}`.length, 0);
     // One append per atomic: every segment holds one message.
-    for (const seq of range(1, 121)) await store.append(message("t", seq), head("t", seq + 1));
+    for (const seq of range(1, 121)) await store.append(message("t", seq));
     await appendAll(store, "other", range(1, 11));
     assert.equal(await store.payloadBytes(), bytes(1, 121) + bytes(1, 11));
-    assert.equal(await store.trimLog("t", 10, 110), bytes(10, 110));
+    assert.equal(await store.trimLog("t", 10, 110, head("t", 10_000)), bytes(10, 110));
     const rest = seqsOf(await store.readLog("t", 1, 2000));
     assert.deepEqual(rest, [...range(1, 10), ...range(110, 121)]);
     assert.equal((await store.readLog("other", 1, 100)).length, 10);
-    assert.equal(await store.trimLog("t", 10, 110), 0);
-    assert.equal(await store.trimLog("t", 1, 3), bytes(1, 3));
+    assert.equal(await store.trimLog("t", 10, 110, head("t", 10_000)), 0);
+    assert.equal(await store.trimLog("t", 1, 3, head("t", 10_000)), bytes(1, 3));
     assert.equal(await store.payloadBytes(), bytes(3, 10) + bytes(110, 121) + bytes(1, 11));
     assert.deepEqual(seqsOf(await store.readLog("t", 1, 3)), [3, 4, 5]);
   });
@@ -313,7 +314,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     let trimmed = 1;
     let freed = 0;
     for (const floor of [7, 333, 334, 950, 1000, 1001, 1050, 1101]) {
-      freed += await store.trimLog("t", trimmed, floor);
+      freed += await store.trimLog("t", trimmed, floor, head("t", 10_000));
       assert.equal(freed, bytes(1, floor));
       trimmed = floor;
       assert.deepEqual(seqsOf(await store.readLog("t", 0, 2000)), range(floor, 1101));
@@ -324,9 +325,27 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     assert.equal(await store.payloadBytes(), 0);
   });
 
+  test("trimLog writes the head with its first batch: the emptied log still bounds the next seq", async ({ store }) => {
+    await store.ensureTopic(head("t", 1));
+    await appendAll(store, "t", range(1, 11));
+    await assert.rejects(store.trimLog("t", 1, 11, head("t", 10)), RangeError);
+    assert.equal(await store.lastLogSeq("t"), 10, "a refused trim deleted nothing");
+    // Inside one segment only (a rewrite, no deletion): the head goes with the rewrite.
+    await store.append(message("t", 11));
+    await store.append(message("t", 12)); // two segments: [1..10], [11], [12]
+    await store.trimLog("t", 1, 5, head("t", 13));
+    assert.equal((await store.loadTopic("t"))?.nextSeq, 13);
+    await store.trimLog("t", 5, 13, head("t", 20));
+    assert.equal(await store.lastLogSeq("t"), 0);
+    assert.equal((await store.loadTopic("t"))?.nextSeq, 20);
+    // Nothing to trim: the head is not rewritten.
+    await store.trimLog("t", 13, 13, head("t", 30));
+    assert.equal((await store.loadTopic("t"))?.nextSeq, 20);
+  });
+
   test("a message with every schema 2 field round-trips through the log", async ({ store }) => {
     const m = mqttMessage("t", 1);
-    await store.append(m, head("t", 2));
+    await store.append(m);
     const [back] = await store.readLog("t", 1, 10);
     assert.deepEqual(back, m);
     assert.ok(back?.props?.correlationData instanceof Uint8Array);
@@ -395,11 +414,11 @@ function storeConformance(kind: string, make: FixtureFactory): void {
   });
 
   test("receipts are stored with their append, listed per session and deleted", async ({ store }) => {
-    await store.append(message("t", 1, 901), head("t", 2), { receipt: receipt("mqtt:a", 7, 901) });
-    await store.append(message("t", 2, 902), head("t", 3), {
+    await store.append(message("t", 1, 901), { receipt: receipt("mqtt:a", 7, 901) });
+    await store.append(message("t", 2, 902), {
       receipt: receipt("mqtt:a", 8, 902, 2),
     });
-    await store.append(message("t", 3, 903), head("t", 4), {
+    await store.append(message("t", 3, 903), {
       receipt: receipt("mqtt:b", 7, 903, 3),
     });
     assert.deepEqual(await store.loadReceipt("mqtt:a", 7), receipt("mqtt:a", 7, 901));
@@ -415,19 +434,19 @@ function storeConformance(kind: string, make: FixtureFactory): void {
   test("retained messages are set and cleared by appends, one per topic", async ({ store }) => {
     assert.deepEqual(await store.loadRetained(), []);
     const first = mqttMessage("a", 1);
-    await store.append(first, head("a", 2), { retained: "set" });
-    await store.append(message("b", 1), head("b", 2), { retained: "set" });
+    await store.append(first, { retained: "set" });
+    await store.append(message("b", 1), { retained: "set" });
     assert.deepEqual(
       (await store.loadRetained()).map((m) => [m.topic, m.id]).sort(),
       [["a", 2001], ["b", 1001]],
     );
     assert.deepEqual((await store.loadRetained()).find((m) => m.topic === "a"), first);
 
-    await store.append(message("a", 2), head("a", 3)); // RETAIN 0 leaves it alone
+    await store.append(message("a", 2)); // RETAIN 0 leaves it alone
     assert.equal((await store.loadRetained()).find((m) => m.topic === "a")?.id, 2001);
-    await store.append(mqttMessage("a", 3), head("a", 4), { retained: "set" });
+    await store.append(mqttMessage("a", 3), { retained: "set" });
     assert.equal((await store.loadRetained()).find((m) => m.topic === "a")?.seq, 3);
-    await store.append(message("a", 4, 1004, ""), head("a", 5), { retained: "clear" });
+    await store.append(message("a", 4, 1004, ""), { retained: "clear" });
     assert.deepEqual((await store.loadRetained()).map((m) => m.topic), ["b"]);
     assert.deepEqual(seqsOf(await store.readLog("a", 1, 10)), [1, 2, 3, 4]);
   });
@@ -446,7 +465,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
         qos: 2,
       }),
     ]);
-    await store.append(message("wills/mqtt:b", 1), head("wills/mqtt:b", 2), { willOf: "mqtt:b" });
+    await store.append(message("wills/mqtt:b", 1), { willOf: "mqtt:b" });
     assert.deepEqual(await sorted(), [a]);
     await store.deleteWill("mqtt:a");
     await store.deleteWill("mqtt:a");
@@ -471,7 +490,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     const m = { ...mqttMessage("t", 5, 60), retain: true };
     const positions = [subscription("mqtt:x", "t", 5), subscription("share:g/t", "t", 5)];
     const before = { ...store.commitStats };
-    await store.append(m, head("t", 6), {
+    await store.append(m, {
       releasedId: 60,
       receipt: receipt("mqtt:w", 3, 60, 5),
       retained: "set",
@@ -482,7 +501,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     assert.equal(store.commitStats.atomics, before.atomics + 1);
 
     assert.deepEqual(await store.readLog("t", 1, 10), [m]);
-    assert.equal((await store.loadTopic("t"))?.nextSeq, 6);
+    assert.equal(await store.lastLogSeq("t"), 5);
     assert.deepEqual(await store.loadPending(), []);
     assert.deepEqual(await store.getReleased(60), { id: 60, topic: "t", seq: 5 });
     assert.deepEqual(await store.loadReceipt("mqtt:w", 3), receipt("mqtt:w", 3, 60, 5));
@@ -500,7 +519,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     // go first in operations of their own, then the message with its other effects.
     const positions = range(0, 700).map((i) => subscription(`mqtt:s${i}`, "wide", 1));
     const ops = store.commitStats.operations;
-    await store.append(message("wide", 1), head("wide", 2), { positions, retained: "set" });
+    await store.append(message("wide", 1), { positions, retained: "set" });
     assert.equal(store.commitStats.operations - ops, 3, "two of positions, then the message");
     assert.deepEqual(seqsOf(await store.readLog("wide", 1, 10)), [1]);
     assert.equal((await store.loadRetained()).length, 1);
@@ -513,7 +532,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     const long = "x/".repeat(500);
     const many = range(0, 30).map((i) => subscription(`mqtt:${"c".repeat(250)}${i}`, long, 1));
     const before = store.commitStats.operations;
-    await store.append(message(long, 1), head(long, 2), { positions: many });
+    await store.append(message(long, 1), { positions: many });
     assert.ok(store.commitStats.operations - before >= 3, "positions split by bytes");
     assert.equal((await store.loadTopicSubscriptions(long)).length, 30);
     assert.equal((await store.readLog(long, 1, 10)).length, 1);
@@ -530,12 +549,12 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     }
     // Positions materialised by appends, receipts, and enough in-flight entries to take
     // several operations.
-    await store.append(message("t/2", 1), head("t/2", 2), {
+    await store.append(message("t/2", 1), {
       positions: sids.map((sid) => subscription(sid, "t/2", 1)),
       receipt: receipt("mqtt:a", 1),
       retained: "set",
     });
-    await store.append(message("u", 1), head("u", 2), { receipt: receipt("mqtt:b", 1) });
+    await store.append(message("u", 1), { receipt: receipt("mqtt:b", 1) });
     for (let tag = 1; tag <= 1200; tag += 400) {
       await store.saveInflight(range(tag, tag + 400).map((t) => inflight("mqtt:a", t)));
     }
@@ -574,7 +593,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
   });
 
   test("payloadBytes counts retained, will and embedded in-flight payloads", async ({ store }) => {
-    await store.append(message("t", 1, 1001, "abc"), head("t", 2), { retained: "set" }); // 3 + 3
+    await store.append(message("t", 1, 1001, "abc"), { retained: "set" }); // 3 + 3
     await store.saveWill(will("mqtt:a", { payload: new Uint8Array(10) })); // 10
     await store.saveInflight([
       inflight("mqtt:a", 1, { message: { ...message("r", 0, 5), payload: new Uint8Array(7) } }),
@@ -584,7 +603,7 @@ function storeConformance(kind: string, make: FixtureFactory): void {
   });
 
   test("flush() resolves after every write submitted so far is readable", async ({ store }) => {
-    for (let i = 1; i <= 50; i++) void store.append(message("f", i), head("f", i + 1));
+    for (let i = 1; i <= 50; i++) void store.append(message("f", i));
     await store.flush();
     assert.equal((await store.readLog("f", 1, 100)).length, 50);
   });
@@ -626,11 +645,11 @@ Deno.test("KvStore (file): reopening keeps topics, log, pending, releases and su
       receivedAt: 1,
       origin: "x",
     });
-    await s.append(message("t", 4, 51), head("t", 5), { releasedId: 51 });
+    await s.append(message("t", 4, 51), { releasedId: 51 });
     await s.saveSubscription(subscription("alice", "t", 3));
 
     const r = await (fx.reopen as () => Promise<KvStore>)();
-    assert.equal((await r.loadTopic("t"))?.nextSeq, 5);
+    assert.equal(await r.lastLogSeq("t"), 4);
     assert.deepEqual(seqsOf(await r.readLog("t", 1, 10)), [1, 2, 3, 4]);
     assert.deepEqual((await r.loadPending()).map((p) => [p.id, [...p.payload]]), [[50, [0, 255]]]);
     assert.deepEqual(await r.getReleased(51), { id: 51, topic: "t", seq: 4 });
@@ -728,7 +747,7 @@ Deno.test("KvStore (file): a fenced append writes neither the message nor any ef
       const second = await KvStore.open(path);
       try {
         await assert.rejects(
-          first.append(message("t", 1), head("t", 2), {
+          first.append(message("t", 1), {
             receipt: receipt("mqtt:w", 1),
             retained: "set",
             positions: [subscription("mqtt:x", "t", 1)],
@@ -760,7 +779,7 @@ Deno.test("KvStore (file): corrupt session-state values are quarantined, not thr
       await first.saveFilter(filter("mqtt:ok", "a/#"));
       await first.saveInflight([inflight("mqtt:ok", 1)]);
       await first.saveWill(will("mqtt:ok"));
-      await first.append(message("ok", 1), head("ok", 2), {
+      await first.append(message("ok", 1), {
         retained: "set",
         receipt: receipt("mqtt:ok", 1),
       });
@@ -831,10 +850,10 @@ Deno.test("KvStore: a version 2 store (one message per log key) is migrated to v
       assert.deepEqual(seqsOf(await store.readLog("t", 1, 10)), [1, 2, 3, 4, 5, 6]);
       const bytes = await store.payloadBytes();
       // 1..3 (single messages) go, and 4 leaves the segment 4..6.
-      assert.equal(await store.trimLog("t", 1, 5), 3 * 4 + "m4".length);
+      assert.equal(await store.trimLog("t", 1, 5, head("t", 10_000)), 3 * 4 + "m4".length);
       assert.equal(await store.payloadBytes(), bytes - 3 * 4 - "m4".length);
       assert.deepEqual(seqsOf(await store.readLog("t", 1, 10)), [5, 6]);
-      assert.equal(await store.trimLog("t", 5, 7), "m5m6".length);
+      assert.equal(await store.trimLog("t", 5, 7, head("t", 10_000)), "m5m6".length);
       assert.deepEqual(await store.readLog("t", 1, 10), []);
     } finally {
       store.close();
@@ -894,7 +913,7 @@ Deno.test("KvStore: a version 1 store is migrated to version 3 and its data stay
       });
       assert.deepEqual(await store.loadSubscriberTopics("alice"), ["t"]);
       assert.equal(await store.reserveIds(1), 1001);
-      await store.append(mqttMessage("t", 2), head("t", 3), { retained: "set" });
+      await store.append(mqttMessage("t", 2), { retained: "set" });
       assert.deepEqual(seqsOf(await store.readLog("t", 1, 10)), [1, 2]);
     } finally {
       store.close();

@@ -145,7 +145,12 @@ export interface PendingPublish {
   origin: string;
 }
 
-/** A topic's head: the sequence number its next message will get. */
+/**
+ * A topic's head record: its creation time, and a floor for the sequence number of its
+ * next message. Appends do not rewrite it (the log's last entry is the live floor); it is
+ * written when the topic is made and whenever messages are trimmed from its log, so that
+ * together with the log and the stored positions it bounds every number ever handed out.
+ */
 export interface TopicRecord {
   name: string;
   nextSeq: number;
@@ -192,9 +197,11 @@ export interface BrokerStore {
   readLog(topic: string, fromSeq: number, limit: number): Promise<StoredMessage[]>;
   /**
    * Deletes the log entries of a topic with `fromSeq <= seq < toSeq`, in batches;
-   * returns the payload bytes deleted.
+   * returns the payload bytes deleted. `head` (whose `nextSeq` must be at least `toSeq`)
+   * is written with the first batch: once a message leaves the log, the head is what
+   * keeps its sequence number from being handed out again.
    */
-  trimLog(topic: string, fromSeq: number, toSeq: number): Promise<number>;
+  trimLog(topic: string, fromSeq: number, toSeq: number, head: TopicRecord): Promise<number>;
   /** Payload bytes of every message held: topic logs and pending PUBs. */
   payloadBytes(): Promise<number>;
 
@@ -202,10 +209,10 @@ export interface BrokerStore {
   savePending(pending: PendingPublish): Promise<void>;
   loadPending(): Promise<PendingPublish[]>;
   /**
-   * Appends `message` to its topic and advances the topic's head, atomically with its
-   * `effects` (a pending PUB released, a receipt, the retained message, new positions).
+   * Appends `message` to its topic's log, atomically with its `effects` (a pending PUB
+   * released, a receipt, the retained message, new positions).
    */
-  append(message: StoredMessage, head: TopicRecord, effects?: AppendEffects): Promise<void>;
+  append(message: StoredMessage, effects?: AppendEffects): Promise<void>;
   getReleased(id: number): Promise<ReleasedRecord | null>;
 
   /** Creates or rewrites a subscription and the subscriber's index entry. */
