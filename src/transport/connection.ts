@@ -76,6 +76,8 @@ export abstract class SocketConnection {
   #inputStopped = false;
   readonly #stopInput = Promise.withResolvers<null>();
   #read: Promise<number | null> | undefined;
+  /** Who gets the chunk of the read in progress for {@link readNext}. */
+  #waiting: ((chunk: Uint8Array | null) => void) | undefined;
   #lastInput = performance.now();
   #idleTimeoutMs: number;
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -137,6 +139,37 @@ export abstract class SocketConnection {
   stopReading(): void {
     this.#inputStopped = true;
     this.#stopInput.resolve(null);
+    // A read in progress for readNext ends the input now, not when the peer next writes.
+    const deliver = this.#waiting;
+    if (deliver) {
+      this.#waiting = undefined;
+      queueMicrotask(() => deliver(null));
+    }
+  }
+
+  /**
+   * The callback form of {@link readChunk}: reads the next chunk and calls `deliver` once
+   * with it (a fresh copy), or with null at the end of input (end of file, a read error, a
+   * close, or {@link stopReading}, which answers a pending read at once). One read at a
+   * time. No promise per read for the caller and no race with the stop signal, which a
+   * connection pays for on every read otherwise.
+   */
+  protected readNext(deliver: (chunk: Uint8Array | null) => void): void {
+    if (this.#inputStopped || this.#closing) {
+      deliver(null);
+      return;
+    }
+    const read = this.#conn.read(this.#readBuffer);
+    this.#read = read; // `#finish` waits for it
+    this.#waiting = deliver;
+    read.then((n) => this.#delivered(read, n), () => this.#delivered(read, null));
+  }
+
+  #delivered(read: Promise<number | null>, n: number | null): void {
+    if (this.#read === read) this.#read = undefined;
+    const deliver = this.#waiting;
+    this.#waiting = undefined;
+    deliver?.(this.#chunkOf(n)); // none when stopReading already answered
   }
 
   /**

@@ -94,6 +94,32 @@ export class PacketConnection extends SocketConnection implements PacketLink {
     return this.#readBatches();
   }
 
+  consume(handle: (batch: PacketEvent[]) => Promise<void> | void): Promise<void> {
+    this.#takeInput();
+    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    const next = (): void => this.readNext(onChunk);
+    const onChunk = (chunk: Uint8Array | null): void => {
+      if (chunk === null || this.inputStopped) return resolve();
+      const items = this.#parser.push(chunk);
+      let waiting: Promise<void> | void = undefined;
+      if (items.length > 0) {
+        // Keep Alive counts whole Control Packets received (3.1.1 §3.1.2.10, v5 §3.1.2.10).
+        if (items.some((item) => item.kind === "packet")) this.noteInput();
+        try {
+          waiting = handle(items);
+        } catch (err) {
+          return reject(err);
+        }
+      }
+      // After a malformed or too-large item the input is no longer read.
+      const then = this.#parser.failed ? resolve : next;
+      if (waiting) waiting.then(then, reject);
+      else then();
+    };
+    next();
+    return promise;
+  }
+
   get reading(): boolean {
     return !this.inputStopped && !this.isClosed;
   }

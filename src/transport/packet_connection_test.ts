@@ -428,3 +428,78 @@ test("batches() hands over the packets of one read together; reading is false af
     await h.cleanup();
   }
 });
+
+test("consume() hands over batches one at a time, waits for the handler's promise, and ends on stopReading or when it throws", async () => {
+  const seen: string[] = [];
+  const outcome = Promise.withResolvers<string>();
+  let release: () => void = () => {};
+  const h = new Harness({
+    onConnection: (conn) => {
+      let slowDone = false;
+      const consumed = conn.consume((batch) => {
+        for (const item of batch) {
+          if (item.kind !== "packet") continue;
+          const p = item.packet as { cmd: string; topic?: string };
+          seen.push(p.cmd === "publish" ? p.topic! : p.cmd);
+          if (p.topic === "slow") {
+            // The next read waits for this promise: nothing after "slow" is seen before it.
+            return new Promise<void>((resolve) => {
+              release = () => {
+                slowDone = true;
+                resolve();
+              };
+            });
+          }
+          if (p.topic === "stop") {
+            assert.ok(slowDone);
+            conn.stopReading();
+            return;
+          }
+        }
+      });
+      assert.throws(() => conn.batches(), /already taken/);
+      consumed.then(() => outcome.resolve("ended"), (err) => outcome.resolve(`failed: ${err}`));
+      return consumed.finally(() => conn.close("done"));
+    },
+  });
+  try {
+    const client = await h.connect(4);
+    const publish = (topic: string) =>
+      encodePacket({ cmd: "publish", topic, payload: "", qos: 0, retain: false, dup: false }, 4);
+    await client.write(publish("slow"));
+    await until(() => seen.length === 1);
+    await client.write(concat([publish("a"), publish("b")]));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(seen, ["slow"], "no read while the handler's promise is pending");
+    release();
+    await until(() => seen.length === 3);
+    await client.write(concat([publish("stop"), publish("after")]));
+    assert.equal(await outcome.promise, "ended");
+    assert.deepEqual(seen, ["slow", "a", "b", "stop"]);
+  } finally {
+    await h.cleanup();
+  }
+
+  const failed = Promise.withResolvers<string>();
+  const h2 = new Harness({
+    onConnection: (conn) =>
+      conn.consume(() => {
+        throw new Error("handler broke");
+      }).catch((err) => failed.resolve(String(err))).finally(() => conn.close("done")),
+  });
+  try {
+    const client = await h2.connect(4);
+    await client.write(encodePacket({ cmd: "pingreq" }, 4));
+    assert.match(await failed.promise, /handler broke/);
+  } finally {
+    await h2.cleanup();
+  }
+});
+
+async function until(cond: () => boolean, timeoutMs = 2000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error("timed out waiting for a condition");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}

@@ -62,6 +62,14 @@ export interface PacketLink {
    * @throws {Error} if the input was already taken
    */
   batches(): AsyncIterableIterator<PacketEvent[]>;
+  /**
+   * The same batches handed to `handle`, one at a time: the next is read only once the
+   * promise `handle` returns (if any) has resolved. Resolves when the input ends, as
+   * {@link batches} would; rejects with what `handle` threw or rejected with, reading no
+   * more. A handler that wants no more input calls {@link stopReading}. Instead of
+   * {@link batches} or {@link packets}, once: it costs no async iteration per read.
+   */
+  consume(handle: (batch: PacketEvent[]) => Promise<void> | void): Promise<void>;
   /** False once the input was stopped ({@link stopReading}, a close, a failure). */
   readonly reading: boolean;
   /**

@@ -168,6 +168,15 @@ export class WsPacketConnection implements PacketLink {
     return this.#readPackets();
   }
 
+  /** {@link PacketLink.consume}, over {@link batches} (a WebSocket is not the hot path). */
+  async consume(handle: (batch: PacketEvent[]) => Promise<void> | void): Promise<void> {
+    for await (const batch of this.batches()) {
+      const waiting = handle(batch);
+      if (waiting) await waiting;
+      if (!this.reading) break;
+    }
+  }
+
   /** The input in batches: every item that arrived since the last batch was taken. */
   batches(): AsyncIterableIterator<PacketEvent[]> {
     this.#takeInput();

@@ -46,9 +46,6 @@ const NO_PROPERTIES: NonNullable<IPublishPacket["properties"]> = Object.freeze({
 
 function ignore(): void {}
 
-/** An empty batch, to let go of a handled one. */
-const NO_PACKETS: PacketEvent[] = [];
-
 const log = getLogger("mqtt");
 
 /** The connection surface the adapter needs: TCP, TLS or WebSocket. */
@@ -170,8 +167,13 @@ export class MqttClient implements SessionOutput {
 
   /** Serves the connection until it ends; never rejects (a failure is logged and closes it). */
   run(): Promise<void> {
-    // Chained, not awaited: this connection's stack of suspended functions stays shorter.
-    return this.#loop().catch((err) => {
+    // Chained, not awaited, and input handed over by callback: an idle connection keeps no
+    // suspended function of ours, and a read costs no async iteration.
+    return this.link.consume((batch) => this.#handle(batch, 0)).then(() => {
+      this.#state = "closing";
+      // Answer what was already accepted before the socket goes.
+      return this.#replies.settled();
+    }).catch((err) => {
       log.error("MQTT connection {id} failed: {error}", {
         id: this.link.id,
         error: err instanceof Error ? err.stack ?? err.message : String(err),
@@ -180,47 +182,56 @@ export class MqttClient implements SessionOutput {
     }).then(() => this.#end());
   }
 
-  async #loop(): Promise<void> {
-    // A read's packets are handled in one go: those that need no waiting (acknowledgements,
-    // most PUBLISHes) without a turn of the event loop between them.
-    // `batch` and `item` are cleared once handled: a suspended async function keeps its
-    // variables, and an idle connection would otherwise hold its last packet (the
-    // CONNECT) for as long as it lives.
-    input: for await (let batch of this.link.batches()) {
-      for (let i = 0; i < batch.length; i++) {
-        let item: PacketEvent | null = batch[i]!;
-        if (this.#state === "closing" || !this.link.reading) break input;
-        try {
-          if (item.kind === "too-large") {
-            // v5 [MQTT-3.1.2-24] is the client's side; ours: Maximum Packet Size exceeded.
-            throw new Close(
-              `packet of ${item.size} bytes over the limit of ${item.limit}`,
-              RC.packetTooLarge,
-              "mqtt-malformed",
-            );
-          }
-          if (item.kind === "malformed") {
-            // A malformed packet closes the connection, 3.1.1 [MQTT-4.8.0-1], v5 [MQTT-4.13.1-1].
-            throw new Close(
-              `malformed packet: ${item.error.message}`,
-              RC.malformedPacket,
-              "mqtt-malformed",
-            );
-          }
-          const waiting = this.#dispatch(item.packet);
-          item = null;
-          if (waiting) await waiting;
-        } catch (err) {
-          if (!(err instanceof Close)) throw err;
-          this.#refuse(err);
-          break input;
-        }
+  /**
+   * Handles the packets of one read from `from` on, in one go: those that need no waiting
+   * (acknowledgements, most PUBLISHes) without a turn of the event loop between them.
+   * Returns a promise when a packet must be waited for; the rest of the batch follows it.
+   * Throws (or rejects with) anything but a {@link Close}: the connection failed.
+   */
+  #handle(batch: PacketEvent[], from: number): Promise<void> | void {
+    for (let i = from; i < batch.length; i++) {
+      if (this.#state === "closing" || !this.link.reading) {
+        this.link.stopReading(); // no more input: the batch's rest and later reads
+        return;
       }
-      batch = NO_PACKETS;
+      const item = batch[i]!;
+      let waiting: Promise<void> | void;
+      try {
+        waiting = this.#handleItem(item);
+      } catch (err) {
+        this.#closeOn(err);
+        return;
+      }
+      if (waiting) {
+        return waiting.then(() => this.#handle(batch, i + 1), (err) => this.#closeOn(err));
+      }
     }
-    this.#state = "closing";
-    // Answer what was already accepted before the socket goes.
-    await this.#replies.settled();
+  }
+
+  #handleItem(item: PacketEvent): Promise<void> | void {
+    if (item.kind === "too-large") {
+      // v5 [MQTT-3.1.2-24] is the client's side; ours: Maximum Packet Size exceeded.
+      throw new Close(
+        `packet of ${item.size} bytes over the limit of ${item.limit}`,
+        RC.packetTooLarge,
+        "mqtt-malformed",
+      );
+    }
+    if (item.kind === "malformed") {
+      // A malformed packet closes the connection, 3.1.1 [MQTT-4.8.0-1], v5 [MQTT-4.13.1-1].
+      throw new Close(
+        `malformed packet: ${item.error.message}`,
+        RC.malformedPacket,
+        "mqtt-malformed",
+      );
+    }
+    return this.#dispatch(item.packet);
+  }
+
+  /** A packet's handling failed: a {@link Close} refuses the connection, anything else is rethrown. */
+  #closeOn(err: unknown): void {
+    if (!(err instanceof Close)) throw err;
+    this.#refuse(err); // stops reading
   }
 
   #refuse(c: Close): void {
