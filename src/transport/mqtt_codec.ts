@@ -305,6 +305,13 @@ class FramingParser implements PacketParser {
       this.#out.push({ kind: "packet", packet: packet as unknown as MqttPacket.Packet });
       return;
     }
+    if (frame.length === 4 && frame[1] === 2) {
+      const ack = ackFromTemplate(frame, this.#level);
+      if (ack) {
+        this.#out.push({ kind: "packet", packet: ack });
+        return;
+      }
+    }
     const topic = publishTopicBytes(frame);
     // A publisher mostly repeats its topics: the last one that passed is not checked again.
     if (topic !== null && !(this.#checkedTopic && sameBytes(topic, this.#checkedTopic))) {
@@ -329,7 +336,9 @@ class FramingParser implements PacketParser {
     if (left !== 0) {
       codec._resetState(); // nothing of this frame may reach the next connection's
       if (!this.#failed) this.#malformed(`${left} bytes of the packet left over by the codec`);
+      return;
     }
+    if (frame.length === 4 && frame[1] === 2) learnAck(frame, this.#level, this.#out);
   }
 
   #malformed(message: string): void {
@@ -344,6 +353,35 @@ class FramingParser implements PacketParser {
 }
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * mqtt-packet's decoding of the 4-byte acknowledgements (PUBACK, PUBREC, PUBREL, PUBCOMP
+ * with no reason code or properties: 3.1.1 §3.4-3.7, v5 §3.4.2.1), by level and first
+ * byte, without the identifier. The mirror of {@link ackTemplate}: such a packet differs
+ * from another of its kind only in bytes 2 and 3, its identifier, so once mqtt-packet has
+ * decoded one, the next is a copy of that decoding with the identifier read from those
+ * bytes. Every QoS 1 and 2 message brings one to three of them. Only a first byte
+ * mqtt-packet accepted is learnt; anything else goes to mqtt-packet every time.
+ */
+const ackShapes = new Map<number, Readonly<Record<string, unknown>>>();
+
+/** The packet of a 4-byte acknowledgement frame from a learnt shape, or undefined. */
+function ackFromTemplate(frame: Uint8Array, level: ProtocolVersion): MqttPacket.Packet | undefined {
+  const shape = ackShapes.get(level * 256 + frame[0]!);
+  if (!shape) return undefined;
+  return { ...shape, messageId: (frame[2]! << 8) | frame[3]! } as unknown as MqttPacket.Packet;
+}
+
+/** Learns the shape of the acknowledgement mqtt-packet just decoded from `frame`. */
+function learnAck(frame: Uint8Array, level: ProtocolVersion, out: PacketEvent[]): void {
+  const last = out[out.length - 1];
+  if (last?.kind !== "packet") return;
+  const packet = last.packet as unknown as Record<string, unknown>;
+  if (!ACK_TYPES.has(packet.cmd as string)) return;
+  if (packet.messageId !== ((frame[2]! << 8) | frame[3]!)) return;
+  const { messageId: _id, ...shape } = packet;
+  ackShapes.set(level * 256 + frame[0]!, Object.freeze(shape));
+}
 
 /**
  * The topic name bytes of a PUBLISH frame, or null for other packets and frames too

@@ -397,3 +397,50 @@ Deno.test("chunksAreFresh: a packet inside one chunk is parsed from a view of it
     assert.notEqual(payload.buffer, chunk.buffer);
   }
 });
+
+Deno.test("4-byte acknowledgements decoded from a learnt shape equal mqtt-packet's own decoding", () => {
+  /** mqtt-packet's decoding of `frame` at `level`, through a parser of its own. */
+  const theirs = (frame: Uint8Array, level: 4 | 5): Record<string, unknown> => {
+    const parser = mqtt.parser({ protocolVersion: level });
+    let out: Record<string, unknown> = {};
+    parser.on("packet", (p) => out = { ...p });
+    parser.parse(Buffer.from(frame));
+    return out;
+  };
+  const connect = (level: 4 | 5) =>
+    encodePacket(
+      {
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: level,
+        clean: true,
+        clientId: "x",
+        keepalive: 0,
+      },
+      level,
+    );
+  fc.assert(
+    fc.property(
+      fc.constantFrom(4 as const, 5 as const),
+      fc.constantFrom(0x40, 0x50, 0x62, 0x70),
+      fc.array(fc.integer({ min: 0, max: 0xffff }), { minLength: 1, maxLength: 5 }),
+      (level, first, ids) => {
+        const parser = createPacketParser(4, 1024);
+        parser.push(connect(level));
+        for (const id of ids) {
+          const frame = new Uint8Array([first, 2, id >> 8, id & 0xff]);
+          const [item] = parser.push(frame);
+          assert.equal(item?.kind, "packet");
+          const mine = { ...(item as unknown as { packet: Record<string, unknown> }).packet };
+          assert.deepEqual(mine, theirs(frame, level));
+        }
+      },
+    ),
+    { numRuns: 200 },
+  );
+  // A PUBREL with reserved flags wrong stays malformed, also after good ones were learnt.
+  const parser = createPacketParser(4, 1024);
+  parser.push(connect(4));
+  assert.equal(parser.push(new Uint8Array([0x62, 2, 0, 1]))[0]?.kind, "packet");
+  assert.equal(parser.push(new Uint8Array([0x60, 2, 0, 1]))[0]?.kind, "malformed");
+});
