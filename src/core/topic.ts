@@ -84,6 +84,9 @@ export interface TopicHooks {
   beforeAppend?(topic: string): void;
 }
 
+/** Shared result of `#materialise` when no subscriber got a new position; never added to. */
+const NONE_REACHED: string[] = [];
+
 /** Raised to callers of a topic that its supervisor gave up on. */
 export class TopicUnavailableError extends Error {
   constructor(topic: string) {
@@ -266,20 +269,21 @@ export class Topic implements Restartable {
     if (input.willOf !== undefined) effects.willOf = input.willOf;
     const reached = this.#materialise(message.seq, effects);
     const epoch = this.#epoch;
-    const release = (logged: boolean) => {
+    const memoryOnly = this.#inMemoryOnly(input, effects);
+    const release = () => {
       m.resolve(message);
       if (epoch !== this.#epoch) return; // a restart reloaded the state since
       this.#remember(message);
       if (reached.length > 0) this.#reach?.materialised(this, reached, message.seq);
-      this.#reach?.appended?.(message, logged);
+      this.#reach?.appended?.(message, !memoryOnly);
       for (const s of this.#subscribers) s.wake();
     };
-    if (this.#inMemoryOnly(input, effects)) {
+    if (memoryOnly) {
       this.#memoryOnly.add(message);
-      this.#releases.add(null, () => release(false));
+      this.#releases.add(null, release);
       return;
     }
-    this.#releases.add(this.#store.append(message, effects), () => release(true), (err) => {
+    this.#releases.add(this.#store.append(message, effects), release, (err) => {
       // The store refused the write (disk full, read-only file...): not a fault of the
       // topic, so no restart counts against it. It resynchronises its head with the
       // store and goes on; the caller was told, and nothing of the append was written.
@@ -301,12 +305,13 @@ export class Topic implements Restartable {
   /** Gives filter subscribers without a position here one at `seq`; returns their ids. */
   #materialise(seq: number, effects: AppendEffects): string[] {
     const subs = this.#reach?.subscribersOf(this.topic);
-    if (!subs || subs.length === 0) return [];
-    const reached: string[] = [];
+    if (!subs || subs.length === 0) return NONE_REACHED;
+    let reached = NONE_REACHED; // the usual case: every subscriber has its position already
     const now = Date.now();
     for (const { sid, durable } of subs) {
       if (this.#positions.has(sid)) continue;
       this.#positions.set(sid, seq);
+      if (reached === NONE_REACHED) reached = [];
       reached.push(sid);
       if (durable) {
         this.#durable.add(sid);
