@@ -606,7 +606,8 @@ function withBuffers(packet: OutboundPacket): MqttPacket.Packet {
   const p = packet as unknown as Record<string, unknown>;
   if (p.cmd === "publish" && p.properties === undefined) {
     // The topic as bytes: mqtt-packet would measure the string twice and encode it.
-    return { ...p, topic: topicBytes(p.topic) } as unknown as MqttPacket.Packet;
+    if (typeof p.topic !== "string") return p as unknown as MqttPacket.Packet;
+    return { ...p, topic: encodedTopic(p.topic) } as unknown as MqttPacket.Packet;
   }
   let copy: Record<string, unknown> | undefined;
   const set = (key: string, value: unknown) => {
@@ -634,8 +635,11 @@ function withBuffers(packet: OutboundPacket): MqttPacket.Packet {
 const topicCache = new Map<string, Buffer>();
 const TOPIC_CACHE_SIZE = 4096;
 
-function topicBytes(topic: unknown): unknown {
-  if (typeof topic !== "string") return topic;
+/**
+ * `topic` encoded in UTF-8 as a `Buffer`, from a cache: what a PUBLISH handed to
+ * {@link encodePacket} may carry as its topic instead of the string.
+ */
+export function encodedTopic(topic: string): Buffer {
   let bytes = topicCache.get(topic);
   if (bytes === undefined) {
     if (topicCache.size >= TOPIC_CACHE_SIZE) topicCache.clear();

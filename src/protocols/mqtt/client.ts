@@ -29,7 +29,7 @@ import type {
   PacketEvent,
 } from "../../transport/mqtt_codec.ts";
 import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
-import { encodePacket } from "../../transport/mqtt_codec.ts";
+import { encodedTopic, encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
 import { OrderedReplies } from "../../ordered_replies.ts";
 import {
@@ -37,7 +37,7 @@ import {
   type Encoded,
   forReceiver,
   publishVariant,
-  sharedEncoding,
+  shareEncoding,
 } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 
@@ -982,11 +982,10 @@ export class MqttClient implements SessionOutput {
     if (own) bytes = encodePacket(this.#publishPacket(out, tag, dup), this.#version);
     else {
       const variant = publishVariant(this.#version, out.qos, out.retain);
-      shared = cachedEncoding(m, variant) ?? sharedEncoding(
+      shared = cachedEncoding(m, variant) ?? shareEncoding(
         m,
         variant,
-        () => this.#publishPacket(out, tag === null ? null : 1, false),
-        this.#version,
+        encodePacket(this.#publishPacket(out, tag === null ? null : 1, false), this.#version),
       );
       bytes = shared.bytes;
     }
@@ -1011,7 +1010,7 @@ export class MqttClient implements SessionOutput {
     const m = out.message;
     const packet: Record<string, unknown> = {
       cmd: "publish",
-      topic: m.topic,
+      topic: encodedTopic(m.topic), // as bytes: the codec need not copy the packet for it
       payload: m.payload,
       qos: out.qos,
       dup,

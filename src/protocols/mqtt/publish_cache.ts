@@ -42,18 +42,14 @@ export function cachedEncoding(message: StoredMessage, variant: number): Encoded
 }
 
 /**
- * The shared encoding of `message` for `variant` ({@link publishVariant}: what depends
- * on the receiver's subscription, level, QoS and RETAIN), made from `packet` on first
- * use. `packet` must not depend on the receiver otherwise: no alias, no subscription
- * identifier, no expiry countdown. Send it with the receiver's identifier written at
- * `idOffset` (a connection's `sendPatched`), or take a copy with {@link forReceiver}.
+ * Keeps `bytes` as the shared encoding of `message` for `variant` ({@link publishVariant}:
+ * what depends on the receiver's subscription, level, QoS and RETAIN) and returns it. The
+ * packet encoded must not depend on the receiver otherwise: no alias, no subscription
+ * identifier, no expiry countdown, identifier 1 at QoS 1 and 2. Send it with the
+ * receiver's identifier written at `idOffset` (a connection's `sendPatched`), or take a
+ * copy with {@link forReceiver}. Look with {@link cachedEncoding} first.
  */
-export function sharedEncoding(
-  message: StoredMessage,
-  variant: number,
-  packet: () => OutboundPacket,
-  protocolVersion: 4 | 5,
-): Encoded {
+export function shareEncoding(message: StoredMessage, variant: number, bytes: Uint8Array): Encoded {
   const m = message as WithEncodings;
   let variants = m[ENCODED];
   if (!variants) {
@@ -62,13 +58,20 @@ export function sharedEncoding(
     variants = [];
     Object.defineProperty(m, ENCODED, { value: variants });
   }
-  let e = variants[variant];
-  if (!e) {
-    const bytes = encodePacket(packet(), protocolVersion);
-    e = { bytes, idOffset: identifierOffset(bytes) };
-    variants[variant] = e;
-  }
+  const e: Encoded = { bytes, idOffset: identifierOffset(bytes) };
+  variants[variant] = e;
   return e;
+}
+
+/** {@link cachedEncoding}, else {@link shareEncoding} of `packet()` encoded. */
+export function sharedEncoding(
+  message: StoredMessage,
+  variant: number,
+  packet: () => OutboundPacket,
+  protocolVersion: 4 | 5,
+): Encoded {
+  return cachedEncoding(message, variant) ??
+    shareEncoding(message, variant, encodePacket(packet(), protocolVersion));
 }
 
 /** A receiver's own copy of `e` with identifier `tag` (null at QoS 0) and `dup`. */
