@@ -67,7 +67,16 @@ export class Delivery implements Wakeable {
   #inflight: InFlight | null = null;
   #reading = false;
   #wakeAgain = false;
+  /** Retries a failed read of the topic. */
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /**
+   * The resend timer. It is not cleared at each acknowledgement nor set again at each
+   * send: a send moves `#dueAt`, and the timer, when it fires, acts only if the message
+   * is still awaiting its acknowledgement and `#dueAt` has passed, else sets itself for
+   * what is left (the idle-timer pattern). One timer per delivery, not one per message.
+   */
+  #resendTimer: ReturnType<typeof setTimeout> | undefined;
+  #dueAt = 0;
   #stopped = false;
 
   constructor(
@@ -170,15 +179,22 @@ export class Delivery implements Wakeable {
   }
 
   #arm(): void {
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#onTimeout(), this.#retry.retryIntervalMs);
+    this.#dueAt = performance.now() + this.#retry.retryIntervalMs;
+    this.#resendTimer ??= setTimeout(() => this.#onTimeout(), this.#retry.retryIntervalMs);
   }
 
   #onTimeout(): void {
-    this.#timer = undefined;
+    this.#resendTimer = undefined;
     const f = this.#inflight;
     if (!f || this.#stopped) return;
-    if (f.phase !== "message" && f.phase !== "release") return; // a commit is under way
+    // A commit is under way (or the exchange ended): the next send sets the timer again.
+    if (f.phase !== "message" && f.phase !== "release") return;
+    const left = this.#dueAt - performance.now();
+    if (left > 0) {
+      // Sent again since this timer was set (a new message or phase): wait for the rest.
+      this.#resendTimer = setTimeout(() => this.#onTimeout(), left);
+      return;
+    }
     if (f.sends >= this.#retry.retryLimit) {
       this.stop();
       this.#onExhausted(this, { id: f.id, seq: f.seq, phase: f.phase, sends: f.sends });
@@ -199,9 +215,7 @@ export class Delivery implements Wakeable {
     if (f?.id !== id || f.phase !== "message") {
       return `no message with msgId ${id} is awaiting PUBREC on topic "${this.topic.topic}"`;
     }
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
-    f.phase = "receiving";
+    f.phase = "receiving"; // the resend timer, if it fires meanwhile, does nothing
     const next = { ...this.#record, received: { seq: f.seq, id: f.id } };
     try {
       await this.#store.savePosition(next);
@@ -225,8 +239,6 @@ export class Delivery implements Wakeable {
     if (f?.id !== id || f.phase !== "release") {
       return `no message with msgId ${id} is awaiting PUBCOMP on topic "${this.topic.topic}"`;
     }
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
     f.phase = "completing";
     const next = { ...this.#record, position: f.seq + 1, received: null };
     // Positions only move forward; this process owns them (the store's fence keeps
@@ -257,6 +269,8 @@ export class Delivery implements Wakeable {
     this.#stopped = true;
     clearTimeout(this.#timer);
     this.#timer = undefined;
+    clearTimeout(this.#resendTimer);
+    this.#resendTimer = undefined;
     this.topic.detach(this);
   }
 }

@@ -216,6 +216,32 @@ Deno.test("PUBCOMP moves the durable position past the message and the next mess
   });
 });
 
+Deno.test("each send gets its full interval: a timer set for an earlier send does not resend a later one early", async () => {
+  // Interval 200 ms. Message 1 sent at t0; its PUBREC and PUBCOMP come ~120 ms later, so
+  // the release and message 2 go out at ~t0+120. The one resend timer, set at t0, fires at
+  // ~t0+200: it must wait for message 2's own deadline (~t0+320), not resend it then.
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const [m1, m2] = await publish("one", "two");
+    const d = await deliver({}, { retryIntervalMs: 200, retryLimit: 3 });
+    await sink.count(1);
+    await delay(120);
+    await d.received(m1!.id, sink.accepted);
+    await d.completed(m1!.id, sink.accepted);
+    const sentAt = sink.sent.find((s) => s.kind === "message" && s.id === m2!.id)!.at;
+    await sink.count(6, 1000); // the resend of message 2
+    const resend = sink.sent[5]!;
+    assert.equal(resend.kind === "message" && resend.id === m2!.id && resend.attempt, 2);
+    assert.ok(resend.at - sentAt >= 195, `resent ${resend.at - sentAt} ms after its send`);
+    assert.deepEqual(sink.wire.slice(0, 5), [
+      `message ${m1!.id} #1`,
+      "accepted",
+      `release ${m1!.id} #1`,
+      "accepted",
+      `message ${m2!.id} #1`,
+    ]);
+  });
+});
+
 Deno.test("a delivery at the end of its topic sends the next message when it is published", async () => {
   await withDelivery(async ({ publish, deliver, sink }) => {
     const d = await deliver();
