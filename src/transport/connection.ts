@@ -74,7 +74,6 @@ export abstract class SocketConnection {
   #readBuffer = new Uint8Array(MIN_READ_BUFFER_BYTES);
 
   #inputStopped = false;
-  readonly #stopInput = Promise.withResolvers<null>();
   #read: Promise<number | null> | undefined;
   /** Who gets the chunk of the read in progress for {@link readNext}. */
   #waiting: ((chunk: Uint8Array | null) => void) | undefined;
@@ -138,8 +137,7 @@ export abstract class SocketConnection {
    */
   stopReading(): void {
     this.#inputStopped = true;
-    this.#stopInput.resolve(null);
-    // A read in progress for readNext ends the input now, not when the peer next writes.
+    // A read in progress ends the input now, not when the peer next writes.
     const deliver = this.#waiting;
     if (deliver) {
       this.#waiting = undefined;
@@ -148,11 +146,13 @@ export abstract class SocketConnection {
   }
 
   /**
-   * The callback form of {@link readChunk}: reads the next chunk and calls `deliver` once
-   * with it (a fresh copy), or with null at the end of input (end of file, a read error, a
-   * close, or {@link stopReading}, which answers a pending read at once). One read at a
-   * time. No promise per read for the caller and no race with the stop signal, which a
-   * connection pays for on every read otherwise.
+   * Reads the next chunk of input and calls `deliver` once with it (a fresh copy: callers
+   * may keep views of it), or with null at the end of input: end of file, a read error
+   * (reset, closed by us), a close, or {@link stopReading}, which answers a pending read
+   * at once. One read at a time. Not `conn.readable`: that closes the whole socket on EOF
+   * or cancel (so no error reply could follow), and it hides its pending read, which
+   * `closed` must wait for. A callback rather than a promise: no promise per read, and no
+   * race with the stop signal.
    */
   protected readNext(deliver: (chunk: Uint8Array | null) => void): void {
     if (this.#inputStopped || this.#closing) {
@@ -172,27 +172,9 @@ export abstract class SocketConnection {
     deliver?.(this.#chunkOf(n)); // none when stopReading already answered
   }
 
-  /**
-   * Reads the next chunk of input: a fresh copy (callers may keep views of it), or null
-   * at end of input or once {@link stopReading} is called. Not `conn.readable`: that
-   * closes the whole socket on EOF or cancel (so no error reply could follow), and it
-   * hides its pending read, which `closed` must wait for.
-   *
-   * @throws what the socket's read throws (reset, closed by us)
-   */
+  /** {@link readNext} as a promise; never rejects. */
   protected readChunk(): Promise<Uint8Array | null> {
-    if (this.#inputStopped) return Promise.resolve(null);
-    if (this.#closing) return Promise.reject(new Error("connection closed"));
-    const read = this.#conn.read(this.#readBuffer);
-    // Tracked until it settles, also when a stop wins the race below: `#finish` waits for it.
-    this.#read = read;
-    const settled = () => {
-      if (this.#read === read) this.#read = undefined;
-    };
-    read.then(settled, settled);
-    // Chained rather than awaited: an idle connection waits here, and a suspended async
-    // function would cost it a few hundred bytes more.
-    return Promise.race([read, this.#stopInput.promise]).then((n) => this.#chunkOf(n));
+    return new Promise((resolve) => this.readNext(resolve));
   }
 
   /** The chunk a read of `n` bytes gave (null: end of input), sizing the next read. */
@@ -387,30 +369,40 @@ export abstract class SocketConnection {
  * value, DUP flag; four numbers each) to the joined copy, never to the parts.
  */
 export function concat(parts: Uint8Array[], patches?: readonly number[]): Uint8Array {
-  const patched = patches !== undefined && patches.length > 0;
-  if (parts.length === 1 && parts[0] && !patched) return parts[0];
+  if (patches === undefined || patches.length === 0) {
+    return parts.length === 1 && parts[0] ? parts[0] : joinBytes(parts);
+  }
+  const out = joinBytes(parts);
+  const starts: number[] = [];
+  let offset = 0;
+  for (const part of parts) {
+    starts.push(offset);
+    offset += part.length;
+  }
+  for (let k = 0; k < patches.length; k += 4) {
+    const start = starts[patches[k]!]!;
+    const at = start + patches[k + 1]!;
+    const value = patches[k + 2]!;
+    out[at] = value >> 8;
+    out[at + 1] = value & 0xff;
+    if (patches[k + 3]) out[start] = out[start]! | 0x08;
+  }
+  return out;
+}
+
+/** `parts` one after the other in a new array (always a copy, even of one part). */
+export function joinBytes(parts: readonly Uint8Array[]): Uint8Array {
   let total = 0;
   for (const part of parts) total += part.length;
   const out = new Uint8Array(total);
-  const starts: number[] | null = patched ? [] : null;
   let offset = 0;
   for (const part of parts) {
-    starts?.push(offset);
     const n = part.length;
-    // Small parts (acknowledgements, headers) are copied faster by hand than by `set`.
+    // Small parts (acknowledgements, headers, lengths) are copied faster by hand than by
+    // `set`, whose call costs more than a few stores.
     if (n > 32) out.set(part, offset);
     else for (let i = 0; i < n; i++) out[offset + i] = part[i]!;
     offset += n;
-  }
-  if (starts) {
-    for (let k = 0; k < patches!.length; k += 4) {
-      const start = starts[patches![k]!]!;
-      const at = start + patches![k + 1]!;
-      const value = patches![k + 2]!;
-      out[at] = value >> 8;
-      out[at + 1] = value & 0xff;
-      if (patches![k + 3]) out[start] = out[start]! | 0x08;
-    }
   }
   return out;
 }

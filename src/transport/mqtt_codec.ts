@@ -15,6 +15,7 @@
 
 import { Buffer } from "node:buffer";
 import Module from "node:module";
+import { joinBytes } from "./connection.ts";
 import process from "node:process";
 import type * as MqttPacket from "mqtt-packet";
 
@@ -305,7 +306,8 @@ class FramingParser implements PacketParser {
       this.#out.push({ kind: "packet", packet: packet as unknown as MqttPacket.Packet });
       return;
     }
-    if (frame.length === 4 && frame[1] === 2) {
+    const shortAck = frame.length === 4 && frame[1] === 2;
+    if (shortAck) {
       const ack = ackFromTemplate(frame, this.#level);
       if (ack) {
         this.#out.push({ kind: "packet", packet: ack });
@@ -338,7 +340,7 @@ class FramingParser implements PacketParser {
       if (!this.#failed) this.#malformed(`${left} bytes of the packet left over by the codec`);
       return;
     }
-    if (frame.length === 4 && frame[1] === 2) learnAck(frame, this.#level, this.#out);
+    if (shortAck) learnAck(frame, this.#level, this.#out);
   }
 
   #malformed(message: string): void {
@@ -498,22 +500,9 @@ const utf8 = new TextEncoder();
  */
 class Collector {
   #pieces: Uint8Array[] = [];
-  #length = 0;
-  /** Last string written (topics repeat) and its encoding. */
-  #lastText = "";
-  #lastBytes: Uint8Array = new Uint8Array(0);
 
   write(piece: Uint8Array | string): boolean {
-    let bytes: Uint8Array;
-    if (typeof piece !== "string") bytes = piece;
-    else if (piece === this.#lastText) bytes = this.#lastBytes;
-    else {
-      bytes = utf8.encode(piece);
-      this.#lastText = piece;
-      this.#lastBytes = bytes;
-    }
-    this.#pieces.push(bytes);
-    this.#length += bytes.length;
+    this.#pieces.push(typeof piece === "string" ? utf8.encode(piece) : piece);
     return true;
   }
 
@@ -523,21 +512,11 @@ class Collector {
   }
 
   join(): Uint8Array {
-    const out = new Uint8Array(this.#length);
-    let offset = 0;
-    for (const piece of this.#pieces) {
-      const n = piece.length;
-      // Most pieces are a few bytes (header, lengths, identifier): a loop beats `set`'s call.
-      if (n > 32) out.set(piece, offset);
-      else for (let i = 0; i < n; i++) out[offset + i] = piece[i]!;
-      offset += n;
-    }
-    return out;
+    return joinBytes(this.#pieces);
   }
 
   reset(): void {
     this.#pieces.length = 0;
-    this.#length = 0;
   }
 }
 

@@ -66,7 +66,7 @@ export class PacketConnection extends SocketConnection implements PacketLink {
   constructor(conn: Deno.TcpConn | Deno.TlsConn, options: PacketConnectionOptions) {
     super(conn, options);
     // Level 4 until the CONNECT: the codec parses a CONNECT of any level and takes its level.
-    // Each chunk is a fresh copy of a read (`readChunk`): packets are parsed from views of it.
+    // Each chunk is a fresh copy of a read (`readNext`): packets are parsed from views of it.
     this.#parser = createPacketParser(4, options.maxPacketBytes, { chunksAreFresh: true });
     this.#onIdle = options.onIdle;
   }
@@ -100,11 +100,9 @@ export class PacketConnection extends SocketConnection implements PacketLink {
     const next = (): void => this.readNext(onChunk);
     const onChunk = (chunk: Uint8Array | null): void => {
       if (chunk === null || this.inputStopped) return resolve();
-      const items = this.#parser.push(chunk);
+      const items = this.#parse(chunk);
       let waiting: Promise<void> | void = undefined;
       if (items.length > 0) {
-        // Keep Alive counts whole Control Packets received (3.1.1 §3.1.2.10, v5 §3.1.2.10).
-        if (items.some((item) => item.kind === "packet")) this.noteInput();
         try {
           waiting = handle(items);
         } catch (err) {
@@ -140,26 +138,25 @@ export class PacketConnection extends SocketConnection implements PacketLink {
     }
   }
 
+  /** The packets `chunk` completes; Keep Alive counts whole Control Packets received. */
+  #parse(chunk: Uint8Array): PacketEvent[] {
+    const items = this.#parser.push(chunk);
+    // 3.1.1 §3.1.2.10, v5 §3.1.2.10.
+    if (items.some((item) => item.kind === "packet")) this.noteInput();
+    return items;
+  }
+
   async *#readBatches(): AsyncGenerator<PacketEvent[]> {
     // `items` is cleared before the next read: a suspended generator keeps its
     // variables, and an idle connection would otherwise hold its last packets (the
     // CONNECT, with its strings) for as long as it lives.
     let items: PacketEvent[] | null = null;
     for (;;) {
-      let chunk: Uint8Array | null;
-      try {
-        chunk = await this.readChunk();
-      } catch {
-        return; // a read error (reset, closed by us) just ends the input
-      }
+      let chunk = await this.readChunk(); // null also after a read error: the input ends
       if (chunk === null || this.inputStopped) return;
-      items = this.#parser.push(chunk);
+      items = this.#parse(chunk);
       chunk = null;
-      if (items.length > 0) {
-        // Keep Alive counts whole Control Packets received (3.1.1 §3.1.2.10, v5 §3.1.2.10).
-        if (items.some((item) => item.kind === "packet")) this.noteInput();
-        yield items;
-      }
+      if (items.length > 0) yield items;
       items = null;
       if (this.#parser.failed) return;
     }

@@ -236,11 +236,7 @@ export class WsPacketConnection implements PacketLink {
   /** As {@link sendBytes}, on a copy with the identifier (and DUP) written in. */
   sendPatched(bytes: Uint8Array, idOffset: number, id: number, dup: boolean): void {
     if (this.#closing) return;
-    const copy = bytes.slice();
-    copy[idOffset] = id >> 8;
-    copy[idOffset + 1] = id & 0xff;
-    if (dup) copy[0] = copy[0]! | 0x08;
-    this.sendBytes(copy);
+    this.sendBytes(concat([bytes], [0, idOffset, id, dup ? 1 : 0]));
   }
 
   /** Output queued here or in the socket, in bytes. */

@@ -32,13 +32,7 @@ import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodedTopic, encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
 import { OrderedReplies } from "../../ordered_replies.ts";
-import {
-  cachedEncoding,
-  type Encoded,
-  forReceiver,
-  publishVariant,
-  shareEncoding,
-} from "./publish_cache.ts";
+import { cachedEncoding, type Encoded, publishVariant, shareEncoding } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 
 /** The properties of a PUBLISH that has none (3.1.1, and most at 5.0); never written. */
@@ -1001,8 +995,8 @@ export class MqttClient implements SessionOutput {
     }
     this.#ctx.broker.metrics.messagesSent++;
     this.#ctx.broker.metrics.bytesSent += bytes.byteLength;
-    if (!shared || (tag === null && !dup)) this.link.sendBytes(bytes);
-    else if (tag === null) this.link.sendBytes(forReceiver(shared, tag, dup));
+    // QoS 0 has no identifier and never DUP ([MQTT-3.3.1-2]): the shared bytes as they are.
+    if (!shared || tag === null) this.link.sendBytes(bytes);
     else this.link.sendPatched(bytes, shared.idOffset, tag, dup);
   }
   /** The PUBLISH packet of `out` for this receiver (aliases are assigned here). */

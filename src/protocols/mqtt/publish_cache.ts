@@ -1,8 +1,8 @@
 /**
  * Outbound PUBLISH packets encoded once per message and shared by all its receivers (a
  * fan-out to 50 subscribers encodes once, not 50 times). Each receiver's packet is the
- * shared bytes with its own packet identifier and DUP flag written in, by the output
- * queue as it joins a write or in a copy: both sit at fixed places of the
+ * shared bytes with its own packet identifier and DUP flag written in by the output
+ * queue as it joins a write (`sendPatched`): both sit at fixed places of the
  * encoding (the identifier right after the topic name, 3.1.1 §3.3.2 and v5 §3.3.2; DUP
  * in bit 3 of the first byte, §3.3.1.1). The cache lives on the message object, so
  * nothing here needs expiring.
@@ -10,7 +10,6 @@
  * @module
  */
 import type { StoredMessage } from "../../store/store.ts";
-import { encodePacket, type OutboundPacket } from "../../transport/mqtt_codec.ts";
 
 /** One shared encoding of a PUBLISH. */
 export interface Encoded {
@@ -46,8 +45,8 @@ export function cachedEncoding(message: StoredMessage, variant: number): Encoded
  * what depends on the receiver's subscription, level, QoS and RETAIN) and returns it. The
  * packet encoded must not depend on the receiver otherwise: no alias, no subscription
  * identifier, no expiry countdown, identifier 1 at QoS 1 and 2. Send it with the
- * receiver's identifier written at `idOffset` (a connection's `sendPatched`), or take a
- * copy with {@link forReceiver}. Look with {@link cachedEncoding} first.
+ * receiver's identifier written at `idOffset` (a connection's `sendPatched`). Look with
+ * {@link cachedEncoding} first.
  */
 export function shareEncoding(message: StoredMessage, variant: number, bytes: Uint8Array): Encoded {
   const m = message as WithEncodings;
@@ -61,29 +60,6 @@ export function shareEncoding(message: StoredMessage, variant: number, bytes: Ui
   const e: Encoded = { bytes, idOffset: identifierOffset(bytes) };
   variants[variant] = e;
   return e;
-}
-
-/** {@link cachedEncoding}, else {@link shareEncoding} of `packet()` encoded. */
-export function sharedEncoding(
-  message: StoredMessage,
-  variant: number,
-  packet: () => OutboundPacket,
-  protocolVersion: 4 | 5,
-): Encoded {
-  return cachedEncoding(message, variant) ??
-    shareEncoding(message, variant, encodePacket(packet(), protocolVersion));
-}
-
-/** A receiver's own copy of `e` with identifier `tag` (null at QoS 0) and `dup`. */
-export function forReceiver(e: Encoded, tag: number | null, dup: boolean): Uint8Array {
-  if (tag === null && !dup) return e.bytes; // QoS 0: the shared bytes as they are
-  const copy = e.bytes.slice();
-  if (dup) copy[0] = copy[0]! | 0x08;
-  if (tag !== null) {
-    copy[e.idOffset] = tag >> 8;
-    copy[e.idOffset + 1] = tag & 0xff;
-  }
-  return copy;
 }
 
 /** Offset of the packet identifier in an encoded PUBLISH: after the header and topic. */

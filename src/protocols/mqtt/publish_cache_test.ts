@@ -1,10 +1,26 @@
 import assert from "node:assert/strict";
 import type { StoredMessage } from "../../store/store.ts";
 import { encodePacket, type OutboundPacket } from "../../transport/mqtt_codec.ts";
-import { cachedEncoding, forReceiver, publishVariant, sharedEncoding } from "./publish_cache.ts";
+import { cachedEncoding, type Encoded, publishVariant, shareEncoding } from "./publish_cache.ts";
 import { concat } from "../../transport/connection.ts";
 
-/** The receiver's packet as a copy (what a WebSocket connection sends). */
+/**
+ * A receiver's packet: the shared bytes with its identifier and DUP written in, as the
+ * connection's output queue joins them (`concat` with a patch), or as they are at QoS 0.
+ */
+function forReceiver(e: Encoded, tag: number | null, dup: boolean): Uint8Array {
+  return tag === null ? e.bytes : concat([e.bytes], [0, e.idOffset, tag, dup ? 1 : 0]);
+}
+
+function sharedEncoding(
+  m: StoredMessage,
+  variant: number,
+  packet: () => OutboundPacket,
+  version: 4 | 5,
+): Encoded {
+  return cachedEncoding(m, variant) ?? shareEncoding(m, variant, encodePacket(packet(), version));
+}
+
 function sharedPublish(
   m: StoredMessage,
   variant: number,
