@@ -76,6 +76,8 @@ export interface Reach {
 /** Something to wake when a message becomes readable (a delivery). */
 export interface Wakeable {
   wake(): void;
+  /** Its position: the lowest sequence number it has not completed (kept in memory). */
+  readonly position: number;
 }
 
 /** Test and diagnostics hooks; production code passes none. */
@@ -102,11 +104,18 @@ interface AppendMsg {
 }
 
 /**
- * How many recent messages a topic keeps in memory for live subscribers (at least; up
- * to twice as many between two trims).
+ * The topic's memory keeps every message an attached subscriber has not completed yet
+ * (up to {@link CACHE_BYTES} of payload), and at least the newest CACHE_TAIL messages
+ * besides. Keeping no more than that matters for the garbage collector: a message that
+ * is still referenced when the young generation is collected gets copied, and promoted to
+ * the old generation if it survives twice, so a memory of a thousand messages per topic
+ * made every collection copy them all and grew the old generation by a message's worth
+ * for each one published.
  */
-const CACHE_MESSAGES = 1024;
-/** ...and how many payload bytes at most. */
+const CACHE_TAIL = 32;
+/** ...trimmed once it holds this many more than it must (the floor costs a pass). */
+const CACHE_SLACK = 32;
+/** ...and how many payload bytes it keeps at most. */
 const CACHE_BYTES = 8 * 1024 * 1024;
 
 /** One topic actor. Create with {@link Topic.start}. */
@@ -123,8 +132,12 @@ export class Topic implements Restartable {
   #epoch = 0;
   #nextSeq = 1;
   #createdAt = 0;
+  /** Messages in memory, ascending by seq (maybe with gaps), from index `#cacheHead`. */
   #cache: StoredMessage[] = [];
+  #cacheHead = 0;
   #cacheBytes = 0;
+  /** Cache length at which `#remember` next looks for messages to drop. */
+  #cacheCheckAt = CACHE_TAIL + CACHE_SLACK;
   /** Every committed message with `seq >= #cacheFrom` is in the cache. */
   #cacheFrom = 1;
   #subscribers = new Set<Wakeable>();
@@ -206,7 +219,9 @@ export class Topic implements Restartable {
     this.#nextSeq = Math.max(rec?.nextSeq ?? 1, (await this.#store.lastLogSeq(this.topic)) + 1);
     this.#createdAt = rec?.createdAt ?? Date.now();
     this.#cache = [];
+    this.#cacheHead = 0;
     this.#cacheBytes = 0;
+    this.#cacheCheckAt = CACHE_TAIL + CACHE_SLACK;
     this.trimmedTo = (await this.#store.readLog(this.topic, 0, 1))[0]?.seq ?? this.#nextSeq;
     this.#positions.clear();
     this.#durable.clear();
@@ -341,32 +356,37 @@ export class Topic implements Restartable {
   #remember(message: StoredMessage): void {
     this.#cache.push(message);
     this.#cacheBytes += message.payload.byteLength;
-    // Trimmed in steps of CACHE_MESSAGES, not one message at a time: removing the head
-    // of an array moves all of it.
-    if (this.#cache.length <= 2 * CACHE_MESSAGES && this.#cacheBytes <= CACHE_BYTES) return;
-    // Messages a live clean session has not read yet stay (up to CACHE_BYTES): those kept
-    // in memory only exist nowhere else, and such a reader is only briefly behind.
-    const keepFrom = this.#liveFloor();
-    let drop = 0;
+    if (this.#cache.length < this.#cacheCheckAt && this.#cacheBytes <= CACHE_BYTES) return;
+    // Messages an attached subscriber has not completed stay (up to CACHE_BYTES): it will
+    // read or resend them, and those kept in memory only exist nowhere else.
+    const keepFrom = this.#attachedFloor();
+    const cache = this.#cache;
+    const tailFrom = cache.length - CACHE_TAIL;
+    let head = this.#cacheHead;
     while (
-      drop < this.#cache.length &&
-      ((this.#cache.length - drop > CACHE_MESSAGES &&
-        (this.#cache[drop] as StoredMessage).seq < keepFrom) ||
+      head < cache.length &&
+      ((head < tailFrom && (cache[head] as StoredMessage).seq < keepFrom) ||
         this.#cacheBytes > CACHE_BYTES)
     ) {
-      const old = this.#cache[drop++] as StoredMessage;
+      const old = cache[head] as StoredMessage;
+      cache[head++] = undefined as unknown as StoredMessage; // let it be collected now
       this.#cacheBytes -= old.payload.byteLength;
       this.#cacheFrom = old.seq + 1;
     }
-    this.#cache.splice(0, drop);
+    // The dropped head is cut off once it is most of the array: each message is moved
+    // at most once on average, however many are dropped at a time.
+    if (head > 64 && head * 2 > cache.length) {
+      this.#cache = cache.slice(head);
+      head = 0;
+    }
+    this.#cacheHead = head;
+    this.#cacheCheckAt = this.#cache.length + CACHE_SLACK;
   }
 
-  /** The lowest position of a subscriber whose position is not stored (clean sessions). */
-  #liveFloor(): number {
+  /** The lowest position (first message not completed) of the attached subscribers. */
+  #attachedFloor(): number {
     let floor = Number.POSITIVE_INFINITY;
-    for (const [sid, p] of this.#positions) {
-      if (p < floor && !this.#durable.has(sid)) floor = p;
-    }
+    for (const s of this.#subscribers) if (s.position < floor) floor = s.position;
     return floor;
   }
 
@@ -393,9 +413,9 @@ export class Topic implements Restartable {
    */
   readCached(fromSeq: number): StoredMessage | null | undefined {
     if (fromSeq < this.#cacheFrom) return undefined;
-    if (fromSeq >= this.#nextSeq || this.#cache.length === 0) return null;
+    if (fromSeq >= this.#nextSeq || this.#cache.length === this.#cacheHead) return null;
     // Binary search: the cache is sorted by seq but may have gaps.
-    let lo = 0;
+    let lo = this.#cacheHead;
     let hi = this.#cache.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
