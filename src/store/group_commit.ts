@@ -89,6 +89,17 @@ interface Op {
   reject: (err: unknown) => void;
 }
 
+/**
+ * Told, after each commit, of every log segment it wrote: `values` in sequence order,
+ * from `firstSeq` to `lastSeq` (the key's last part).
+ */
+export type SegmentObserver = (
+  log: Deno.KvKey,
+  firstSeq: number,
+  lastSeq: number,
+  values: unknown[],
+) => void;
+
 /** Statistics for benchmarks and the admin API. */
 export interface CommitStats {
   atomics: number;
@@ -114,11 +125,18 @@ export class GroupCommitter {
   #queue: Op[] = [];
   #running: Promise<void> | null = null;
   #stats: CommitStats = { atomics: 0, operations: 0, mutations: 0 };
+  #onSegment: SegmentObserver | undefined;
 
-  constructor(kv: Deno.Kv, fence: Fence, limits: BatchLimits = DEFAULT_LIMITS) {
+  constructor(
+    kv: Deno.Kv,
+    fence: Fence,
+    limits: BatchLimits = DEFAULT_LIMITS,
+    onSegment?: SegmentObserver,
+  ) {
     this.#kv = kv;
     this.#fence = fence;
     this.#limits = limits;
+    this.#onSegment = onSegment;
   }
 
   /** Counters since start. */
@@ -205,6 +223,7 @@ export class GroupCommitter {
     // by every acknowledgement), so later mutations replace earlier ones.
     const merged = new Map<string, Mutation>();
     let logs: Map<string, AppendMutation[]> | null = null;
+    let written: Segment[] | null = null;
     for (const op of batch) {
       for (const m of op.mutations) {
         if (m.type === "append") {
@@ -221,11 +240,13 @@ export class GroupCommitter {
       }
     }
     if (logs) {
+      written = [];
       for (const appends of logs.values()) {
         for (const s of segments(appends)) {
           const id = keyId(s.key);
           merged.delete(id);
           merged.set(id, s);
+          written.push(s);
         }
       }
     }
@@ -251,6 +272,9 @@ export class GroupCommitter {
     this.#stats.atomics++;
     this.#stats.operations += batch.length;
     this.#stats.mutations += merged.size;
+    if (written && this.#onSegment) {
+      for (const s of written) this.#onSegment(s.log, s.firstSeq, s.lastSeq, s.value);
+    }
     for (const op of batch) op.resolve();
   }
 }
@@ -259,29 +283,52 @@ export class GroupCommitter {
  * One log's appends of an atomic as segment writes: in sequence order, each segment
  * under the sequence number of its last value and within {@link MAX_VALUE_BYTES}.
  */
-function segments(
-  appends: AppendMutation[],
-): { type: "set"; key: Deno.KvKey; value: unknown[] }[] {
+interface Segment {
+  type: "set";
+  key: Deno.KvKey;
+  value: unknown[];
+  log: Deno.KvKey;
+  firstSeq: number;
+  lastSeq: number;
+}
+
+function segments(appends: AppendMutation[]): Segment[] {
   // Appends arrive in sequence order from the topic that owns the log; sorting only
   // guards against a caller that submits them otherwise.
   if (!isSorted(appends)) appends = appends.toSorted((a, b) => a.seq - b.seq);
-  const out: { type: "set"; key: Deno.KvKey; value: unknown[] }[] = [];
+  const out: Segment[] = [];
   const log = appends[0]!.log;
   let values: unknown[] = [];
   let bytes = 4;
+  let first = 0;
   let last = 0;
   for (const a of appends) {
     const size = a.size ?? estimateSize(a.value);
     if (values.length > 0 && bytes + size > MAX_VALUE_BYTES) {
-      out.push({ type: "set", key: [...log, last], value: values });
+      out.push({
+        type: "set",
+        key: [...log, last],
+        value: values,
+        log,
+        firstSeq: first,
+        lastSeq: last,
+      });
       values = [];
       bytes = 4;
     }
+    if (values.length === 0) first = a.seq;
     values.push(a.value);
     bytes += size;
     last = a.seq;
   }
-  out.push({ type: "set", key: [...log, last], value: values });
+  out.push({
+    type: "set",
+    key: [...log, last],
+    value: values,
+    log,
+    firstSeq: first,
+    lastSeq: last,
+  });
   return out;
 }
 

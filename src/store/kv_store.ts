@@ -53,6 +53,7 @@ import {
   GroupCommitter,
   type Mutation,
 } from "./group_commit.ts";
+import { SegmentIndex } from "./segment_index.ts";
 import type { z } from "zod";
 import { getLogger } from "../log.ts";
 import {
@@ -109,6 +110,9 @@ export class SchemaError extends Error {
   }
 }
 
+/** Log keys deleted per atomic by retention. */
+const TRIM_BATCH = 500;
+
 /**
  * {@link BrokerStore} on a Deno KV database.
  *
@@ -124,11 +128,18 @@ export class KvStore implements BrokerStore {
   #gc: GroupCommitter;
   #fence: Fence;
   #quarantined = new Set<string>();
+  /** Per topic, the log segments this process wrote (see SegmentIndex). */
+  #segments = new Map<string, SegmentIndex>();
 
   private constructor(kv: Deno.Kv, fence: Fence) {
     this.#kv = kv;
     this.#fence = fence;
-    this.#gc = new GroupCommitter(kv, fence);
+    this.#gc = new GroupCommitter(kv, fence, DEFAULT_LIMITS, (log, first, last, values) => {
+      const topic = log[1] as string;
+      let index = this.#segments.get(topic);
+      if (!index) this.#segments.set(topic, index = new SegmentIndex(first));
+      index.add(last, payloadSize(values));
+    });
   }
 
   /**
@@ -261,11 +272,15 @@ export class KvStore implements BrokerStore {
     let bytes = 0;
     // The head goes with the first deletion, or with the rewrite if nothing else goes.
     let withHead: Mutation[] = [{ type: "set", key: ["topic", head.name], value: head }];
-    for (;;) {
+    const index = this.#segments.get(topic);
+    // Segments written before this process started are found by listing them (once:
+    // then they are gone); the ones it wrote, by the index, without reading them.
+    const listedTo = Math.min(toSeq, index?.coveredFrom ?? toSeq);
+    while (fromSeq < listedTo) {
       const keys: Mutation[] = [...withHead];
       for await (
         const e of this.#kv.list(
-          { start: ["log", topic, fromSeq], end: ["log", topic, toSeq] },
+          { start: ["log", topic, fromSeq], end: ["log", topic, listedTo] },
           { limit: 500, batchSize: 500 },
         )
       ) {
@@ -276,6 +291,16 @@ export class KvStore implements BrokerStore {
       await this.#gc.commit(keys);
       withHead = [];
     }
+    while (index) {
+      const gone = index.within(fromSeq, toSeq, TRIM_BATCH);
+      if (gone.lastSeqs.length === 0) break;
+      const keys: Mutation[] = [...withHead];
+      for (const seq of gone.lastSeqs) keys.push({ type: "delete", key: ["log", topic, seq] });
+      await this.#gc.commit(keys);
+      withHead = [];
+      // Forgotten only once deleted: a failed commit leaves them for the next pass.
+      bytes += index.remove(gone.at, gone.lastSeqs.length);
+    }
     for await (
       const e of this.#kv.list(
         { start: ["log", topic, toSeq], end: ["log", topic, Number.MAX_SAFE_INTEGER] },
@@ -285,10 +310,13 @@ export class KvStore implements BrokerStore {
       const messages = this.#segment(e);
       const rest = messages.filter((m) => m.seq >= toSeq);
       if (rest.length === messages.length || rest.length === 0) break;
-      for (const m of messages) if (m.seq < toSeq) bytes += m.payload.byteLength;
+      let trimmed = 0;
+      for (const m of messages) if (m.seq < toSeq) trimmed += m.payload.byteLength;
       // Segments are never written again by appends (those take new keys), so this
       // rewrite races nothing.
       await this.#gc.commit([...withHead, { type: "set", key: e.key, value: rest }]);
+      bytes += trimmed;
+      index?.shrank(e.key[2] as number, trimmed);
     }
     return bytes;
   }

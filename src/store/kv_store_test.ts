@@ -623,6 +623,37 @@ async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
   }
 }
 
+Deno.test("KvStore (file): after a restart trimLog deletes the earlier process's segments and its own, counting their bytes exactly", async () => {
+  const fx = await file();
+  try {
+    const bytes = (from: number, to: number) =>
+      range(from, to).reduce((n, seq) => n + `m${seq}`.length, 0);
+    // Segments of several messages each, before and after the restart, in two topics.
+    for (let seq = 1; seq <= 60; seq += 6) await appendAll(fx.store, "t", range(seq, seq + 6));
+    await appendAll(fx.store, "u", range(1, 31));
+    const r = await (fx.reopen as () => Promise<KvStore>)();
+    for (let seq = 61; seq <= 120; seq += 6) await appendAll(r, "t", range(seq, seq + 6));
+    await appendAll(r, "u", range(31, 61));
+    assert.equal(await r.payloadBytes(), bytes(1, 121) + bytes(1, 61));
+    // Across the restart, each floor inside a segment (rewritten without its head).
+    assert.equal(await r.trimLog("t", 1, 40, head("t", 121)), bytes(1, 40));
+    assert.equal(await r.trimLog("t", 40, 95, head("t", 121)), bytes(40, 95));
+    assert.deepEqual(seqsOf(await r.readLog("t", 1, 200)), range(95, 121));
+    assert.equal(await r.trimLog("t", 95, 95, head("t", 121)), 0);
+    assert.equal(await r.trimLog("u", 1, 61, head("u", 61)), bytes(1, 61));
+    assert.deepEqual(await r.readLog("u", 1, 100), []);
+    assert.equal(await r.trimLog("t", 95, 121, head("t", 121)), bytes(95, 121));
+    assert.deepEqual(await r.readLog("t", 1, 200), []);
+    assert.equal(await r.payloadBytes(), 0);
+    // Appends after the trims are indexed and trimmed like the others.
+    await appendAll(r, "t", range(121, 131));
+    assert.equal(await r.trimLog("t", 121, 131, head("t", 131)), bytes(121, 131));
+    assert.equal(await r.payloadBytes(), 0);
+  } finally {
+    await fx.dispose();
+  }
+});
+
 Deno.test("KvStore (file): reopening keeps topics, log, pending, releases and subscriptions", async () => {
   const fx = await file();
   try {
