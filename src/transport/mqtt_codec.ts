@@ -167,6 +167,67 @@ function sharedParser(protocolVersion: ProtocolVersion): CodecParser {
   return p;
 }
 
+/** A bl buffer list (mqtt-packet's input buffer), as far as its fast reads need. */
+interface BufferListLike {
+  _bufs: Uint8Array[];
+}
+
+type ReadAt = (this: BufferListLike, offset?: number) => number;
+type TextAt = (this: BufferListLike, encoding?: string, start?: number, end?: number) => string;
+
+/** bl's own accessors, kept for reads that span buffers (and for the tests). */
+export const blReads: {
+  readUInt8: ReadAt;
+  readUInt16BE: ReadAt;
+  readUInt32BE: ReadAt;
+  toString: TextAt;
+} = (() => {
+  const proto = Object.getPrototypeOf((mqtt.parser() as unknown as { _list: object })._list);
+  const own = {
+    readUInt8: proto.readUInt8 as ReadAt,
+    readUInt16BE: proto.readUInt16BE as ReadAt,
+    readUInt32BE: proto.readUInt32BE as ReadAt,
+    toString: proto.toString as TextAt,
+  };
+  // bl reads every number by slicing a Buffer view of it first (a JS object per byte of
+  // header, length, string length and packet identifier: about ten per PUBLISH). A frame
+  // reaches mqtt-packet as one buffer, so the bytes are nearly always in the first one:
+  // read them there, as the same big-endian unsigned numbers; anything else goes to bl.
+  proto.readUInt8 = function (this: BufferListLike, offset = 0): number {
+    const b = this._bufs[0];
+    return b !== undefined && (offset >>> 0) === offset && offset < b.length
+      ? b[offset]!
+      : own.readUInt8.call(this, offset);
+  };
+  proto.readUInt16BE = function (this: BufferListLike, offset = 0): number {
+    const b = this._bufs[0];
+    return b !== undefined && (offset >>> 0) === offset && offset + 2 <= b.length
+      ? (b[offset]! << 8) | b[offset + 1]!
+      : own.readUInt16BE.call(this, offset);
+  };
+  proto.readUInt32BE = function (this: BufferListLike, offset = 0): number {
+    const b = this._bufs[0];
+    return b !== undefined && (offset >>> 0) === offset && offset + 4 <= b.length
+      ? ((b[offset]! << 24) >>> 0) + ((b[offset + 1]! << 16) | (b[offset + 2]! << 8) |
+        b[offset + 3]!)
+      : own.readUInt32BE.call(this, offset);
+  };
+  // Strings (topics, client ids, properties) likewise, decoded in place.
+  proto.toString = function (
+    this: BufferListLike,
+    encoding?: string,
+    start?: number,
+    end?: number,
+  ): string {
+    const b = this._bufs[0] as Buffer | undefined;
+    return b !== undefined && start !== undefined && end !== undefined &&
+        (start >>> 0) === start && (end >>> 0) === end && start <= end && end <= b.length
+      ? b.toString(encoding as BufferEncoding, start, end)
+      : own.toString.call(this, encoding, start, end);
+  };
+  return own;
+})();
+
 /**
  * mqtt-packet parsers shared by every connection, one per level, and one for CONNECTs
  * (which set the level). They can be shared because each is handed one whole frame per

@@ -5,6 +5,7 @@ import type * as MqttPacket from "mqtt-packet";
 import * as mqtt from "mqtt-packet";
 import fc from "fast-check";
 import {
+  blReads,
   createPacketParser,
   encodePacket,
   MalformedPacketError,
@@ -443,4 +444,48 @@ Deno.test("4-byte acknowledgements decoded from a learnt shape equal mqtt-packet
   parser.push(connect(4));
   assert.equal(parser.push(new Uint8Array([0x62, 2, 0, 1]))[0]?.kind, "packet");
   assert.equal(parser.push(new Uint8Array([0x60, 2, 0, 1]))[0]?.kind, "malformed");
+});
+
+Deno.test("the buffer list's fast reads give what bl's own give, over any split of the bytes", () => {
+  // Fresh lists from mqtt-packet's own parser: the prototype the codec changed.
+  const list = (parts: Uint8Array[]) => {
+    const l = (mqtt.parser() as unknown as { _list: { append(b: Buffer): void } })._list;
+    for (const p of parts) l.append(Buffer.from(p));
+    return l as unknown as Record<
+      "readUInt8" | "readUInt16BE" | "readUInt32BE" | "toString",
+      (...args: unknown[]) => unknown
+    >;
+  };
+  const outcome = (f: () => unknown) => {
+    try {
+      return { value: f() };
+    } catch (err) {
+      return { error: (err as Error).name };
+    }
+  };
+  fc.assert(
+    fc.property(
+      fc.array(fc.uint8Array({ minLength: 1, maxLength: 12 }), { minLength: 1, maxLength: 4 }),
+      fc.oneof(fc.integer({ min: -2, max: 60 }), fc.constant(1.5)),
+      fc.integer({ min: -2, max: 60 }),
+      (parts, offset, end) => {
+        const l = list(parts);
+        for (const name of ["readUInt8", "readUInt16BE", "readUInt32BE"] as const) {
+          assert.deepEqual(
+            outcome(() => l[name](offset)),
+            outcome(() => blReads[name].call(l as never, offset)),
+            `${name}(${offset})`,
+          );
+        }
+        for (const encoding of ["utf8", "latin1", undefined]) {
+          assert.deepEqual(
+            outcome(() => l.toString(encoding, offset, end)),
+            outcome(() => blReads.toString.call(l as never, encoding, offset, end)),
+            `toString(${encoding}, ${offset}, ${end})`,
+          );
+        }
+      },
+    ),
+    { numRuns: 500 },
+  );
 });
