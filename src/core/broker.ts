@@ -331,6 +331,8 @@ export class Broker {
       const release = this.topic(p.topic)
         .then((t) => t.append({ id, payload: p.payload, format: p.format, releasedId: id }))
         .then(() => {
+          // Its bytes now count as the log's (see #appended), no longer as pending.
+          this.#payloadBytes -= p.payload.byteLength;
           const q = this.#quotas.get(id);
           if (q) q.count--;
           this.#quotas.delete(id);
@@ -456,9 +458,6 @@ export class Broker {
       receipt: input.receipt,
       willOf: input.willOf,
     });
-    committed.then((m) => {
-      if (t.logged(m)) this.#payloadBytes += payload.byteLength;
-    }, () => {});
     return committed;
   }
 
@@ -478,7 +477,10 @@ export class Broker {
   }
 
   #appended(m: StoredMessage, logged: boolean): void {
-    if (logged) this.metrics.messagesStored++;
+    if (logged) {
+      this.metrics.messagesStored++;
+      this.#payloadBytes += m.payload.byteLength;
+    }
     if (!m.retain) return;
     if (m.payload.byteLength === 0) this.retained.delete(m.topic);
     else this.retained.set(m.topic, m);
@@ -509,8 +511,7 @@ export class Broker {
         return { committed: topic.append({ id, payload, format: "json" }) };
       });
       this.#deadLetterQueue = queued.then(() => {}, () => {});
-      await (await queued).committed;
-      this.#payloadBytes += payload.byteLength;
+      await (await queued).committed; // its bytes are counted by #appended
     } catch (err) {
       log.error("Could not store a dead letter ({reason}): {error}", {
         reason: d.reason,

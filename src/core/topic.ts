@@ -287,10 +287,11 @@ export class Topic implements Restartable {
     const memoryOnly = this.#inMemoryOnly(input, effects);
     const release = () => {
       m.resolve(message);
+      // Committed (or kept in memory) whatever happened since: counted and retained.
+      this.#reach?.appended?.(message, !memoryOnly);
       if (epoch !== this.#epoch) return; // a restart reloaded the state since
       this.#remember(message);
       if (reached.length > 0) this.#reach?.materialised(this, reached, message.seq);
-      this.#reach?.appended?.(message, !memoryOnly);
       for (const s of this.#subscribers) s.wake();
     };
     if (memoryOnly) {
