@@ -105,7 +105,8 @@ interface AppendMsg {
 
 /**
  * The topic's memory keeps every message an attached subscriber has not completed yet
- * (up to {@link CACHE_BYTES} of payload), and at least the newest CACHE_TAIL messages
+ * (up to {@link CACHE_BYTES} of payload and {@link CACHE_MAX_MESSAGES} messages), and at
+ * least the newest CACHE_TAIL messages
  * besides. Keeping no more than that matters for the garbage collector: a message that
  * is still referenced when the young generation is collected gets copied, and promoted to
  * the old generation if it survives twice, so a memory of a thousand messages per topic
@@ -115,8 +116,14 @@ interface AppendMsg {
 const CACHE_TAIL = 32;
 /** ...trimmed once it holds this many more than it must (the floor costs a pass). */
 const CACHE_SLACK = 32;
-/** ...and how many payload bytes it keeps at most. */
+/** ...and how many payload bytes it keeps at most... */
 const CACHE_BYTES = 8 * 1024 * 1024;
+/**
+ * ...and how many messages: a subscriber that stops acknowledging must not make the
+ * topic keep everything published after it (up to CACHE_BYTES of small messages would be
+ * hundreds of thousands of objects). Past this, it reads the log again when it resumes.
+ */
+const CACHE_MAX_MESSAGES = 16_384;
 
 /** One topic actor. Create with {@link Topic.start}. */
 export class Topic implements Restartable {
@@ -367,7 +374,7 @@ export class Topic implements Restartable {
     while (
       head < cache.length &&
       ((head < tailFrom && (cache[head] as StoredMessage).seq < keepFrom) ||
-        this.#cacheBytes > CACHE_BYTES)
+        this.#cacheBytes > CACHE_BYTES || cache.length - head > CACHE_MAX_MESSAGES)
     ) {
       const old = cache[head] as StoredMessage;
       cache[head++] = undefined as unknown as StoredMessage; // let it be collected now

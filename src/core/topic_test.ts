@@ -388,6 +388,17 @@ Deno.test("a stored position ahead of the stored head moves the head past it at 
   }
 });
 
+Deno.test("a subscriber that stops completing does not make the memory keep more than 16,384 messages", async () => {
+  await withTopic(async ({ topic }) => {
+    topic.attach({ position: 1, wake() {} }); // never moves
+    await Promise.all(Array.from({ length: 20_000 }, (_, i) => topic.append(input(`m${i + 1}`))));
+    const kept = topic.nextSeq - topic.memoryFrom;
+    assert.ok(kept <= 16_384 && kept > 16_000, `${kept} messages kept`);
+    // What left the memory is still in the log for it.
+    assert.equal(textOf(await topic.read(1)), "m1");
+  });
+});
+
 Deno.test("the memory keeps what an attached subscriber has not completed, not what a detached one lacks", async () => {
   await withTopic(async ({ topic }) => {
     const reader = { position: 1, wake() {} };
