@@ -106,12 +106,11 @@ interface AppendMsg {
 /**
  * The topic's memory keeps every message an attached subscriber has not completed yet
  * (up to {@link CACHE_BYTES} of payload and {@link CACHE_MAX_MESSAGES} messages), and at
- * least the newest CACHE_TAIL messages
- * besides. Keeping no more than that matters for the garbage collector: a message that
- * is still referenced when the young generation is collected gets copied, and promoted to
- * the old generation if it survives twice, so a memory of a thousand messages per topic
- * made every collection copy them all and grew the old generation by a message's worth
- * for each one published.
+ * least the newest CACHE_TAIL messages besides. Keeping no more than that matters for the
+ * garbage collector: a message that is still referenced when the young generation is
+ * collected gets copied, and promoted to the old generation if it survives twice, so a
+ * memory of a thousand messages per topic made every collection copy them all and grew
+ * the old generation by a message's worth for each one published.
  */
 const CACHE_TAIL = 32;
 /** ...trimmed once it holds this many more than it must (the floor costs a pass). */
