@@ -6,7 +6,9 @@
  *
  * Only segments committed by this process are known; those written before a restart
  * all end below {@link SegmentIndex.coveredFrom} (sequence numbers only grow), so
- * retention lists that older part once and uses the index above it.
+ * retention lists that older part once and uses the index above it. An entry costs two
+ * numbers; a topic that retention cannot trim (a stored subscription that never reads)
+ * keeps one per commit that wrote to it, as its log keeps the segments themselves.
  *
  * @module
  */
