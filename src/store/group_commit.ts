@@ -302,17 +302,19 @@ function segments(appends: AppendMutation[]): Segment[] {
   let bytes = 4;
   let first = 0;
   let last = 0;
+  const close = () =>
+    out.push({
+      type: "set",
+      key: [...log, last],
+      value: values,
+      log,
+      firstSeq: first,
+      lastSeq: last,
+    });
   for (const a of appends) {
     const size = a.size ?? estimateSize(a.value);
     if (values.length > 0 && bytes + size > MAX_VALUE_BYTES) {
-      out.push({
-        type: "set",
-        key: [...log, last],
-        value: values,
-        log,
-        firstSeq: first,
-        lastSeq: last,
-      });
+      close();
       values = [];
       bytes = 4;
     }
@@ -321,14 +323,7 @@ function segments(appends: AppendMutation[]): Segment[] {
     bytes += size;
     last = a.seq;
   }
-  out.push({
-    type: "set",
-    key: [...log, last],
-    value: values,
-    log,
-    firstSeq: first,
-    lastSeq: last,
-  });
+  close();
   return out;
 }
 
