@@ -76,7 +76,7 @@ export interface Reach {
 /** Something to wake when a message becomes readable (a delivery). */
 export interface Wakeable {
   wake(): void;
-  /** Its position: the lowest sequence number it has not completed (kept in memory). */
+  /** The lowest sequence number it has not completed: the topic keeps from there on. */
   readonly position: number;
 }
 

@@ -281,7 +281,7 @@ export class KvStore implements BrokerStore {
       for await (
         const e of this.#kv.list(
           { start: ["log", topic, fromSeq], end: ["log", topic, listedTo] },
-          { limit: 500, batchSize: 500 },
+          { limit: TRIM_BATCH, batchSize: TRIM_BATCH },
         )
       ) {
         keys.push({ type: "delete", key: e.key });
