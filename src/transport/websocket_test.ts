@@ -117,6 +117,8 @@ class Harness {
   readonly conns: WsPacketConnection[] = [];
   readonly #clients: RawClient[] = [];
   #waiters: ((conn: WsPacketConnection) => void)[] = [];
+  /** Every connection handler's run: cleanup waits for them (and their timers). */
+  readonly #handlers: Promise<void>[] = [];
 
   constructor(options: Partial<MqttWsServerOptions>) {
     const handler = options.onConnection ?? ((conn) => answer(conn));
@@ -131,7 +133,9 @@ class Harness {
         this.conns.push(conn);
         for (const wake of this.#waiters) wake(conn);
         this.#waiters = [];
-        return handler(conn);
+        const run = handler(conn);
+        this.#handlers.push(Promise.resolve(run).catch(() => {}));
+        return run;
       },
     });
     this.server.start();
@@ -157,6 +161,7 @@ class Harness {
   async cleanup(): Promise<void> {
     await Promise.all(this.#clients.map((client) => client.close()));
     await this.server.close();
+    await Promise.all(this.#handlers);
   }
 }
 
