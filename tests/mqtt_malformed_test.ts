@@ -261,7 +261,10 @@ class Bystander {
   }
 
   async end(): Promise<void> {
-    await this.#client.endAsync();
+    // Bounded: MQTT.js's end never resolves for a client whose broker closed it mid-flight.
+    if (await within(this.#client.endAsync(), TIME_BOUND_MS) === TIMEOUT) {
+      await within(this.#client.endAsync(true), TIME_BOUND_MS);
+    }
     await within(this.#socketClosed, TIME_BOUND_MS);
     await delay(1);
   }
@@ -383,6 +386,19 @@ malformed(
     reason: "mqtt-malformed",
     disconnect: MALFORMED,
     detail: /minimal/,
+  }),
+);
+
+// A topic length past the packet's end: the codec's parsers are shared by all connections
+// at a level, and the bystander's PUBLISH after it must still be read from its first byte.
+malformed(
+  "a PUBLISH whose topic length runs past the packet",
+  [4, 5],
+  () => ({
+    connected: true,
+    bytes: frame(0x32, [0x00, 0x0a, 0x61, 0x00, 0x01]), // a 10-byte topic of which 3 bytes come
+    reason: "mqtt-malformed",
+    disconnect: MALFORMED,
   }),
 );
 

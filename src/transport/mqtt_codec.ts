@@ -155,6 +155,12 @@ export function createPacketParser(
 type CodecParser = MqttPacket.Parser & {
   settings: { protocolVersion?: ProtocolVersion };
   _resetState(): void;
+  /**
+   * Its read position in the packet. It is zeroed only when a packet is emitted, not
+   * by `_resetState`, and it is read as the offset of the next Remaining Length: after
+   * an error inside a packet, the next frame would be read from the wrong place.
+   */
+  _pos: number;
 };
 
 /** Where the shared parsers' output goes during one `parse` call. */
@@ -258,8 +264,9 @@ class FramingParser implements PacketParser {
   #frame: Uint8Array | undefined;
   #filled = 0;
   #failed = false;
-  /** Topic bytes of the last PUBLISH whose topic passed the UTF-8 check. */
+  /** Topic bytes of the last PUBLISH whose topic passed the UTF-8 check, and its name. */
   #checkedTopic: Uint8Array | undefined;
+  #checkedName = "";
 
   constructor(protocolVersion: ProtocolVersion, maxPacketBytes: number, views: boolean) {
     this.#max = maxPacketBytes;
@@ -376,20 +383,30 @@ class FramingParser implements PacketParser {
       }
     }
     const topic = publishTopicBytes(frame);
-    // A publisher mostly repeats its topics: the last one that passed is not checked again.
-    if (topic !== null && !(this.#checkedTopic && sameBytes(topic, this.#checkedTopic))) {
-      const badTopic = publishTopicProblem(topic);
-      if (badTopic) {
-        this.#malformed(badTopic);
+    if (topic !== null) {
+      // A publisher mostly repeats its topics: the last one that passed is not checked
+      // (nor decoded) again.
+      if (!(this.#checkedTopic && sameBytes(topic, this.#checkedTopic))) {
+        const name = publishTopicName(topic);
+        if (name === null) {
+          this.#malformed(publishTopicProblem(topic));
+          return;
+        }
+        this.#checkedTopic = topic.slice();
+        this.#checkedName = name;
+      }
+      const publish = plainPublish(frame, topic, this.#checkedName, this.#level);
+      if (publish) {
+        this.#out.push({ kind: "packet", packet: publish });
         return;
       }
-      this.#checkedTopic = topic.slice();
     }
     const isConnect = frame[0]! >> 4 === 1;
     const codec = isConnect ? parsers.connect : parsers[this.#level];
     // Its CONNECT replaced the connect parser's settings: start each one from level 4.
     if (isConnect) codec.settings = { protocolVersion: 4 };
     receiver = this;
+    codec._pos = 0; // each frame is parsed from its first byte, whatever came before
     let left: number;
     try {
       left = codec.parse(Buffer.from(frame.buffer, frame.byteOffset, frame.byteLength));
@@ -468,19 +485,88 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 /**
- * Checks a PUBLISH topic's bytes, which mqtt-packet decodes lossily (ill-formed UTF-8
- * would arrive as U+FFFD): the topic must be well-formed UTF-8 without U+0000, 3.1.1
- * [MQTT-1.5.3-1], [MQTT-1.5.3-2]; v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2]. Returns what is
- * wrong, or null.
+ * A PUBLISH topic's name, or null when its bytes are not one: mqtt-packet decodes
+ * ill-formed UTF-8 lossily (as U+FFFD), but the topic must be well-formed UTF-8 without
+ * U+0000, 3.1.1 [MQTT-1.5.3-1], [MQTT-1.5.3-2]; v5 [MQTT-1.5.4-1], [MQTT-1.5.4-2].
  */
-function publishTopicProblem(bytes: Uint8Array): string | null {
-  if (bytes.includes(0)) return "PUBLISH topic contains U+0000";
+function publishTopicName(bytes: Uint8Array): string | null {
+  if (bytes.includes(0)) return null;
   try {
-    strictUtf8.decode(bytes);
+    return strictUtf8.decode(bytes);
   } catch {
-    return "PUBLISH topic is not well-formed UTF-8";
+    return null;
   }
-  return null;
+}
+
+/** What is wrong with topic bytes {@link publishTopicName} refused. */
+function publishTopicProblem(bytes: Uint8Array): string {
+  return bytes.includes(0)
+    ? "PUBLISH topic contains U+0000"
+    : "PUBLISH topic is not well-formed UTF-8";
+}
+
+/**
+ * Decodes the PUBLISH frames nearly every message is, without mqtt-packet: any QoS
+ * (3.1.1 §3.3.1), and at level 5 only those with no properties (a Property Length of 0,
+ * v5 §3.3.2.3). The packet has the fields mqtt-packet's would have, the payload a
+ * `Buffer` view of the frame as its is. `topic` is the frame's topic bytes (checked),
+ * `name` their decoding. Anything else (QoS 3, a frame too short for its identifier,
+ * properties) is undefined and goes to mqtt-packet, which decodes or refuses it.
+ */
+function plainPublish(
+  frame: Uint8Array,
+  topic: Uint8Array,
+  name: string,
+  level: ProtocolVersion,
+): MqttPacket.Packet | undefined {
+  const first = frame[0]!;
+  const qos = (first >> 1) & 3;
+  if (qos === 3) return undefined;
+  let at = topic.byteOffset - frame.byteOffset + topic.length;
+  const headerBytes = frame[1]! < 0x80 ? 2 : frame[2]! < 0x80 ? 3 : frame[3]! < 0x80 ? 4 : 5;
+  let messageId = 0;
+  if (qos > 0) {
+    if (at + 2 > frame.length) return undefined;
+    messageId = (frame[at]! << 8) | frame[at + 1]!;
+    at += 2;
+  }
+  if (level === 5) {
+    if (at >= frame.length || frame[at] !== 0) return undefined;
+    at++;
+  }
+  const packet = qos === 0
+    ? new PlainPublish(first, frame.length - headerBytes, name)
+    : new PlainPublishWithId(first, frame.length - headerBytes, name, messageId);
+  packet.payload = Buffer.from(frame.buffer, frame.byteOffset + at, frame.length - at);
+  return packet as unknown as MqttPacket.Packet;
+}
+
+/** The fields of mqtt-packet's PUBLISH, in its order (one hidden class for each QoS kind). */
+class PlainPublish {
+  readonly cmd = "publish";
+  readonly retain: boolean;
+  readonly qos: number;
+  readonly dup: boolean;
+  readonly length: number;
+  readonly topic: string;
+  payload: Buffer | null = null;
+
+  constructor(first: number, length: number, topic: string) {
+    this.retain = (first & 1) !== 0;
+    this.qos = (first >> 1) & 3;
+    this.dup = (first & 8) !== 0;
+    this.length = length;
+    this.topic = topic;
+  }
+}
+
+class PlainPublishWithId extends PlainPublish {
+  readonly messageId: number;
+
+  constructor(first: number, length: number, topic: string, messageId: number) {
+    super(first, length, topic);
+    this.messageId = messageId;
+  }
 }
 
 /**

@@ -446,6 +446,117 @@ Deno.test("4-byte acknowledgements decoded from a learnt shape equal mqtt-packet
   assert.equal(parser.push(new Uint8Array([0x60, 2, 0, 1]))[0]?.kind, "malformed");
 });
 
+Deno.test("PUBLISH frames decode to what mqtt-packet decodes, or are refused as it refuses them", () => {
+  type Outcome = { packet: Record<string, unknown> } | { error: string };
+  const theirs = (frame: Uint8Array, level: 3 | 4 | 5): Outcome => {
+    const parser = mqtt.parser({ protocolVersion: level });
+    let out: Outcome = { error: "nothing" };
+    parser.on("packet", (p) => out = { packet: { ...p } });
+    parser.on("error", (e) => out = { error: e.message });
+    parser.parse(Buffer.from(frame));
+    return out;
+  };
+  const mine = (frame: Uint8Array, level: 3 | 4 | 5): Outcome => {
+    const items = createPacketParser(level, 1 << 20).push(frame);
+    assert.equal(items.length, 1);
+    const item = items[0]!;
+    return item.kind === "packet"
+      ? { packet: { ...(item.packet as unknown as Record<string, unknown>) } }
+      : { error: item.kind };
+  };
+  /** A frame: the first byte, the Remaining Length, the body. */
+  const frameOf = (first: number, body: Uint8Array) => {
+    const length: number[] = [];
+    let n = body.length;
+    do {
+      length.push((n & 0x7f) | (n > 0x7f ? 0x80 : 0));
+      n >>= 7;
+    } while (n > 0);
+    return new Uint8Array([first, ...length, ...body]);
+  };
+  const topic = fc.stringMatching(/^[a-zé/0-9]{1,12}$/);
+  const generated = fc.record({
+    level: fc.constantFrom(3 as const, 4 as const, 5 as const),
+    topic,
+    payload: fc.uint8Array({ maxLength: 200 }),
+    qos: fc.constantFrom(0 as const, 1 as const, 2 as const),
+    messageId: fc.integer({ min: 1, max: 0xffff }),
+    retain: fc.boolean(),
+    dup: fc.boolean(),
+    properties: fc.option(
+      fc.record({
+        payloadFormatIndicator: fc.boolean(),
+        messageExpiryInterval: fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+        contentType: fc.string({ maxLength: 10 }),
+        topicAlias: fc.integer({ min: 1, max: 10 }),
+      }, { requiredKeys: [] }),
+      { nil: undefined },
+    ),
+    // Other flag bits (QoS 3 among them), or the frame cut short (its length fixed up).
+    flags: fc.option(fc.integer({ min: 0, max: 15 }), { nil: undefined }),
+    cut: fc.option(fc.nat(), { nil: undefined }),
+  }).map(({ level, properties, payload, flags, cut, ...fields }) => {
+    const packet = {
+      cmd: "publish",
+      ...fields,
+      payload: Buffer.from(payload),
+      ...(level === 5 && properties ? { properties } : {}),
+    } as MqttPacket.Packet;
+    const frame = new Uint8Array(mqtt.generate(packet, { protocolVersion: level }));
+    const first = flags === undefined ? frame[0]! : 0x30 | flags;
+    let bodyAt = 1;
+    while (frame[bodyAt]! & 0x80) bodyAt++;
+    let body = frame.subarray(bodyAt + 1);
+    if (cut !== undefined) body = body.subarray(0, cut % (body.length + 1));
+    return { level, frame: frameOf(first, body) };
+  });
+  const raw = fc.record({
+    level: fc.constantFrom(3 as const, 4 as const, 5 as const),
+    first: fc.integer({ min: 0x30, max: 0x3f }),
+    topicLength: fc.integer({ min: 0, max: 6 }),
+    rest: fc.uint8Array({ maxLength: 12 }),
+  }).map(({ level, first, topicLength, rest }) => ({
+    level,
+    frame: frameOf(first, new Uint8Array([0, topicLength, ...rest])),
+  }));
+  fc.assert(
+    fc.property(fc.oneof(generated, raw), ({ level, frame }) => {
+      const expected = theirs(frame, level);
+      const actual = mine(frame, level);
+      if ("error" in expected) {
+        assert.ok("error" in actual, `mqtt-packet refused it (${expected.error}), we did not`);
+      } else if ("error" in actual) {
+        // Only a topic that is not well-formed UTF-8, or holds U+0000, is refused here alone.
+        const name = expected.packet.topic as string;
+        assert.ok(
+          name.includes("\uFFFD") || name.includes("\u0000"),
+          `refused ${name}: ${JSON.stringify(actual)} ${[...frame]}`,
+        );
+      } else {
+        assert.deepEqual(actual.packet, expected.packet);
+      }
+    }),
+    { numRuns: 2000 },
+  );
+  // A PUBLISH of each QoS without properties is decoded here, one with them by mqtt-packet.
+  const parser = createPacketParser(5, 1024);
+  const { properties: _, ...plain } = publish5 as MqttPacket.IPublishPacket;
+  for (const qos of [0, 1, 2] as const) {
+    for (const properties of [undefined, { contentType: "x" }]) {
+      const frame = encodePacket(
+        { ...plain, qos, messageId: 7, ...(properties ? { properties } : {}) } as OutboundPacket,
+        5,
+      );
+      const [item] = parser.push(frame);
+      assert.equal(item?.kind, "packet");
+      const decoded = (item as unknown as { packet: Record<string, unknown> }).packet;
+      assert.deepEqual({ ...decoded }, (theirs(frame, 5) as { packet: unknown }).packet);
+      // mqtt-packet's packets are instances of its class `Packet`.
+      assert.equal(decoded.constructor.name === "Packet", properties !== undefined);
+    }
+  }
+});
+
 Deno.test("the buffer list's fast reads give what bl's own give, over any split of the bytes", () => {
   // Fresh lists from mqtt-packet's own parser: the prototype the codec changed.
   const list = (parts: Uint8Array[]) => {
