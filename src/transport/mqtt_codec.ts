@@ -607,6 +607,9 @@ export type OutboundPacket =
  * ```
  */
 export function encodePacket(packet: OutboundPacket, protocolVersion: ProtocolVersion): Uint8Array {
+  if (packet.cmd === "publish") {
+    return plainPublishBytes(packet, protocolVersion) ?? generate(packet, protocolVersion);
+  }
   const template = ackTemplate(packet, protocolVersion);
   if (!template) return generate(packet, protocolVersion);
   const out = new Uint8Array(template.length);
@@ -614,6 +617,53 @@ export function encodePacket(packet: OutboundPacket, protocolVersion: ProtocolVe
   const id = (packet as { messageId: number }).messageId;
   out[2] = id >> 8;
   out[3] = id & 0xff;
+  return out;
+}
+
+const NO_BYTES = new Uint8Array(0);
+
+/**
+ * Encodes the PUBLISH packets nearly every delivery is, without mqtt-packet: no
+ * properties (at level 5 a Property Length of 0, v5 §3.3.2.3), the fixed header from
+ * QoS, DUP and RETAIN (§3.3.1), the topic as a length-prefixed string, the identifier at
+ * QoS 1 and 2 (§3.3.2.2), the payload. The bytes are mqtt-packet's own (tested against
+ * `generate`). Anything else, and any field mqtt-packet would refuse, is undefined and
+ * goes to mqtt-packet.
+ */
+function plainPublishBytes(
+  packet: OutboundPacket,
+  protocolVersion: ProtocolVersion,
+): Uint8Array | undefined {
+  const p = packet as unknown as Record<string, unknown>;
+  if (p.properties !== undefined) return undefined;
+  const qos = (p.qos || 0) as number;
+  if (qos !== 0 && qos !== 1 && qos !== 2) return undefined;
+  const id = p.messageId as number;
+  if (qos > 0 && !(Number.isInteger(id) && id >= 0 && id <= 0xffff)) return undefined;
+  const topic = typeof p.topic === "string" ? encodedTopic(p.topic) : p.topic;
+  if (!(topic instanceof Uint8Array) || topic.length > 0xffff) return undefined;
+  const payload = typeof p.payload === "string" ? utf8.encode(p.payload) : p.payload ?? NO_BYTES;
+  if (!(payload instanceof Uint8Array)) return undefined;
+  const remaining = 2 + topic.length + (qos > 0 ? 2 : 0) + (protocolVersion === 5 ? 1 : 0) +
+    payload.length;
+  if (remaining > MAX_REMAINING_LENGTH) return undefined;
+  const lengthBytes = remaining < 0x80 ? 1 : remaining < 0x4000 ? 2 : remaining < 0x200000 ? 3 : 4;
+  const out = new Uint8Array(1 + lengthBytes + remaining);
+  out[0] = 0x30 | (qos << 1) | (p.dup ? 8 : 0) | (p.retain ? 1 : 0);
+  let at = 1;
+  for (let n = remaining; at <= lengthBytes; at++, n = Math.floor(n / 0x80)) {
+    out[at] = (n & 0x7f) | (at < lengthBytes ? 0x80 : 0);
+  }
+  out[at++] = topic.length >> 8;
+  out[at++] = topic.length & 0xff;
+  out.set(topic, at);
+  at += topic.length;
+  if (qos > 0) {
+    out[at++] = id >> 8;
+    out[at++] = id & 0xff;
+  }
+  if (protocolVersion === 5) out[at++] = 0;
+  out.set(payload, at);
   return out;
 }
 

@@ -7,6 +7,7 @@ import fc from "fast-check";
 import {
   blReads,
   createPacketParser,
+  encodedTopic,
   encodePacket,
   MalformedPacketError,
   type OutboundPacket,
@@ -295,9 +296,9 @@ Deno.test("encodePacket gives byte for byte what mqtt-packet's generate gives", 
   const publish = fc.record({
     level: fc.constantFrom(4 as const, 5 as const),
     topic,
-    payload: fc.oneof(bytes, bytes.map((b) => Buffer.from(b))),
+    payload: fc.oneof(bytes, bytes.map((b) => Buffer.from(b)), fc.string({ maxLength: 20 })),
     qos: fc.constantFrom(0 as const, 1 as const, 2 as const),
-    messageId: fc.integer({ min: 1, max: 0xffff }),
+    messageId: fc.integer({ min: 0, max: 0xffff }),
     retain: fc.boolean(),
     dup: fc.boolean(),
     properties,
@@ -325,6 +326,28 @@ Deno.test("encodePacket gives byte for byte what mqtt-packet's generate gives", 
     }),
     { numRuns: 300 },
   );
+  // Remaining Lengths of 1 to 4 bytes, the topic as bytes, a missing payload.
+  for (const size of [0, 100, 20_000, 2_100_000]) {
+    for (const level of [4, 5] as const) {
+      const packet = {
+        cmd: "publish",
+        topic: "t/é",
+        qos: 1,
+        messageId: 300,
+        retain: true,
+      } as const;
+      const payload = size === 0 ? undefined : new Uint8Array(size).fill(7);
+      const theirs = mqtt.generate(
+        { ...packet, dup: false, payload: payload ? Buffer.from(payload) : Buffer.alloc(0) },
+        { protocolVersion: level },
+      );
+      const mine = encodePacket(
+        { ...packet, topic: encodedTopic(packet.topic), payload } as unknown as OutboundPacket,
+        level,
+      );
+      assert.ok(Buffer.from(mine).equals(theirs), `${size} bytes at level ${level}`);
+    }
+  }
   const others = [
     { cmd: "connack", returnCode: 0, reasonCode: 0, sessionPresent: true },
     { cmd: "suback", messageId: 4, granted: [0, 1, 2] },
