@@ -109,10 +109,16 @@ Deno.test("variants are cached apart, and the cache stays out of the stored mess
     }
   }
   assert.equal(ids.size, 12);
+  // A copy of the message, under another topic, does not take the original's encodings.
+  const copy: StoredMessage = { ...fresh, topic: "elsewhere" };
+  assert.equal(cachedPublish(copy, v4, 3, false), undefined, "a copy has none of its own");
+  assert.notEqual(cachedPublish(fresh, v4, 3, false), undefined, "the original keeps its own");
   const kv = await Deno.openKv(":memory:");
   try {
     await kv.set(["m"], fresh);
-    assert.deepEqual((await kv.get(["m"])).value, { ...message, id: 2 });
+    // (structuredClone: `message` has encodings of its own from the tests above, and a
+    // spread would copy them into the expected value.)
+    assert.deepEqual((await kv.get(["m"])).value, structuredClone({ ...message, id: 2 }));
     assert.deepEqual(
       JSON.parse(JSON.stringify(fresh)),
       JSON.parse(JSON.stringify(message.id === 2 ? message : { ...message, id: 2 })),
