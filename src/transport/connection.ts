@@ -243,10 +243,34 @@ export abstract class SocketConnection {
   sendBytes(bytes: Uint8Array): void {
     if (this.#closing) return;
     this.#queue.push(bytes);
-    this.#unwrittenBytes += bytes.length;
+    this.#queued(bytes.length);
+  }
+
+  /**
+   * Queues a PUBLISH as its `head` (shared, left unchanged: see `publishHead`) with the
+   * identifier `id` written at `idOffset` (none at QoS 0) and, with `dup`, the DUP flag
+   * set, followed by `payload`: one packet, joined with the rest of the output as it is
+   * written, without an array of its own.
+   */
+  sendPublish(
+    head: Uint8Array,
+    idOffset: number,
+    id: number | null,
+    dup: boolean,
+    payload: Uint8Array,
+  ): void {
+    if (this.#closing) return;
+    if (id !== null) this.#patches.push(this.#queue.length, idOffset, id, dup ? 1 : 0);
+    this.#queue.push(head, payload);
+    this.#queued(head.length + payload.length);
+  }
+
+  /** Counts `size` more bytes of output queued, and starts writing them. */
+  #queued(size: number): void {
+    this.#unwrittenBytes += size;
     // The bound is on backlog: one item bigger than the buffer may still go out when
     // nothing else is waiting (a message may be larger than the buffer setting).
-    if (this.#unwrittenBytes > this.#writeBufferBytes && this.#unwrittenBytes > bytes.length) {
+    if (this.#unwrittenBytes > this.#writeBufferBytes && this.#unwrittenBytes > size) {
       this.#shutdown(`peer too slow: over ${this.#writeBufferBytes} bytes of output queued`, {
         flush: false,
       });

@@ -286,6 +286,76 @@ test("everything sent in one turn leaves in one write", async () => {
   }
 });
 
+test("sendPublish: a shared head, the identifier, DUP and the payload leave as one PUBLISH, in order with the rest", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
+  const socket = await listener.accept();
+  listener.close();
+  const conn = new PacketConnection(socket, {
+    maxPacketBytes: 1024,
+    writeBufferBytes: 1 << 20,
+    idleTimeoutMs: 0,
+  });
+  try {
+    const payload = new TextEncoder().encode("payload");
+    const whole = (qos: 0 | 1, messageId: number | undefined, dup: boolean) =>
+      encodePacket(
+        { cmd: "publish", topic: "a/b", payload, qos, messageId, dup, retain: false },
+        4,
+      );
+    // The head is the encoding up to the payload, its identifier zeroed.
+    const full = whole(1, 0, false);
+    const head = full.slice(0, full.length - payload.length);
+    const idOffset = head.length - 2;
+    const before = head.slice();
+    conn.sendPublish(head, idOffset, 0x1234, false, payload);
+    conn.send({ cmd: "pingresp" });
+    conn.sendPublish(head, idOffset, 7, true, payload);
+    const head0 = whole(0, undefined, false).subarray(0, -payload.length);
+    conn.sendPublish(head0, 0, null, false, payload);
+    const expected = concat([
+      whole(1, 0x1234, false),
+      encodePacket({ cmd: "pingresp" }, 4),
+      whole(1, 7, true),
+      whole(0, undefined, false),
+    ]);
+    const received = new Uint8Array(expected.length);
+    let got = 0;
+    while (got < received.length) got += (await client.read(received.subarray(got))) ?? 0;
+    assert.deepEqual(received, expected);
+    assert.deepEqual(head, before, "the shared head is left as it was");
+  } finally {
+    client.close();
+    conn.close("test over");
+    await conn.closed;
+  }
+});
+
+test("sendPublish counts head and payload against writeBufferBytes, one packet larger than it still goes alone", async () => {
+  let conn: PacketConnection | undefined;
+  let closedAfterFirst: boolean | undefined;
+  const h = new Harness({
+    writeBufferBytes: 64 * 1024,
+    onConnection(c) {
+      conn = c;
+      const head = new Uint8Array([0x30, 0x80, 0x80, 0x05, 0, 1, 0x74]); // topic "t"
+      // One packet over the bound with nothing queued before it is sent; the next is not.
+      c.sendPublish(head, 0, null, false, new Uint8Array(80 * 1024 - 3));
+      closedAfterFirst = c.isClosed;
+      c.sendPublish(head, 0, null, false, new Uint8Array(80 * 1024 - 3));
+    },
+  });
+  try {
+    await h.connect(5); // never reads
+    await h.firstConnection();
+    await conn!.closed;
+    assert.equal(closedAfterFirst, false);
+    assert.match(conn!.closeReason ?? "", /peer too slow: over 65536 bytes/);
+  } finally {
+    await h.cleanup();
+  }
+});
+
 test("output past writeBufferBytes closes the connection and drops the backlog", async () => {
   let conn: PacketConnection | undefined;
   const h = new Harness({

@@ -90,6 +90,19 @@ export interface PacketLink {
    * encoded once for many receivers). Never throws; ignored once closed.
    */
   sendPatched(bytes: Uint8Array, idOffset: number, id: number, dup: boolean): void;
+  /**
+   * Queues a PUBLISH as a shared `head` (everything before the payload, see
+   * `publishHead`, left unchanged) with the identifier `id` written at `idOffset` (none
+   * at QoS 0) and, with `dup`, the DUP flag set, followed by `payload`. Never throws;
+   * ignored once closed.
+   */
+  sendPublish(
+    head: Uint8Array,
+    idOffset: number,
+    id: number | null,
+    dup: boolean,
+    payload: Uint8Array,
+  ): void;
   /** Output queued and not yet written, in bytes. */
   readonly bufferedBytes: number;
   /** Resolves once everything queued so far is written (or the connection closed). */

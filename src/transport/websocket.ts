@@ -239,6 +239,18 @@ export class WsPacketConnection implements PacketLink {
     this.sendBytes(concat([bytes], [0, idOffset, id, dup ? 1 : 0]));
   }
 
+  /** As {@link sendBytes}, on a copy of head and payload with the identifier written in. */
+  sendPublish(
+    head: Uint8Array,
+    idOffset: number,
+    id: number | null,
+    dup: boolean,
+    payload: Uint8Array,
+  ): void {
+    if (this.#closing) return;
+    this.sendBytes(concat([head, payload], id === null ? [] : [0, idOffset, id, dup ? 1 : 0]));
+  }
+
   /** Output queued here or in the socket, in bytes. */
   get bufferedBytes(): number {
     return this.#outputBytes + this.#socket.bufferedAmount;

@@ -32,7 +32,13 @@ import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodedTopic, encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
 import { OrderedReplies } from "../../ordered_replies.ts";
-import { cachedEncoding, type Encoded, publishVariant, shareEncoding } from "./publish_cache.ts";
+import {
+  cachedEncoding,
+  type Encoded,
+  publishHead,
+  publishVariant,
+  shareEncoding,
+} from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 
 /** The properties of a PUBLISH that has none (3.1.1, and most at 5.0); never written. */
@@ -971,6 +977,18 @@ export class MqttClient implements SessionOutput {
     // this receiver's own (subscription ids, the expiry countdown, topic aliases).
     const own = out.subscriptionIds.length > 0 || m.expiresAt !== undefined ||
       (this.#version === 5 && this.#clientAliasMax > 0);
+    if (!own && (this.#version === 4 || !hasPublishProperties(m))) {
+      // No properties (nearly every message): a shared head, then the payload itself.
+      const head = publishHead(
+        m.topic,
+        m.payload.length,
+        publishVariant(this.#version, out.qos, out.retain),
+      );
+      if (this.#fits(m, head.bytes.length + m.payload.length, tag)) {
+        this.link.sendPublish(head.bytes, head.idOffset, tag, dup, m.payload);
+      }
+      return;
+    }
     let bytes: Uint8Array;
     let shared: Encoded | undefined;
     if (own) bytes = encodePacket(this.#publishPacket(out, tag, dup), this.#version);
@@ -983,21 +1001,29 @@ export class MqttClient implements SessionOutput {
       );
       bytes = shared.bytes;
     }
-    if (this.#clientMaxPacket > 0 && bytes.byteLength > this.#clientMaxPacket) {
-      // Too large for the client: dropped as if sent, v5 [MQTT-3.1.2-25].
+    if (!this.#fits(m, bytes.byteLength, tag)) return;
+    // QoS 0 has no identifier and never DUP ([MQTT-3.3.1-2]): the shared bytes as they are.
+    if (!shared || tag === null) this.link.sendBytes(bytes);
+    else this.link.sendPatched(bytes, shared.idOffset, tag, dup);
+  }
+
+  /**
+   * Whether a PUBLISH of `size` bytes may go to this client; counts it as sent when it
+   * may. One larger than the client accepts is dropped as if sent, v5 [MQTT-3.1.2-25].
+   */
+  #fits(m: StoredMessage, size: number, tag: number | null): boolean {
+    if (this.#clientMaxPacket > 0 && size > this.#clientMaxPacket) {
       log.warning("Message {msgId} on {topic} is larger than {clientId} accepts; not sent", {
         msgId: m.id,
         topic: m.topic,
         clientId: this.#clientId,
       });
       if (tag !== null) this.#session?.refused(tag);
-      return;
+      return false;
     }
     this.#ctx.broker.metrics.messagesSent++;
-    this.#ctx.broker.metrics.bytesSent += bytes.byteLength;
-    // QoS 0 has no identifier and never DUP ([MQTT-3.3.1-2]): the shared bytes as they are.
-    if (!shared || tag === null) this.link.sendBytes(bytes);
-    else this.link.sendPatched(bytes, shared.idOffset, tag, dup);
+    this.#ctx.broker.metrics.bytesSent += size;
+    return true;
   }
   /** The PUBLISH packet of `out` for this receiver (aliases are assigned here). */
   #publishPacket(out: Outbound, tag: number | null, dup: boolean): OutboundPacket {
@@ -1142,6 +1168,19 @@ export class MqttClient implements SessionOutput {
 /** True when a decoded string shows ill-formed UTF-8 (replaced by U+FFFD) or U+0000. */
 function containsBadText(s: string): boolean {
   return s.includes("\uFFFD") || s.includes("\u0000");
+}
+
+/**
+ * Whether a v5 PUBLISH of `m` carries properties of the message's own: those
+ * {@link MqttClient}'s `#publishPacket` writes from the format and the publisher's
+ * properties (the receiver's own, expiry, subscription ids and aliases, aside).
+ */
+function hasPublishProperties(m: StoredMessage): boolean {
+  if (m.format === "text" || m.format === "json") return true;
+  const mp = m.props;
+  return mp !== undefined &&
+    (mp.contentType !== undefined || mp.responseTopic !== undefined ||
+      mp.correlationData !== undefined || mp.userProperties !== undefined);
 }
 
 function decodeUtf8(bytes: Uint8Array): string | undefined {

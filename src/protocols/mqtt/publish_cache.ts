@@ -10,6 +10,7 @@
  * @module
  */
 import type { StoredMessage } from "../../store/store.ts";
+import { encodedTopic } from "../../transport/mqtt_codec.ts";
 
 /** One shared encoding of a PUBLISH. */
 export interface Encoded {
@@ -77,4 +78,65 @@ export function identifierOffset(bytes: Uint8Array): number {
   i++; // past the last Remaining Length byte
   const topicLength = (bytes[i]! << 8) | bytes[i + 1]!;
   return i + 2 + topicLength;
+}
+
+/**
+ * The bytes of a PUBLISH before its payload, for a packet with no properties: fixed
+ * header (§3.3.1), topic name and, at QoS 1 and 2, room for the identifier (§3.3.2),
+ * and at level 5 a Property Length of 0 (v5 §3.3.2.3). Sent followed by the message's
+ * own payload (a connection's `sendPublish`), the two are the PUBLISH; no array is made
+ * for the whole packet. The head depends only on the topic, the payload's length and
+ * the variant, so one serves every message of a steady stream.
+ */
+export interface PublishHead {
+  bytes: Uint8Array;
+  /** Where the packet identifier goes (QoS 1 and 2), as in {@link Encoded}. */
+  idOffset: number;
+}
+
+/** Heads by topic, then by payload length and variant; both levels bounded. */
+const heads = new Map<string, Map<number, PublishHead>>();
+const HEAD_TOPICS = 4096;
+const HEADS_PER_TOPIC = 64;
+
+/**
+ * The head of a PUBLISH of `payloadLength` bytes on `topic` for `variant` (see
+ * {@link publishVariant}), from a cache. The packet must carry no properties.
+ */
+export function publishHead(topic: string, payloadLength: number, variant: number): PublishHead {
+  let byLength = heads.get(topic);
+  if (byLength === undefined) {
+    if (heads.size >= HEAD_TOPICS) heads.clear();
+    byLength = new Map();
+    heads.set(topic, byLength);
+  }
+  const key = payloadLength * 16 + variant;
+  let head = byLength.get(key);
+  if (head === undefined) {
+    if (byLength.size >= HEADS_PER_TOPIC) byLength.clear();
+    head = makeHead(encodedTopic(topic), payloadLength, variant);
+    byLength.set(key, head);
+  }
+  return head;
+}
+
+function makeHead(topic: Uint8Array, payloadLength: number, variant: number): PublishHead {
+  const v5 = variant >= 6;
+  const qos = (variant % 6) >> 1;
+  const retain = variant & 1;
+  const afterLength = 2 + topic.length + (qos > 0 ? 2 : 0) + (v5 ? 1 : 0);
+  const remaining = afterLength + payloadLength;
+  const lengthBytes = remaining < 0x80 ? 1 : remaining < 0x4000 ? 2 : remaining < 0x200000 ? 3 : 4;
+  const bytes = new Uint8Array(1 + lengthBytes + afterLength);
+  bytes[0] = 0x30 | (qos << 1) | retain;
+  let at = 1;
+  for (let n = remaining; at <= lengthBytes; at++, n = Math.floor(n / 0x80)) {
+    bytes[at] = (n & 0x7f) | (at < lengthBytes ? 0x80 : 0);
+  }
+  bytes[at++] = topic.length >> 8;
+  bytes[at++] = topic.length & 0xff;
+  bytes.set(topic, at);
+  at += topic.length;
+  const idOffset = at; // left 0: written per receiver as the output is joined
+  return { bytes, idOffset };
 }

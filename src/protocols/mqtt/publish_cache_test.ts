@@ -1,8 +1,17 @@
 import assert from "node:assert/strict";
 import type { StoredMessage } from "../../store/store.ts";
 import { encodePacket, type OutboundPacket } from "../../transport/mqtt_codec.ts";
-import { cachedEncoding, type Encoded, publishVariant, shareEncoding } from "./publish_cache.ts";
+import {
+  cachedEncoding,
+  type Encoded,
+  publishHead,
+  publishVariant,
+  shareEncoding,
+} from "./publish_cache.ts";
 import { concat } from "../../transport/connection.ts";
+import { Buffer } from "node:buffer";
+import * as mqtt from "mqtt-packet";
+import fc from "fast-check";
 
 /**
  * A receiver's packet: the shared bytes with its identifier and DUP written in, as the
@@ -159,4 +168,55 @@ Deno.test("the output queue writes identifiers and DUP into shared bytes as it j
   assert.deepEqual(e.bytes, before);
   // One part and no patch: the part itself, no copy.
   assert.equal(concat([e.bytes], []), e.bytes);
+});
+
+Deno.test("a PUBLISH head, its identifier and DUP written in, then the payload, is mqtt-packet's encoding", () => {
+  // Payload lengths around the Remaining Length's 1/2/3-byte boundaries, with the head.
+  const lengths = fc.oneof(
+    fc.nat({ max: 300 }),
+    fc.integer({ min: 16_300, max: 16_400 }),
+    fc.integer({ min: 2_097_100, max: 2_097_200 }),
+  );
+  fc.assert(
+    fc.property(
+      fc.stringMatching(/^[a-z\u00e9/]{1,20}$/),
+      lengths,
+      fc.constantFrom(4 as const, 5 as const),
+      fc.constantFrom(0 as const, 1 as const, 2 as const),
+      fc.boolean(),
+      fc.boolean(),
+      fc.integer({ min: 1, max: 0xffff }),
+      (topic, length, level, qos, retain, dup, id) => {
+        const payload = new Uint8Array(length).fill(0x5a);
+        const head = publishHead(topic, length, publishVariant(level, qos, retain));
+        const tag = qos === 0 ? null : id;
+        const joined = concat(
+          [head.bytes, payload],
+          tag === null ? [] : [0, head.idOffset, tag, dup ? 1 : 0],
+        );
+        const theirs = mqtt.generate({
+          cmd: "publish",
+          topic,
+          payload: Buffer.from(payload),
+          qos,
+          retain,
+          dup: qos > 0 && dup,
+          ...(tag === null ? {} : { messageId: tag }),
+        } as mqtt.Packet, { protocolVersion: level });
+        assert.ok(Buffer.from(joined).equals(theirs));
+        // The same head again, from the cache, its identifier's place still 0 after the join.
+        assert.equal(publishHead(topic, length, publishVariant(level, qos, retain)), head);
+        if (tag !== null) {
+          assert.deepEqual([...head.bytes.subarray(head.idOffset, head.idOffset + 2)], [0, 0]);
+        }
+      },
+    ),
+    { numRuns: 300 },
+  );
+  // Another length, level, QoS or RETAIN is another head.
+  const a = publishHead("t", 10, publishVariant(4, 1, false));
+  assert.notEqual(publishHead("t", 11, publishVariant(4, 1, false)), a);
+  assert.notEqual(publishHead("t", 10, publishVariant(5, 1, false)), a);
+  assert.notEqual(publishHead("t", 10, publishVariant(4, 2, false)), a);
+  assert.notEqual(publishHead("t", 10, publishVariant(4, 1, true)), a);
 });
