@@ -15,12 +15,48 @@
  * @module
  */
 
-interface Pending {
-  state: "waiting" | "ready" | "failed";
-  /** What the awaited promise resolved to, or its error. */
-  value: unknown;
-  send: (value: unknown) => void;
-  fail?: (err: unknown) => void;
+/** Told once how an operation ended; `Promise.withResolvers()` gives one too. */
+export interface Settle<T> {
+  resolve(value: T): void;
+  reject(err: unknown): void;
+}
+
+/**
+ * A reply's place in the queue, settled by whoever does the work it waits for: the
+ * callback form of {@link OrderedReplies.add}, which costs no promise and no reaction.
+ * Only its first settlement counts.
+ */
+export class Ticket<T = unknown> implements Settle<T> {
+  state: "waiting" | "ready" | "failed" = "waiting";
+  /** What it was resolved with, or the error. */
+  value: unknown = undefined;
+  readonly send: (value: T) => void;
+  readonly fail: ((err: unknown) => void) | undefined;
+  readonly #flush: () => void;
+
+  constructor(
+    send: (value: T) => void,
+    fail: ((err: unknown) => void) | undefined,
+    flush: () => void,
+  ) {
+    this.send = send;
+    this.fail = fail;
+    this.#flush = flush;
+  }
+
+  resolve(value: T): void {
+    if (this.state !== "waiting") return;
+    this.state = "ready";
+    this.value = value;
+    this.#flush();
+  }
+
+  reject(err: unknown): void {
+    if (this.state !== "waiting") return;
+    this.state = "failed";
+    this.value = err;
+    this.#flush();
+  }
 }
 
 /**
@@ -36,13 +72,15 @@ interface Pending {
  * ```
  */
 export class OrderedReplies {
-  #queue: Pending[] = [];
+  #queue: Ticket[] = [];
   #head = 0;
   #empty: PromiseWithResolvers<void> | null = null;
   #onError: (err: unknown) => void;
+  readonly #flushing = () => this.#flush();
+  #flushingNow = false;
 
   /**
-   * @param onError called when a `send` throws, or `after` rejects without a `fail`;
+   * @param onError called when a `send` throws, or a reply fails without a `fail`;
    *   later replies are still sent
    */
   constructor(onError: (err: unknown) => void) {
@@ -59,26 +97,20 @@ export class OrderedReplies {
    * every reply queued before this one is out; `fail(err)` runs instead if it rejects.
    */
   add<T>(after: Promise<T> | null, send: (value: T) => void, fail?: (err: unknown) => void): void {
-    const r: Pending = {
-      state: after ? "waiting" : "ready",
-      value: undefined,
-      send: send as (value: unknown) => void,
-      fail,
-    };
-    this.#queue.push(r);
-    if (!after) {
-      this.#flush();
-      return;
-    }
-    after.then((value) => {
-      r.state = "ready";
-      r.value = value;
-      this.#flush();
-    }, (err) => {
-      r.state = "failed";
-      r.value = err;
-      this.#flush();
-    });
+    const t = this.ticket(send, fail);
+    if (!after) t.resolve(undefined as T);
+    else after.then((value) => t.resolve(value), (err) => t.reject(err));
+  }
+
+  /**
+   * Queues a reply that waits for its ticket: `send(value)` runs once the ticket is
+   * resolved with `value` and every reply queued before this one is out; `fail(err)`
+   * runs instead if it is rejected.
+   */
+  ticket<T>(send: (value: T) => void, fail?: (err: unknown) => void): Ticket<T> {
+    const t = new Ticket(send, fail, this.#flushing);
+    this.#queue.push(t as Ticket);
+    return t;
   }
 
   /** Resolves once every reply queued so far has been sent (or has failed). */
@@ -89,24 +121,31 @@ export class OrderedReplies {
   }
 
   #flush(): void {
-    const q = this.#queue;
-    while (this.#head < q.length) {
-      const r = q[this.#head] as Pending;
-      if (r.state === "waiting") break;
-      q[this.#head++] = undefined as unknown as Pending; // let it go
-      try {
-        if (r.state === "ready") r.send(r.value);
-        else if (r.fail) r.fail(r.value);
-        else throw r.value;
-      } catch (err) {
-        this.#onError(err);
+    // A reply settled by a `send` of this pass is taken by this pass's loop.
+    if (this.#flushingNow) return;
+    this.#flushingNow = true;
+    try {
+      const q = this.#queue;
+      while (this.#head < q.length) {
+        const r = q[this.#head] as Ticket;
+        if (r.state === "waiting") break;
+        q[this.#head++] = undefined as unknown as Ticket; // let it go
+        try {
+          if (r.state === "ready") r.send(r.value);
+          else if (r.fail) r.fail(r.value);
+          else throw r.value;
+        } catch (err) {
+          this.#onError(err);
+        }
       }
-    }
-    if (this.#head === q.length) {
-      this.#queue = [];
-      this.#head = 0;
-      this.#empty?.resolve();
-      this.#empty = null;
+      if (this.#head === q.length) {
+        this.#queue = [];
+        this.#head = 0;
+        this.#empty?.resolve();
+        this.#empty = null;
+      }
+    } finally {
+      this.#flushingNow = false;
     }
   }
 }

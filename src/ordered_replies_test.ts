@@ -75,3 +75,38 @@ Deno.test("settled() resolves at once when nothing is pending, and again after n
   await waiting;
   assert.equal(got, 7);
 });
+
+Deno.test("tickets: settled synchronously in any order, sent in queue order; a second settlement is ignored", () => {
+  const sent: string[] = [];
+  const failed: unknown[] = [];
+  const replies = new OrderedReplies((err) => assert.fail(String(err)));
+  const a = replies.ticket<string>((v) => sent.push(v));
+  const b = replies.ticket<string>((v) => sent.push(v), (err) => failed.push(err));
+  const c = replies.ticket<string>((v) => sent.push(v));
+  c.resolve("c");
+  b.reject("b failed");
+  assert.deepEqual(sent, []); // a still waits
+  a.resolve("a");
+  assert.deepEqual(sent, ["a", "c"]); // at once, in one pass, without a microtask
+  assert.deepEqual(failed, ["b failed"]);
+  a.resolve("again");
+  b.resolve("late");
+  assert.deepEqual(sent, ["a", "c"]);
+  assert.equal(replies.pending, 0);
+});
+
+Deno.test("a send that settles or adds replies while the queue is being sent: all go, in order, once", () => {
+  const sent: string[] = [];
+  const replies = new OrderedReplies((err) => assert.fail(String(err)));
+  const one = replies.ticket<string>((v) => {
+    sent.push(v);
+    two.resolve("two"); // the next one, settled from inside this pass
+    replies.add(null, () => sent.push("three")); // queued behind both
+  });
+  const two = replies.ticket<string>((v) => sent.push(v));
+  one.resolve("one");
+  assert.deepEqual(sent, ["one", "two", "three"]);
+  assert.equal(replies.pending, 0);
+  replies.add(null, () => sent.push("four")); // the queue goes on after it emptied
+  assert.deepEqual(sent, ["one", "two", "three", "four"]);
+});

@@ -31,7 +31,8 @@ import type { RetryOptions } from "./delivery.ts";
 import { IdAllocator } from "./ids.ts";
 import { DEAD_LETTER_TOPIC, topicError } from "./names.ts";
 import { ConsumerSession, type SessionSink } from "./consumer_session.ts";
-import { type Reach, Topic, type TopicHooks } from "./topic.ts";
+import { type AppendInput, type Reach, Topic, type TopicHooks } from "./topic.ts";
+import type { Settle } from "../ordered_replies.ts";
 
 /** Core settings. */
 export interface BrokerOptions {
@@ -393,6 +394,29 @@ export class Broker {
     return this.#append(t, input, source, id);
   }
 
+  /**
+   * {@link submitNow} told through `settle` instead of a promise (a connection's reply
+   * ticket): false, with nothing done, when the caller must use {@link submit}; a
+   * refusal goes to `settle`, never inside this call.
+   */
+  submitNowWith(
+    input: PublishInput,
+    source: PublishSource,
+    settle: Settle<StoredMessage>,
+  ): boolean {
+    try {
+      this.#check(input, source);
+      const t = this.#started.get(input.topic);
+      if (!t) return false;
+      const id = this.#ids.tryNext();
+      if (id === undefined) return false;
+      t.appendWith(this.#appendInput(t, input, id), settle);
+    } catch (err) {
+      queueMicrotask(() => settle.reject(err));
+    }
+    return true;
+  }
+
   #check(input: PublishInput, source: PublishSource): void {
     const { topic, payload } = input;
     const bad = source.system ? null : this.topicError(topic);
@@ -427,6 +451,11 @@ export class Broker {
     _source: PublishSource,
     id: number,
   ): Promise<StoredMessage> {
+    return t.append(this.#appendInput(t, input, id));
+  }
+
+  /** What the topic appends for `input` under message id `id`; counts it as received. */
+  #appendInput(t: Topic, input: PublishInput, id: number): AppendInput {
     const { topic, payload } = input;
     const max = this.options.maxTopicMessages;
     if (max !== undefined && t.storedCount >= max) {
@@ -446,7 +475,7 @@ export class Broker {
     }
     this.metrics.messagesReceived++;
     this.metrics.bytesReceived += payload.byteLength;
-    const committed = t.append({
+    return {
       id,
       payload,
       format: input.format,
@@ -457,8 +486,7 @@ export class Broker {
       props: input.props,
       receipt: input.receipt,
       willOf: input.willOf,
-    });
-    return committed;
+    };
   }
 
   #subscribersOf(topic: string): { sid: string; durable: boolean }[] {

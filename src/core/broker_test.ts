@@ -45,3 +45,39 @@ Deno.test("Broker counts each stored payload byte once: pending, released, publi
     store.close();
   }
 });
+
+Deno.test("submitNowWith: false for a topic not started; a refusal or the stored message goes to settle, never inside the call", async () => {
+  const store = await KvStore.open(":memory:");
+  const broker = await Broker.start(store, {
+    retry: { retryIntervalMs: 1000, retryLimit: 3 },
+    deadLetterMax: 100,
+    retentionIntervalMs: 60_000,
+  });
+  try {
+    const input = (topic: string, text: string) => ({
+      topic,
+      payload: encoder.encode(text),
+      format: "text" as const,
+      qos: 1 as const,
+      retain: false,
+    });
+    const told: string[] = [];
+    const settle = (name: string) => ({
+      resolve: (m: { seq: number; topic: string }) => told.push(`${name} ${m.topic}#${m.seq}`),
+      reject: (err: unknown) => told.push(`${name} ${(err as { code?: string }).code}`),
+    });
+    // Not started yet: nothing done, the caller takes the slow path (which starts it).
+    assert.equal(broker.submitNowWith(input("s", "0"), source, settle("first")), false);
+    await (await broker.submit(input("s", "0"), source)).committed;
+    assert.equal(broker.submitNowWith(input("s", "1"), source, settle("a")), true);
+    assert.equal(broker.submitNowWith(input("s/+", "x"), source, settle("wild")), true);
+    assert.equal(broker.submitNowWith(input("s", "2"), source, settle("b")), true);
+    assert.deepEqual(told, [], "nothing is told inside the call");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(told, ["wild invalid-topic", "a s#2", "b s#3"]);
+    assert.deepEqual((await store.readLog("s", 1, 10)).map((m) => m.seq), [1, 2, 3]);
+  } finally {
+    await broker.close();
+    store.close();
+  }
+});

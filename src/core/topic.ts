@@ -32,7 +32,7 @@ import type {
   TopicRecord,
 } from "../store/store.ts";
 import { getLogger } from "../log.ts";
-import { OrderedReplies } from "../ordered_replies.ts";
+import { OrderedReplies, type Settle } from "../ordered_replies.ts";
 import { Mailbox } from "./mailbox.ts";
 
 const log = getLogger("topic");
@@ -99,8 +99,7 @@ export class TopicUnavailableError extends Error {
 
 interface AppendMsg {
   input: AppendInput;
-  resolve: (m: StoredMessage) => void;
-  reject: (err: unknown) => void;
+  settle: Settle<StoredMessage>;
 }
 
 /**
@@ -176,7 +175,7 @@ export class Topic implements Restartable {
     this.#supervisor = supervisor;
     this.#hooks = hooks;
     this.#mailbox = new Mailbox((m) => this.#handle(m), (err, m) => {
-      m.reject(err);
+      m.settle.reject(err);
       this.#fail(err);
     });
   }
@@ -243,12 +242,22 @@ export class Topic implements Restartable {
 
   /** Appends a message; resolves with it once it is durable. */
   append(input: AppendInput): Promise<StoredMessage> {
+    const settle = Promise.withResolvers<StoredMessage>();
+    this.appendWith(input, settle);
+    return settle.promise;
+  }
+
+  /**
+   * {@link append} told through `settle` instead of a promise: resolved with the message
+   * once it is durable, in sequence order; never inside this call.
+   */
+  appendWith(input: AppendInput, settle: Settle<StoredMessage>): void {
     if (this.#state === "down" || this.#state === "stopped") {
-      return Promise.reject(new TopicUnavailableError(this.topic));
+      const err = new TopicUnavailableError(this.topic);
+      queueMicrotask(() => settle.reject(err));
+      return;
     }
-    const { promise, resolve, reject } = Promise.withResolvers<StoredMessage>();
-    this.#mailbox.post({ input, resolve, reject });
-    return promise;
+    this.#mailbox.post({ input, settle });
   }
 
   #handle(m: AppendMsg): void {
@@ -257,7 +266,7 @@ export class Topic implements Restartable {
       return;
     }
     if (this.#state !== "running") {
-      m.reject(new TopicUnavailableError(this.topic));
+      m.settle.reject(new TopicUnavailableError(this.topic));
       return;
     }
     this.#hooks.beforeAppend?.(this.topic);
@@ -292,7 +301,7 @@ export class Topic implements Restartable {
     const epoch = this.#epoch;
     const memoryOnly = this.#inMemoryOnly(input, effects);
     const release = () => {
-      m.resolve(message);
+      m.settle.resolve(message);
       // Committed (or kept in memory) whatever happened since: counted and retained.
       this.#reach?.appended?.(message, !memoryOnly);
       if (epoch !== this.#epoch) return; // a restart reloaded the state since
@@ -305,13 +314,14 @@ export class Topic implements Restartable {
       this.#releases.add(null, release);
       return;
     }
-    this.#releases.add(this.#store.append(message, effects), release, (err) => {
+    const committed = this.#releases.ticket(release, (err) => {
       // The store refused the write (disk full, read-only file...): not a fault of the
       // topic, so no restart counts against it. It resynchronises its head with the
       // store and goes on; the caller was told, and nothing of the append was written.
-      m.reject(err);
+      m.settle.reject(err);
       this.#resync(err);
     });
+    this.#store.appendWith(message, effects, committed);
   }
 
   /**
@@ -536,7 +546,7 @@ export class Topic implements Restartable {
   }
 
   #rejectWaiting(err: Error): void {
-    for (const m of [...this.#held, ...this.#mailbox.takeAll()]) m.reject(err);
+    for (const m of [...this.#held, ...this.#mailbox.takeAll()]) m.settle.reject(err);
     this.#held = [];
   }
 }

@@ -23,6 +23,7 @@
  *
  * @module
  */
+import type { Settle } from "../ordered_replies.ts";
 
 /** One write of an operation. */
 export type Mutation =
@@ -85,8 +86,7 @@ interface Op {
   mutations: Mutation[];
   bytes: number;
   keyBytes: number;
-  resolve: () => void;
-  reject: (err: unknown) => void;
+  settle: Settle<void>;
 }
 
 /**
@@ -149,6 +149,16 @@ export class GroupCommitter {
    * committed, rejects if that atomic failed (nothing of the operation was written).
    */
   commit(mutations: Mutation[]): Promise<void> {
+    const settle = Promise.withResolvers<void>();
+    this.submit(mutations, settle);
+    return settle.promise;
+  }
+
+  /**
+   * {@link commit} told through `settle` instead of a promise (never synchronously,
+   * also when the operation is refused at once).
+   */
+  submit(mutations: Mutation[], settle: Settle<void>): void {
     let bytes = 0;
     let keyBytes = 0;
     for (const m of mutations) {
@@ -163,24 +173,25 @@ export class GroupCommitter {
       // Deno KV refuses values over 64 KiB, and one refused value fails the whole atomic:
       // refuse it here so that only its own operation fails.
       if (v > MAX_VALUE_BYTES) {
-        return Promise.reject(new RangeError(`value too large for one key: ~${v} bytes`));
+        refuseLater(settle, new RangeError(`value too large for one key: ~${v} bytes`));
+        return;
       }
       bytes += k + v;
     }
     const l = this.#limits;
     if (mutations.length > l.maxMutations || bytes > l.maxBytes || keyBytes > l.maxKeyBytes) {
-      return Promise.reject(
+      refuseLater(
+        settle,
         new RangeError(
           `operation too large for one atomic: ${mutations.length} mutations, ~${bytes} bytes`,
         ),
       );
+      return;
     }
-    const { promise, resolve, reject } = Promise.withResolvers<void>();
-    this.#queue.push({ mutations, bytes, keyBytes, resolve, reject });
+    this.#queue.push({ mutations, bytes, keyBytes, settle });
     // The first operation of a quiet period starts the loop on a microtask, so that
     // everything submitted in the same turn joins its atomic.
     this.#running ??= Promise.resolve().then(() => this.#run());
-    return promise;
   }
 
   /** Resolves when every operation submitted so far has been settled. */
@@ -266,7 +277,7 @@ export class GroupCommitter {
       error = err;
     }
     if (error) {
-      for (const op of batch) op.reject(error);
+      for (const op of batch) op.settle.reject(error);
       return;
     }
     this.#stats.atomics++;
@@ -275,7 +286,7 @@ export class GroupCommitter {
     if (written && this.#onSegment) {
       for (const s of written) this.#onSegment(s.log, s.firstSeq, s.lastSeq, s.value);
     }
-    for (const op of batch) op.resolve();
+    for (const op of batch) op.settle.resolve();
   }
 }
 
@@ -388,4 +399,9 @@ export function estimateSize(value: unknown): number {
     default:
       return 16;
   }
+}
+
+/** Rejects on a microtask: an operation is never settled inside the call that queued it. */
+function refuseLater(settle: Settle<void>, err: Error): void {
+  queueMicrotask(() => settle.reject(err));
 }

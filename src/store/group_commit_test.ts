@@ -294,3 +294,32 @@ Deno.test("drain() waits for every operation submitted, also those submitted dur
     kv.close();
   }
 });
+
+Deno.test("submit() tells its Settle once the atomic committed, or of a refusal, never inside the call", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const events: string[] = [];
+    const settle = (name: string) => ({
+      resolve: () => events.push(`${name} committed`),
+      reject: (err: unknown) => events.push(`${name} ${(err as Error).name}`),
+    });
+    gc.submit([set(["a"], 1)], settle("a"));
+    gc.submit([set(["big"], new Uint8Array(70_000))], settle("big")); // over one value's limit
+    gc.submit([set(["b"], 2)], settle("b"));
+    assert.deepEqual(events, [], "nothing is told inside submit, not even the refusal");
+    await gc.drain();
+    assert.deepEqual(events.toSorted(), ["a committed", "b committed", "big RangeError"]);
+    // When told, the data is there: read back inside the settle of a later operation.
+    let seen: unknown;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    gc.submit([set(["c"], 3)], {
+      resolve: () => void kv.get(["c"]).then((e) => (seen = e.value)).then(() => resolve()),
+      reject: (err) => assert.fail(String(err)),
+    });
+    await promise;
+    assert.equal(seen, 3);
+    assert.equal((await kv.get(["big"])).value, null);
+  } finally {
+    kv.close();
+  }
+});

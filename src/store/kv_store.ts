@@ -54,6 +54,7 @@ import {
   type Mutation,
 } from "./group_commit.ts";
 import { SegmentIndex } from "./segment_index.ts";
+import type { Settle } from "../ordered_replies.ts";
 import type { z } from "zod";
 import { getLogger } from "../log.ts";
 import {
@@ -348,6 +349,16 @@ export class KvStore implements BrokerStore {
    * then have written positions, but never the message or its other effects.
    */
   append(message: StoredMessage, effects?: AppendEffects): Promise<void> {
+    const settle = Promise.withResolvers<void>();
+    this.appendWith(message, effects, settle);
+    return settle.promise;
+  }
+
+  appendWith(
+    message: StoredMessage,
+    effects: AppendEffects | undefined,
+    settle: Settle<void>,
+  ): void {
     // No head record: the log's last entry is the topic's floor (see TopicRecord).
     const m: Mutation[] = [
       {
@@ -380,9 +391,15 @@ export class KvStore implements BrokerStore {
     }
     if (effects?.willOf !== undefined) m.push({ type: "delete", key: ["will", effects.willOf] });
 
-    // The hot path (no new positions) hands the operation over without another promise.
-    if (!effects?.positions?.length) return this.#gc.commit(m);
-    return this.#appendWithPositions(effects.positions.map(subscriptionMutations), m);
+    // The hot path (no new positions) hands the operation over without a promise.
+    if (!effects?.positions?.length) {
+      this.#gc.submit(m, settle);
+      return;
+    }
+    this.#appendWithPositions(effects.positions.map(subscriptionMutations), m).then(
+      () => settle.resolve(),
+      (err) => settle.reject(err),
+    );
   }
 
   async #appendWithPositions(positions: Mutation[][], m: Mutation[]): Promise<void> {

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import type { Settle } from "../ordered_replies.ts";
 
 /** How a payload is meant to be read back: UTF-8 text, JSON text, or opaque bytes. */
 export type PayloadFormat = "text" | "json" | "binary";
@@ -213,6 +214,12 @@ export interface BrokerStore {
    * released, a receipt, the retained message, new positions).
    */
   append(message: StoredMessage, effects?: AppendEffects): Promise<void>;
+  /** {@link append} told through `settle` (never synchronously) instead of a promise. */
+  appendWith(
+    message: StoredMessage,
+    effects: AppendEffects | undefined,
+    settle: Settle<void>,
+  ): void;
   getReleased(id: number): Promise<ReleasedRecord | null>;
 
   /** Creates or rewrites a subscription and the subscriber's index entry. */

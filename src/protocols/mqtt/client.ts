@@ -44,8 +44,6 @@ import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 /** The properties of a PUBLISH that has none (3.1.1, and most at 5.0); never written. */
 const NO_PROPERTIES: NonNullable<IPublishPacket["properties"]> = Object.freeze({});
 
-function ignore(): void {}
-
 const log = getLogger("mqtt");
 
 /** The connection surface the adapter needs: TCP, TLS or WebSocket. */
@@ -620,43 +618,34 @@ export class MqttClient implements SessionOutput {
       origin: `mqtt ${this.#clientId} ${this.link.remote}`,
       user: this.#user,
     };
-    let committed: Promise<StoredMessage>;
-    // Submissions keep the packets' order: straight to the topic when nothing is waiting
-    // before this one (the usual case), else after the one before it.
-    const now = this.#submitsWaiting === 0 ? this.#trySubmitNow(input, source) : null;
-    if (now) {
-      committed = now;
-    } else {
-      this.#submitsWaiting++;
-      const submitted = this.#submitting.then(() => this.#ctx.broker.submit(input, source));
-      this.#submitting = submitted.catch(() => {}).finally(() => this.#submitsWaiting--);
-      committed = submitted.then((s) => s.committed);
-    }
     // Inbound flow control: with too many of this connection's messages not yet
     // committed and answered (QoS 0 has no window), stop reading until the newest one
     // lands; TCP then slows the publisher down instead of the broker's memory growing.
     this.#uncommitted++;
-    this.#replies.add(committed, () => {
+    let landed: PromiseWithResolvers<void> | undefined;
+    // The reply's place, settled by the topic once the message is durable (or refused).
+    const reply = this.#replies.ticket<StoredMessage>(() => {
       this.#uncommitted--;
       ack(RC.success);
+      landed?.resolve();
     }, (err) => {
       this.#uncommitted--;
       if (qos === 2) session.receipts.delete(tag);
       this.#refusePublish(err, qos, topic, ack);
+      landed?.resolve();
     });
-    // The reply above was queued first, so the count is down when this resolves.
-    if (this.#uncommitted >= MAX_UNCOMMITTED) return committed.then(ignore, ignore);
-  }
-
-  /** `Broker.submitNow`, with a refusal turned into a rejected commit. */
-  #trySubmitNow(
-    input: Parameters<Broker["submitNow"]>[0],
-    source: { origin: string; user: string | null },
-  ): Promise<StoredMessage> | null {
-    try {
-      return this.#ctx.broker.submitNow(input, source);
-    } catch (err) {
-      return Promise.reject(err);
+    // Submissions keep the packets' order: straight to the topic when nothing is waiting
+    // before this one (the usual case), else after the one before it.
+    if (this.#submitsWaiting > 0 || !this.#ctx.broker.submitNowWith(input, source, reply)) {
+      this.#submitsWaiting++;
+      const submitted = this.#submitting.then(() => this.#ctx.broker.submit(input, source));
+      this.#submitting = submitted.catch(() => {}).finally(() => this.#submitsWaiting--);
+      submitted.then((s) => s.committed).then((m) => reply.resolve(m), (err) => reply.reject(err));
+    }
+    // Settled only after this returns, so the count is down when this resolves.
+    if (this.#uncommitted >= MAX_UNCOMMITTED) {
+      landed = Promise.withResolvers<void>();
+      return landed.promise;
     }
   }
 
