@@ -313,7 +313,8 @@ class FramingParser implements PacketParser {
         if (start >= 0 && start + size <= chunk.length) {
           // The whole frame is in this chunk (the usual case): a view of it or one copy.
           offset = start + size;
-          this.#decode(this.#views ? chunk.subarray(start, offset) : chunk.slice(start, offset));
+          if (this.#views) this.#decode(chunk, start, offset);
+          else this.#decode(chunk.slice(start, offset), 0, size);
           continue;
         }
         this.#startFrame(size);
@@ -324,7 +325,7 @@ class FramingParser implements PacketParser {
       frame.set(chunk.subarray(offset, offset + take), this.#filled);
       this.#filled += take;
       offset += take;
-      if (this.#filled === frame.length) this.#decode(frame);
+      if (this.#filled === frame.length) this.#decode(frame, 0, frame.length);
     }
     const out = this.#out;
     this.#out = NO_EVENTS;
@@ -358,50 +359,38 @@ class FramingParser implements PacketParser {
     const frame = new Uint8Array(size);
     for (let i = 0; i < this.#headerBytes; i++) frame[i] = this.#header[i]!;
     this.#filled = this.#headerBytes;
-    if (size === this.#headerBytes) this.#decode(frame);
+    if (size === this.#headerBytes) this.#decode(frame, 0, size);
     else this.#frame = frame;
   }
 
-  #decode(frame: Uint8Array): void {
+  /** Decodes the frame `buf[start, end)`, which nothing else changes from now on. */
+  #decode(buf: Uint8Array, start: number, end: number): void {
     this.#frame = undefined;
     this.#headerBytes = 0;
     this.#filled = 0;
-    const level = unknownConnectLevel(frame);
-    if (level !== undefined) {
-      // mqtt-packet refuses a level it does not know as malformed, but 3.1.1
-      // [MQTT-3.1.2-2] wants CONNACK 0x01 and then the close: pass the name and level on.
-      const packet = { cmd: "connect", protocolId: "MQTT", protocolVersion: level, clientId: "" };
-      this.#out.push({ kind: "packet", packet: packet as unknown as MqttPacket.Packet });
-      return;
+    const first = buf[start]!;
+    if (first === 0x10) {
+      const level = unknownConnectLevel(buf.subarray(start, end));
+      if (level !== undefined) {
+        // mqtt-packet refuses a level it does not know as malformed, but 3.1.1
+        // [MQTT-3.1.2-2] wants CONNACK 0x01 and then the close: pass the name and level on.
+        const packet = { cmd: "connect", protocolId: "MQTT", protocolVersion: level, clientId: "" };
+        this.#out.push({ kind: "packet", packet: packet as unknown as MqttPacket.Packet });
+        return;
+      }
     }
-    const shortAck = frame.length === 4 && frame[1] === 2;
+    const shortAck = end - start === 4 && buf[start + 1] === 2;
     if (shortAck) {
-      const ack = ackFromTemplate(frame, this.#level);
-      if (ack) {
-        this.#out.push({ kind: "packet", packet: ack });
+      const shape = ackShapes.get(this.#level * 256 + first);
+      if (shape) {
+        const id = (buf[start + 2]! << 8) | buf[start + 3]!;
+        this.#out.push({ kind: "packet", packet: shape(id) });
         return;
       }
     }
-    const topic = publishTopicBytes(frame);
-    if (topic !== null) {
-      // A publisher mostly repeats its topics: the last one that passed is not checked
-      // (nor decoded) again.
-      if (!(this.#checkedTopic && sameBytes(topic, this.#checkedTopic))) {
-        const name = publishTopicName(topic);
-        if (name === null) {
-          this.#malformed(publishTopicProblem(topic));
-          return;
-        }
-        this.#checkedTopic = topic.slice();
-        this.#checkedName = name;
-      }
-      const publish = plainPublish(frame, topic, this.#checkedName, this.#level);
-      if (publish) {
-        this.#out.push({ kind: "packet", packet: publish });
-        return;
-      }
-    }
-    const isConnect = frame[0]! >> 4 === 1;
+    if (first >> 4 === 3 && this.#plainPublish(buf, start, end)) return;
+    const frame = buf.subarray(start, end);
+    const isConnect = first >> 4 === 1;
     const codec = isConnect ? parsers.connect : parsers[this.#level];
     // Its CONNECT replaced the connect parser's settings: start each one from level 4.
     if (isConnect) codec.settings = { protocolVersion: 4 };
@@ -419,6 +408,40 @@ class FramingParser implements PacketParser {
       return;
     }
     if (shortAck) learnAck(frame, this.#level, this.#out);
+  }
+
+  /**
+   * Checks the topic of the PUBLISH frame `buf[start, end)` (the UTF-8 rules below
+   * {@link publishTopicName}) and decodes the frame when it is a plain one (see
+   * {@link plainPublish}). True when it is done with the frame (decoded, or refused as
+   * malformed); false leaves it to mqtt-packet.
+   */
+  #plainPublish(buf: Uint8Array, start: number, end: number): boolean {
+    let at = start + 1;
+    while (at < end && (buf[at]! & 0x80) !== 0) at++;
+    at++; // the last Remaining Length byte
+    if (at + 2 > end) return false;
+    const length = (buf[at]! << 8) | buf[at + 1]!;
+    const topicAt = at + 2;
+    const topicEnd = topicAt + length;
+    if (topicEnd > end) return false; // mqtt-packet refuses it
+    // A publisher mostly repeats its topics: the last one that passed is not checked
+    // (nor decoded) again.
+    const checked = this.#checkedTopic;
+    if (!(checked && checked.length === length && sameBytesAt(buf, topicAt, checked))) {
+      const topic = buf.subarray(topicAt, topicEnd);
+      const name = publishTopicName(topic);
+      if (name === null) {
+        this.#malformed(publishTopicProblem(topic));
+        return true;
+      }
+      this.#checkedTopic = topic.slice();
+      this.#checkedName = name;
+    }
+    const publish = plainPublish(buf, start, end, topicEnd, this.#checkedName, this.#level);
+    if (!publish) return false;
+    this.#out.push({ kind: "packet", packet: publish });
+    return true;
   }
 
   #malformed(message: string): void {
@@ -443,14 +466,7 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
  * bytes. Every QoS 1 and 2 message brings one to three of them. Only a first byte
  * mqtt-packet accepted is learnt; anything else goes to mqtt-packet every time.
  */
-const ackShapes = new Map<number, Readonly<Record<string, unknown>>>();
-
-/** The packet of a 4-byte acknowledgement frame from a learnt shape, or undefined. */
-function ackFromTemplate(frame: Uint8Array, level: ProtocolVersion): MqttPacket.Packet | undefined {
-  const shape = ackShapes.get(level * 256 + frame[0]!);
-  if (!shape) return undefined;
-  return { ...shape, messageId: (frame[2]! << 8) | frame[3]! } as unknown as MqttPacket.Packet;
-}
+const ackShapes = new Map<number, (messageId: number) => MqttPacket.Packet>();
 
 /** Learns the shape of the acknowledgement mqtt-packet just decoded from `frame`. */
 function learnAck(frame: Uint8Array, level: ProtocolVersion, out: PacketEvent[]): void {
@@ -460,27 +476,15 @@ function learnAck(frame: Uint8Array, level: ProtocolVersion, out: PacketEvent[])
   if (!ACK_TYPES.has(packet.cmd as string)) return;
   if (packet.messageId !== ((frame[2]! << 8) | frame[3]!)) return;
   const { messageId: _id, ...shape } = packet;
-  ackShapes.set(level * 256 + frame[0]!, Object.freeze(shape));
+  ackShapes.set(
+    level * 256 + frame[0]!,
+    (messageId) => ({ ...shape, messageId }) as unknown as MqttPacket.Packet,
+  );
 }
 
-/**
- * The topic name bytes of a PUBLISH frame, or null for other packets and frames too
- * short to hold one (which the codec itself refuses).
- */
-function publishTopicBytes(frame: Uint8Array): Uint8Array | null {
-  if (frame[0]! >> 4 !== 3) return null;
-  let offset = 1;
-  while (offset < frame.length && (frame[offset]! & 0x80) !== 0) offset++;
-  offset++; // the last Remaining Length byte
-  if (offset + 2 > frame.length) return null;
-  const length = (frame[offset]! << 8) | frame[offset + 1]!;
-  const bytes = frame.subarray(offset + 2, offset + 2 + length);
-  return bytes.length < length ? null : bytes;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+/** Whether `buf` holds the bytes of `b` from `at` on (the caller checked the length). */
+function sameBytesAt(buf: Uint8Array, at: number, b: Uint8Array): boolean {
+  for (let i = 0; i < b.length; i++) if (buf[at + i] !== b[i]) return false;
   return true;
 }
 
@@ -508,36 +512,46 @@ function publishTopicProblem(bytes: Uint8Array): string {
 /**
  * Decodes the PUBLISH frames nearly every message is, without mqtt-packet: any QoS
  * (3.1.1 §3.3.1), and at level 5 only those with no properties (a Property Length of 0,
- * v5 §3.3.2.3). The packet has the fields mqtt-packet's would have, the payload a
- * `Buffer` view of the frame as its is. `topic` is the frame's topic bytes (checked),
- * `name` their decoding. Anything else (QoS 3, a frame too short for its identifier,
- * properties) is undefined and goes to mqtt-packet, which decodes or refuses it.
+ * v5 §3.3.2.3). The frame is `buf[start, end)`, its topic (checked) ends at `topicEnd`
+ * and reads `name`. The packet has the fields mqtt-packet's would have, the payload a
+ * `Buffer` view of the frame as its is. Anything else (QoS 3, a frame too short for its
+ * identifier, properties) is undefined and goes to mqtt-packet, which decodes or
+ * refuses it.
  */
 function plainPublish(
-  frame: Uint8Array,
-  topic: Uint8Array,
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  topicEnd: number,
   name: string,
   level: ProtocolVersion,
 ): MqttPacket.Packet | undefined {
-  const first = frame[0]!;
+  const first = buf[start]!;
   const qos = (first >> 1) & 3;
   if (qos === 3) return undefined;
-  let at = topic.byteOffset - frame.byteOffset + topic.length;
-  const headerBytes = frame[1]! < 0x80 ? 2 : frame[2]! < 0x80 ? 3 : frame[3]! < 0x80 ? 4 : 5;
+  let at = topicEnd;
+  const headerBytes = buf[start + 1]! < 0x80
+    ? 2
+    : buf[start + 2]! < 0x80
+    ? 3
+    : buf[start + 3]! < 0x80
+    ? 4
+    : 5;
   let messageId = 0;
   if (qos > 0) {
-    if (at + 2 > frame.length) return undefined;
-    messageId = (frame[at]! << 8) | frame[at + 1]!;
+    if (at + 2 > end) return undefined;
+    messageId = (buf[at]! << 8) | buf[at + 1]!;
     at += 2;
   }
   if (level === 5) {
-    if (at >= frame.length || frame[at] !== 0) return undefined;
+    if (at >= end || buf[at] !== 0) return undefined;
     at++;
   }
+  const length = end - start - headerBytes;
   const packet = qos === 0
-    ? new PlainPublish(first, frame.length - headerBytes, name)
-    : new PlainPublishWithId(first, frame.length - headerBytes, name, messageId);
-  packet.payload = Buffer.from(frame.buffer, frame.byteOffset + at, frame.length - at);
+    ? new PlainPublish(first, length, name)
+    : new PlainPublishWithId(first, length, name, messageId);
+  packet.payload = Buffer.from(buf.buffer, buf.byteOffset + at, end - at);
   return packet as unknown as MqttPacket.Packet;
 }
 
