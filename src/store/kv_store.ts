@@ -1,16 +1,16 @@
 /**
  * The broker's store on Deno KV.
  *
- * Key layout (schema version 3; `sid` is a session id, `mqtt:<client id>` or
+ * Key layout (schema version 4; `sid` is a session id, `mqtt:<client id>` or
  * `share:<group>/<filter>`):
  *
  * | key                              | value                | written when                      |
  * |----------------------------------|----------------------|-----------------------------------|
- * | ["meta", "schema"]               | number (2)           | first start; migration from 1     |
+ * | ["meta", "schema"]               | number (4)           | first start; migration from 1-3   |
  * | ["meta", "owner"]                | {token, pid, at}     | every start (the fencing token)   |
  * | ["meta", "ids"]                  | number               | a block of ids is reserved        |
  * | ["topic", name]                  | TopicRecord          | topic created, log trimmed        |
- * | ["log", topic, seq]              | StoredMessage[]      | messages released to the topic    |
+ * | ["log", topic, seq]              | CompactMessage[]     | messages released to the topic    |
  * | ["pending", id]                  | PendingPublish       | PUB stored, deleted at PUBREL     |
  * | ["released", id]                 | ReleasedRecord       | PUBREL (expires after a week)     |
  * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP; with append |
@@ -36,9 +36,11 @@
  * Older stores are migrated by rewriting the schema number, because every change since
  * version 1 is additive: version 2 added optional fields to existing values and the
  * MQTT keys; version 3 writes segments where versions 1 and 2 wrote one message per
- * key, and a single message under `["log", topic, seq]` is read as a segment of one.
- * The number still changes so that an older broker, which would take a segment for a
- * damaged value, refuses the store.
+ * key, and a single message under `["log", topic, seq]` is read as a segment of one;
+ * version 4 writes a segment's messages as arrays without field names or topic
+ * ({@link CompactMessage}), and a segment of message objects (version 3) reads as
+ * before. The number still changes so that an older broker, which would take a new
+ * value for a damaged one, refuses the store.
  *
  * Every write goes through the {@link GroupCommitter}, so it is fenced by the owner key
  * and batched with whatever else is being written at the same moment.
@@ -58,12 +60,14 @@ import type { Settle } from "../ordered_replies.ts";
 import type { z } from "zod";
 import { getLogger } from "../log.ts";
 import {
+  compactMessage,
   filterRecord,
   inflightRecord,
   logSegment,
   pendingPublish,
   receiptRecord,
   releasedRecord,
+  segmentElement,
   sessionRecord,
   storedMessage,
   subscriptionRecord,
@@ -88,10 +92,10 @@ import type {
 const log = getLogger("store");
 
 /** The layout version this code writes and reads. */
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 /** Older layouts this code opens, each migrated by rewriting the schema number. */
-const MIGRATES_FROM: readonly number[] = [1, 2];
+const MIGRATES_FROM: readonly number[] = [1, 2, 3];
 
 /** Mutations per operation when a session's keys are deleted. */
 const DELETE_BATCH = 500;
@@ -315,7 +319,10 @@ export class KvStore implements BrokerStore {
       for (const m of messages) if (m.seq < toSeq) trimmed += m.payload.byteLength;
       // Segments are never written again by appends (those take new keys), so this
       // rewrite races nothing.
-      await this.#gc.commit([...withHead, { type: "set", key: e.key, value: rest }]);
+      await this.#gc.commit([
+        ...withHead,
+        { type: "set", key: e.key, value: rest.map(compactMessage) },
+      ]);
       bytes += trimmed;
       index?.shrank(e.key[2] as number, trimmed);
     }
@@ -365,7 +372,7 @@ export class KvStore implements BrokerStore {
         type: "append",
         log: ["log", message.topic],
         seq: message.seq,
-        value: message,
+        value: compactMessage(message),
         size: messageSize(message),
       },
     ];
@@ -577,9 +584,13 @@ export class KvStore implements BrokerStore {
    * with its key and moved under ["quarantine", ...key] (kept for the operator, out of
    * the broker's way), and the read acts as if the entry did not exist.
    */
-  #checked<T>(entry: Deno.KvEntryMaybe<unknown>, schema: z.ZodType<T>): T | null {
+  #checked<T>(
+    entry: Deno.KvEntryMaybe<unknown>,
+    schema: z.ZodType<T>,
+    value: unknown = entry.value,
+  ): T | null {
     if (entry.versionstamp === null) return null;
-    const parsed = schema.safeParse(entry.value);
+    const parsed = schema.safeParse(value);
     if (parsed.success) return parsed.data;
     const id = JSON.stringify(entry.key, (_k, v) => typeof v === "bigint" ? String(v) : v);
     if (!this.#quarantined.has(id)) {
@@ -598,9 +609,17 @@ export class KvStore implements BrokerStore {
     return null;
   }
 
-  /** The messages of one log entry: a segment, or a single message (schema 1 and 2). */
+  /**
+   * The messages of one log entry: a segment (of compact messages, or of message objects
+   * in schema 3), or a single message (schema 1 and 2). A damaged one is quarantined as
+   * it was stored.
+   */
   #segment(entry: Deno.KvEntry<unknown>): StoredMessage[] {
-    if (Array.isArray(entry.value)) return this.#checked(entry, logSegment) ?? [];
+    if (Array.isArray(entry.value)) {
+      const topic = entry.key[1] as string;
+      const messages = entry.value.map((e) => segmentElement(topic, e));
+      return this.#checked(entry, logSegment, messages) ?? [];
+    }
     const m = this.#checked(entry, storedMessage);
     return m === null ? [] : [m];
   }
@@ -675,6 +694,10 @@ function fits(size: OpSize, maxMutations: number): boolean {
  * those of the messages of a log segment.
  */
 function payloadSize(value: unknown): number {
+  // A CompactMessage: its payload is the fourth element.
+  if (Array.isArray(value) && typeof value[0] === "number") {
+    return value[3] instanceof Uint8Array ? value[3].byteLength : 0;
+  }
   if (Array.isArray(value)) {
     let n = 0;
     for (const v of value) n += payloadSize(v);

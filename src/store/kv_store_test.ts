@@ -860,7 +860,7 @@ Deno.test("KvStore (file): corrupt session-state values are quarantined, not thr
 
 // --- older schema versions -------------------------------------------------------------
 
-Deno.test("KvStore: a version 2 store (one message per log key) is migrated to version 3 and reads on", async () => {
+Deno.test("KvStore: a version 2 store (one message per log key) is migrated to the current version and reads on", async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, "broker.kv");
     const kv = await Deno.openKv(path);
@@ -897,13 +897,13 @@ Deno.test("KvStore: a version 2 store (one message per log key) is migrated to v
 async function assertSchemaCurrent(path: string): Promise<void> {
   const kv = await Deno.openKv(path);
   try {
-    assert.equal((await kv.get(["meta", "schema"])).value, 3);
+    assert.equal((await kv.get(["meta", "schema"])).value, SCHEMA_VERSION);
   } finally {
     kv.close();
   }
 }
 
-Deno.test("KvStore: a version 1 store is migrated to version 3 and its data stays readable", async () => {
+Deno.test("KvStore: a version 1 store is migrated to the current version and its data stays readable", async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, "broker.kv");
     // What a version 1 broker wrote, value shapes included (no schema 2 fields).
@@ -932,7 +932,6 @@ Deno.test("KvStore: a version 1 store is migrated to version 3 and its data stay
 
     const store = await KvStore.open(path);
     try {
-      assert.equal(SCHEMA_VERSION, 3);
       assert.deepEqual(await store.readLog("t", 1, 10), [v1Message]);
       assert.equal((await store.loadTopic("t"))?.nextSeq, 2);
       assert.deepEqual(await store.loadSubscription("alice", "t"), {
@@ -950,12 +949,12 @@ Deno.test("KvStore: a version 1 store is migrated to version 3 and its data stay
       store.close();
     }
     await assertSchemaCurrent(path);
-    (await KvStore.open(path)).close(); // and it opens again as version 3
+    (await KvStore.open(path)).close(); // and it opens again as the current version
     await assertSchemaCurrent(path);
   });
 });
 
-Deno.test("KvStore: the version 1 fixture written by the version 1 broker opens as version 3", async () => {
+Deno.test("KvStore: the version 1 fixture written by the version 1 broker opens as the current version", async () => {
   // testdata/schema_v1.kv was written by KvStore at schema version 1 (see
   // testdata/README.md). It is copied first: opening migrates it.
   await withTempDir(async (dir) => {
@@ -1038,4 +1037,108 @@ Deno.test("messageSize is never below the group committer's estimate of the mess
   // Every optional field present, with long names: still within the bound.
   const full = mqttMessage("x".repeat(100), 1);
   assert.ok(messageSize(full) >= estimateSize(full));
+});
+
+Deno.test("KvStore: a segment holds compact messages (no topic, no field names) that read back as the messages", async () => {
+  const store = await KvStore.open(":memory:");
+  try {
+    const all = [message("t", 1), mqttMessage("t", 2), {
+      ...message("t", 3),
+      format: "json" as const,
+    }];
+    await Promise.all(all.map((m) => store.append(m)));
+    assert.deepEqual(await store.readLog("t", 1, 10), all);
+  } finally {
+    store.close();
+  }
+  // The raw value: one segment of arrays, every field in its place, trailing absences cut.
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    const s = await KvStore.open(path);
+    const m2 = mqttMessage("t", 2);
+    try {
+      await Promise.all([s.append(message("t", 1)), s.append(m2)]);
+    } finally {
+      s.close();
+    }
+    const kv = await Deno.openKv(path);
+    try {
+      const segment = (await kv.get(["log", "t", 2])).value as unknown[];
+      assert.deepEqual(segment, [
+        [1001, 1, 1, encoder.encode("m1"), 1],
+        [2002, 2, 1, m2.payload, 0, 1, true, "mqtt:pub", 99_999, m2.props],
+      ]);
+    } finally {
+      kv.close();
+    }
+  });
+});
+
+Deno.test("KvStore: a version 3 store (segments of message objects) is migrated and reads, trims and counts on", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    const kv = await Deno.openKv(path);
+    await kv.set(["meta", "schema"], 3);
+    await kv.set(["topic", "t"], { name: "t", nextSeq: 4, createdAt: 1 });
+    await kv.set(["log", "t", 3], [message("t", 1), mqttMessage("t", 2), message("t", 3)]);
+    kv.close();
+
+    const store = await KvStore.open(path);
+    try {
+      assert.deepEqual(await store.readLog("t", 2, 10), [mqttMessage("t", 2), message("t", 3)]);
+      await appendAll(store, "t", [4, 5]); // a compact segment after the old one
+      assert.deepEqual(seqsOf(await store.readLog("t", 1, 10)), [1, 2, 3, 4, 5]);
+      const bytes = await store.payloadBytes();
+      assert.equal(bytes, "m1".length + 4 + "m3m4m5".length);
+      // 1 and 2 go: the old segment is written again, compact, with 3 alone.
+      assert.equal(await store.trimLog("t", 1, 3, head("t", 10_000)), "m1".length + 4);
+      assert.equal(await store.payloadBytes(), bytes - "m1".length - 4);
+      assert.deepEqual(await store.readLog("t", 1, 10), [
+        message("t", 3),
+        message("t", 4),
+        message("t", 5),
+      ]);
+    } finally {
+      store.close();
+    }
+    await assertSchemaCurrent(path);
+    const check = await Deno.openKv(path);
+    try {
+      assert.deepEqual((await check.get(["log", "t", 3])).value, [[
+        1003,
+        3,
+        1,
+        encoder.encode("m3"),
+        1,
+      ]]);
+    } finally {
+      check.close();
+    }
+  });
+});
+
+Deno.test("KvStore: a damaged compact message quarantines its segment as it was stored", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    const kv = await Deno.openKv(path);
+    await kv.set(["meta", "schema"], 4);
+    const bad = [[1001, 1, 1, encoder.encode("m1"), 7]]; // no format 7
+    await kv.set(["log", "t", 1], bad);
+    await kv.set(["log", "t", 2], [[1002, 2, 1, encoder.encode("m2"), 1]]);
+    kv.close();
+    const store = await KvStore.open(path);
+    try {
+      assert.deepEqual(await store.readLog("t", 1, 10), [message("t", 2)]);
+      await store.flush();
+    } finally {
+      store.close();
+    }
+    const check = await Deno.openKv(path);
+    try {
+      assert.deepEqual((await check.get(["quarantine", "log", "t", 1])).value, bad);
+      assert.equal((await check.get(["log", "t", 1])).versionstamp, null);
+    } finally {
+      check.close();
+    }
+  });
 });

@@ -65,6 +65,65 @@ export const storedMessage: z.ZodType<StoredMessage> = z.object({
 /** A segment of a topic's log: messages in sequence order. */
 export const logSegment: z.ZodType<StoredMessage[]> = z.array(storedMessage);
 
+/**
+ * A message as a log segment holds it since schema version 4: an array, without the
+ * topic (the key names it) and without field names, which V8's serialisation would
+ * otherwise write out for every message (a 100-byte message: 151 bytes instead of 224).
+ * Positions: id, seq, publishedAt, payload, format (index in {@link COMPACT_FORMATS}),
+ * then qos, retain, from, expiresAt, props, each `undefined` when absent, the absent
+ * ones at the end left out.
+ */
+export type CompactMessage = unknown[];
+
+/** The formats by their number in a {@link CompactMessage}. */
+export const COMPACT_FORMATS = ["binary", "text", "json"] as const;
+
+const FORMAT_NUMBER = { binary: 0, text: 1, json: 2 } as const;
+
+/** `m` as a log segment stores it (see {@link CompactMessage}). */
+export function compactMessage(m: StoredMessage): CompactMessage {
+  const c: unknown[] = [
+    m.id,
+    m.seq,
+    m.publishedAt,
+    m.payload,
+    FORMAT_NUMBER[m.format],
+    m.qos,
+    m.retain,
+    m.from,
+    m.expiresAt,
+    m.props,
+  ];
+  let n = c.length;
+  while (n > 5 && c[n - 1] === undefined) n--;
+  c.length = n;
+  return c;
+}
+
+/**
+ * The message a segment element of `topic` stands for: a {@link CompactMessage} made
+ * back into a message object (checked afterwards like any, with {@link logSegment}: a
+ * damaged element fails there), anything else (a message object, schema 3) as it is.
+ */
+export function segmentElement(topic: string, e: unknown): unknown {
+  if (!Array.isArray(e)) return e;
+  const m: Record<string, unknown> = {
+    id: e[0],
+    seq: e[1],
+    topic,
+    payload: e[3],
+    // An element of the wrong length gets no format, so the check refuses it.
+    format: e.length >= 5 && e.length <= 10 ? COMPACT_FORMATS[e[4] as number] : undefined,
+    publishedAt: e[2],
+  };
+  if (e[5] !== undefined) m.qos = e[5];
+  if (e[6] !== undefined) m.retain = e[6];
+  if (e[7] !== undefined) m.from = e[7];
+  if (e[8] !== undefined) m.expiresAt = e[8];
+  if (e[9] !== undefined) m.props = e[9];
+  return m;
+}
+
 /** A PUB awaiting its PUBREL. */
 export const pendingPublish: z.ZodType<PendingPublish> = z.object({
   id,
