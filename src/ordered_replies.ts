@@ -24,39 +24,52 @@ export interface Settle<T> {
 /**
  * A reply's place in the queue, settled by whoever does the work it waits for: the
  * callback form of {@link OrderedReplies.add}, which costs no promise and no reaction.
- * Only its first settlement counts.
+ * Only its first settlement counts. Made by {@link OrderedReplies.ticket} from two
+ * functions, or a subclass that overrides {@link send} and {@link fail} (one object per
+ * reply instead of two closures), queued with {@link OrderedReplies.enqueue}.
  */
 export class Ticket<T = unknown> implements Settle<T> {
   state: "waiting" | "ready" | "failed" = "waiting";
   /** What it was resolved with, or the error. */
   value: unknown = undefined;
-  readonly send: (value: T) => void;
-  readonly fail: ((err: unknown) => void) | undefined;
-  readonly #flush: () => void;
+  readonly #send: ((value: T) => void) | undefined;
+  readonly #fail: ((err: unknown) => void) | undefined;
+  /** Set by the queue it joins: sends whatever has become ready. */
+  flush: () => void = notQueued;
 
-  constructor(
-    send: (value: T) => void,
-    fail: ((err: unknown) => void) | undefined,
-    flush: () => void,
-  ) {
-    this.send = send;
-    this.fail = fail;
-    this.#flush = flush;
+  constructor(send?: (value: T) => void, fail?: (err: unknown) => void) {
+    this.#send = send;
+    this.#fail = fail;
+  }
+
+  /** The reply, once resolved with `value` and every reply before it is out. */
+  send(value: T): void {
+    this.#send?.(value);
+  }
+
+  /** Instead of {@link send} when rejected; throws `err` (to the queue's `onError`) by default. */
+  fail(err: unknown): void {
+    if (!this.#fail) throw err;
+    this.#fail(err);
   }
 
   resolve(value: T): void {
     if (this.state !== "waiting") return;
     this.state = "ready";
     this.value = value;
-    this.#flush();
+    this.flush();
   }
 
   reject(err: unknown): void {
     if (this.state !== "waiting") return;
     this.state = "failed";
     this.value = err;
-    this.#flush();
+    this.flush();
   }
+}
+
+function notQueued(): void {
+  throw new Error("a ticket settled before it was queued");
 }
 
 /**
@@ -108,9 +121,14 @@ export class OrderedReplies {
    * runs instead if it is rejected.
    */
   ticket<T>(send: (value: T) => void, fail?: (err: unknown) => void): Ticket<T> {
-    const t = new Ticket(send, fail, this.#flushing);
-    this.#queue.push(t as Ticket);
-    return t;
+    return this.enqueue(new Ticket(send, fail));
+  }
+
+  /** Queues `ticket` (see {@link Ticket}) behind every reply queued so far; returns it. */
+  enqueue<K extends Ticket<never>>(ticket: K): K {
+    ticket.flush = this.#flushing;
+    this.#queue.push(ticket as unknown as Ticket);
+    return ticket;
   }
 
   /** Resolves once every reply queued so far has been sent (or has failed). */
@@ -132,8 +150,7 @@ export class OrderedReplies {
         q[this.#head++] = undefined as unknown as Ticket; // let it go
         try {
           if (r.state === "ready") r.send(r.value);
-          else if (r.fail) r.fail(r.value);
-          else throw r.value;
+          else r.fail(r.value);
         } catch (err) {
           this.#onError(err);
         }

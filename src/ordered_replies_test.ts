@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { OrderedReplies } from "./ordered_replies.ts";
+import { OrderedReplies, Ticket } from "./ordered_replies.ts";
 
 function deferred<T>() {
   return Promise.withResolvers<T>();
@@ -109,4 +109,31 @@ Deno.test("a send that settles or adds replies while the queue is being sent: al
   assert.equal(replies.pending, 0);
   replies.add(null, () => sent.push("four")); // the queue goes on after it emptied
   assert.deepEqual(sent, ["one", "two", "three", "four"]);
+});
+
+Deno.test("a Ticket subclass overrides send and fail and is queued with enqueue; a failure without a handler goes to onError", () => {
+  const log: string[] = [];
+  const errors: unknown[] = [];
+  class Reply extends Ticket<number> {
+    constructor(readonly name: string) {
+      super();
+    }
+    override send(value: number): void {
+      log.push(`${this.name} ${value}`);
+    }
+    override fail(err: unknown): void {
+      log.push(`${this.name} failed: ${err}`);
+    }
+  }
+  const replies = new OrderedReplies((err) => errors.push(err));
+  const a = replies.enqueue(new Reply("a"));
+  const plain = replies.ticket<number>((v) => log.push(`plain ${v}`)); // no fail handler
+  const b = replies.enqueue(new Reply("b"));
+  b.reject("disk full");
+  plain.reject("lost");
+  assert.deepEqual(log, []);
+  a.resolve(1);
+  assert.deepEqual(log, ["a 1", "b failed: disk full"]);
+  assert.deepEqual(errors, ["lost"]);
+  assert.throws(() => new Reply("c").resolve(2), /before it was queued/);
 });

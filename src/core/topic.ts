@@ -32,7 +32,7 @@ import type {
   TopicRecord,
 } from "../store/store.ts";
 import { getLogger } from "../log.ts";
-import { OrderedReplies, type Settle } from "../ordered_replies.ts";
+import { OrderedReplies, type Settle, Ticket } from "../ordered_replies.ts";
 import { Mailbox } from "./mailbox.ts";
 
 const log = getLogger("topic");
@@ -298,31 +298,58 @@ export class Topic implements Restartable {
     if (input.retain) effects.retained = input.payload.byteLength === 0 ? "clear" : "set";
     if (input.willOf !== undefined) effects.willOf = input.willOf;
     const reached = this.#materialise(message.seq, effects);
-    const epoch = this.#epoch;
     const memoryOnly = this.#inMemoryOnly(input, effects);
-    const release = () => {
-      m.settle.resolve(message);
-      // Committed (or kept in memory) whatever happened since: counted and retained.
-      this.#reach?.appended?.(message, !memoryOnly);
-      if (epoch !== this.#epoch) return; // a restart reloaded the state since
-      this.#remember(message);
-      if (reached.length > 0) this.#reach?.materialised(this, reached, message.seq);
-      for (const s of this.#subscribers) s.wake();
-    };
+    const release = this.#releases.enqueue(
+      new Topic.#Release(this, m.settle, message, reached, memoryOnly),
+    );
     if (memoryOnly) {
       this.#memoryOnly.add(message);
-      this.#releases.add(null, release);
+      release.resolve();
       return;
     }
-    const committed = this.#releases.ticket(release, (err) => {
+    this.#store.appendWith(message, effects, release);
+  }
+
+  /**
+   * One append's place in the topic's releases, as one object (not a ticket and its
+   * closures): once committed (or at once when kept in memory only) and every append
+   * before it is out, the message becomes readable; if the store refused it, the topic
+   * resynchronises. Nested here so that it may use the topic's private state.
+   */
+  static readonly #Release = class Release extends Ticket<void> {
+    readonly epoch: number;
+
+    constructor(
+      readonly topic: Topic,
+      readonly settle: Settle<StoredMessage>,
+      readonly message: StoredMessage,
+      readonly reached: string[],
+      readonly memoryOnly: boolean,
+    ) {
+      super();
+      this.epoch = topic.#epoch;
+    }
+
+    override send(): void {
+      const t = this.topic;
+      const message = this.message;
+      this.settle.resolve(message);
+      // Committed (or kept in memory) whatever happened since: counted and retained.
+      t.#reach?.appended?.(message, !this.memoryOnly);
+      if (this.epoch !== t.#epoch) return; // a restart reloaded the state since
+      t.#remember(message);
+      if (this.reached.length > 0) t.#reach?.materialised(t, this.reached, message.seq);
+      for (const s of t.#subscribers) s.wake();
+    }
+
+    override fail(err: unknown): void {
       // The store refused the write (disk full, read-only file...): not a fault of the
       // topic, so no restart counts against it. It resynchronises its head with the
       // store and goes on; the caller was told, and nothing of the append was written.
-      m.settle.reject(err);
-      this.#resync(err);
-    });
-    this.#store.appendWith(message, effects, committed);
-  }
+      this.settle.reject(err);
+      this.topic.#resync(err);
+    }
+  };
 
   /**
    * Whether an append can skip the log: QoS 0, nothing else to commit with it, and no

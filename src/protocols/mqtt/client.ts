@@ -31,7 +31,7 @@ import type {
 import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodedTopic, encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
-import { OrderedReplies } from "../../ordered_replies.ts";
+import { OrderedReplies, Ticket } from "../../ordered_replies.ts";
 import {
   cachedEncoding,
   type Encoded,
@@ -578,25 +578,18 @@ export class MqttClient implements SessionOutput {
     const payload = new Uint8Array(p.payload as Uint8Array);
     const session = this.#session as Session;
     const tag = p.messageId as number;
-    const ack = (code: number) => {
-      if (qos === 0) return;
-      this.#inboundPending--;
-      const packet: Record<string, unknown> = {
-        cmd: qos === 1 ? "puback" : "pubrec",
-        messageId: tag,
-      };
-      if (this.#version === 5 && code !== 0) packet.reasonCode = code;
-      this.link.send(packet as unknown as OutboundPacket);
-    };
     // A QoS 2 PUBLISH whose identifier has a receipt was stored already: answer it again
     // and store nothing, 3.1.1 [MQTT-4.3.3-2], v5 [MQTT-4.3.3-10].
     if (qos === 2 && session.receipts.has(tag)) {
-      this.#replies.add(null, () => ack(RC.success));
+      this.#replies.add(null, () => this.#ackPublish(qos, tag, RC.success));
       return;
     }
     const refusal = this.#checkPublish(topic, payload, props);
     if (refusal) {
-      this.#replies.add(null, () => this.#refusePublish(refusal, qos, topic, ack));
+      this.#replies.add(
+        null,
+        () => this.#refusePublish(refusal, qos, topic, (code) => this.#ackPublish(qos, tag, code)),
+      );
       return;
     }
     if (qos === 2) session.receipts.add(tag);
@@ -622,18 +615,8 @@ export class MqttClient implements SessionOutput {
     // committed and answered (QoS 0 has no window), stop reading until the newest one
     // lands; TCP then slows the publisher down instead of the broker's memory growing.
     this.#uncommitted++;
-    let landed: PromiseWithResolvers<void> | undefined;
     // The reply's place, settled by the topic once the message is durable (or refused).
-    const reply = this.#replies.ticket<StoredMessage>(() => {
-      this.#uncommitted--;
-      ack(RC.success);
-      landed?.resolve();
-    }, (err) => {
-      this.#uncommitted--;
-      if (qos === 2) session.receipts.delete(tag);
-      this.#refusePublish(err, qos, topic, ack);
-      landed?.resolve();
-    });
+    const reply = this.#replies.enqueue(new MqttClient.#PublishReply(this, qos, tag, topic));
     // Submissions keep the packets' order: straight to the topic when nothing is waiting
     // before this one (the usual case), else after the one before it.
     if (this.#submitsWaiting > 0 || !this.#ctx.broker.submitNowWith(input, source, reply)) {
@@ -644,10 +627,57 @@ export class MqttClient implements SessionOutput {
     }
     // Settled only after this returns, so the count is down when this resolves.
     if (this.#uncommitted >= MAX_UNCOMMITTED) {
-      landed = Promise.withResolvers<void>();
-      return landed.promise;
+      reply.landed = Promise.withResolvers<void>();
+      return reply.landed.promise;
     }
   }
+
+  /** PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH; nothing at QoS 0. */
+  #ackPublish(qos: Qos, tag: number, code: number): void {
+    if (qos === 0) return;
+    this.#inboundPending--;
+    const packet: Record<string, unknown> = {
+      cmd: qos === 1 ? "puback" : "pubrec",
+      messageId: tag,
+    };
+    if (this.#version === 5 && code !== 0) packet.reasonCode = code;
+    this.link.send(packet as unknown as OutboundPacket);
+  }
+
+  /**
+   * The reply to one inbound PUBLISH, as one object (not a ticket and its closures): the
+   * acknowledgement once the message is durable, the refusal if it is not. Nested here
+   * so that it may use the client's private state.
+   */
+  static readonly #PublishReply = class PublishReply extends Ticket<StoredMessage> {
+    /** Made when the connection's input waits for this message to land. */
+    landed: PromiseWithResolvers<void> | undefined;
+
+    constructor(
+      readonly client: MqttClient,
+      readonly qos: Qos,
+      readonly tag: number,
+      readonly topic: string,
+    ) {
+      super();
+    }
+
+    override send(): void {
+      const c = this.client;
+      c.#uncommitted--;
+      c.#ackPublish(this.qos, this.tag, RC.success);
+      this.landed?.resolve();
+    }
+
+    override fail(err: unknown): void {
+      const c = this.client;
+      const { qos, tag } = this;
+      c.#uncommitted--;
+      if (qos === 2) c.#session?.receipts.delete(tag);
+      c.#refusePublish(err, qos, this.topic, (code) => c.#ackPublish(qos, tag, code));
+      this.landed?.resolve();
+    }
+  };
 
   /** A reason not to store a PUBLISH that the protocol answers without closing. */
   #checkPublish(
