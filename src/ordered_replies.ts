@@ -85,8 +85,13 @@ function notQueued(): void {
  * ```
  */
 export class OrderedReplies {
-  #queue: Ticket[] = [];
+  /**
+   * Replies from `#head` to `#tail`; the slots are reused once all are out, so a steady
+   * stream of replies does not grow (and reallocate) an array per pass.
+   */
+  #queue: (Ticket | undefined)[] = [];
   #head = 0;
+  #tail = 0;
   #empty: PromiseWithResolvers<void> | null = null;
   #onError: (err: unknown) => void;
   readonly #flushing = () => this.#flush();
@@ -100,9 +105,14 @@ export class OrderedReplies {
     this.#onError = onError;
   }
 
+  /** Slots the queue's array holds (sent ones are reused): what it costs in memory. */
+  get slots(): number {
+    return this.#queue.length;
+  }
+
   /** Replies queued and not yet sent. */
   get pending(): number {
-    return this.#queue.length - this.#head;
+    return this.#tail - this.#head;
   }
 
   /**
@@ -127,7 +137,7 @@ export class OrderedReplies {
   /** Queues `ticket` (see {@link Ticket}) behind every reply queued so far; returns it. */
   enqueue<K extends Ticket<never>>(ticket: K): K {
     ticket.flush = this.#flushing;
-    this.#queue.push(ticket as unknown as Ticket);
+    this.#queue[this.#tail++] = ticket as unknown as Ticket;
     return ticket;
   }
 
@@ -144,10 +154,10 @@ export class OrderedReplies {
     this.#flushingNow = true;
     try {
       const q = this.#queue;
-      while (this.#head < q.length) {
+      while (this.#head < this.#tail) {
         const r = q[this.#head] as Ticket;
         if (r.state === "waiting") break;
-        q[this.#head++] = undefined as unknown as Ticket; // let it go
+        q[this.#head++] = undefined; // let it go
         try {
           if (r.state === "ready") r.send(r.value);
           else r.fail(r.value);
@@ -155,11 +165,20 @@ export class OrderedReplies {
           this.#onError(err);
         }
       }
-      if (this.#head === q.length) {
-        this.#queue = [];
+      if (this.#head === this.#tail) {
         this.#head = 0;
+        this.#tail = 0;
+        // A burst's worth of slots is kept for the next; a rare huge one is let go.
+        if (q.length > 4096) this.#queue = [];
         this.#empty?.resolve();
         this.#empty = null;
+      } else if (this.#head >= 1024 && this.#head * 2 >= this.#tail) {
+        // Never empty (a steady stream): the replies still waiting move to the front,
+        // so the slots already sent are reused instead of the array growing for ever.
+        q.copyWithin(0, this.#head, this.#tail);
+        q.fill(undefined, this.#tail - this.#head, this.#tail);
+        this.#tail -= this.#head;
+        this.#head = 0;
       }
     } finally {
       this.#flushingNow = false;

@@ -137,3 +137,19 @@ Deno.test("a Ticket subclass overrides send and fail and is queued with enqueue;
   assert.deepEqual(errors, ["lost"]);
   assert.throws(() => new Reply("c").resolve(2), /before it was queued/);
 });
+
+Deno.test("a queue that never empties reuses its slots: 100,000 replies through a window of 100 keep it small", () => {
+  const replies = new OrderedReplies((err) => assert.fail(String(err)));
+  const sent: number[] = [];
+  const open: ReturnType<typeof replies.ticket<number>>[] = [];
+  for (let i = 0; i < 100_000; i++) {
+    open.push(replies.ticket<number>((v) => sent.push(v)));
+    if (open.length > 100) open.shift()!.resolve(i); // the oldest settles: never empty
+  }
+  assert.equal(replies.pending, 100);
+  assert.ok(replies.slots <= 2_200, `${replies.slots} slots for 100 pending`);
+  assert.equal(sent.length, 100_000 - 100);
+  assert.ok(sent.every((v, i) => i === 0 || v > sent[i - 1]!), "in order");
+  for (const t of open) t.resolve(-1);
+  assert.equal(replies.pending, 0);
+});

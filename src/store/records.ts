@@ -82,22 +82,19 @@ const FORMAT_NUMBER = { binary: 0, text: 1, json: 2 } as const;
 
 /** `m` as a log segment stores it (see {@link CompactMessage}). */
 export function compactMessage(m: StoredMessage): CompactMessage {
-  const c: unknown[] = [
-    m.id,
-    m.seq,
-    m.publishedAt,
-    m.payload,
-    FORMAT_NUMBER[m.format],
-    m.qos,
-    m.retain,
-    m.from,
-    m.expiresAt,
-    m.props,
-  ];
-  let n = c.length;
-  while (n > 5 && c[n - 1] === undefined) n--;
-  c.length = n;
-  return c;
+  // Each length as a literal of its own: no array made longer and cut (a hot path).
+  const { id, seq, publishedAt: at, payload } = m;
+  const f = FORMAT_NUMBER[m.format];
+  if (m.props !== undefined) {
+    return [id, seq, at, payload, f, m.qos, m.retain, m.from, m.expiresAt, m.props];
+  }
+  if (m.expiresAt !== undefined) {
+    return [id, seq, at, payload, f, m.qos, m.retain, m.from, m.expiresAt];
+  }
+  if (m.from !== undefined) return [id, seq, at, payload, f, m.qos, m.retain, m.from];
+  if (m.retain !== undefined) return [id, seq, at, payload, f, m.qos, m.retain];
+  if (m.qos !== undefined) return [id, seq, at, payload, f, m.qos];
+  return [id, seq, at, payload, f];
 }
 
 /**
