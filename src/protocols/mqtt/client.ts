@@ -1217,10 +1217,14 @@ function messageProps(p: {
   correlationData?: Uint8Array;
   userProperties?: Record<string, string | string[]>;
 }): MessageProps | undefined {
+  if (
+    p.contentType === undefined && p.responseTopic === undefined &&
+    p.correlationData === undefined && p.userProperties === undefined
+  ) return undefined; // nearly every PUBLISH: nothing made for it
   const out: MessageProps = {};
   if (p.contentType !== undefined) out.contentType = p.contentType;
   if (p.responseTopic !== undefined) out.responseTopic = p.responseTopic;
   if (p.correlationData !== undefined) out.correlationData = new Uint8Array(p.correlationData);
   if (p.userProperties !== undefined) out.userProperties = p.userProperties;
-  return Object.keys(out).length > 0 ? out : undefined;
+  return out;
 }
