@@ -239,7 +239,7 @@ export class GroupCommitter {
       for (const m of op.mutations) {
         if (m.type === "append") {
           logs ??= new Map();
-          const id = keyId(m.log);
+          const id = logId(m.log);
           const appends = logs.get(id);
           if (appends) appends.push(m);
           else logs.set(id, [m]);
@@ -346,6 +346,22 @@ function isSorted(appends: AppendMutation[]): boolean {
 }
 
 /** An unambiguous string for a key, to find repeated writes of one key in a batch. */
+/**
+ * {@link keyId} of a log's key, remembered per key array: a topic hands every append
+ * the same array (see KvStore), so its id is computed once, not once per message.
+ */
+const logIds = new WeakMap<Deno.KvKey, string>();
+
+function logId(log: Deno.KvKey): string {
+  let id = logIds.get(log);
+  if (id === undefined) {
+    id = keyId(log);
+    // Only a frozen array can be trusted to name the same log later.
+    if (Object.isFrozen(log)) logIds.set(log, id);
+  }
+  return id;
+}
+
 function keyId(key: Deno.KvKey): string {
   // Strings and finite numbers only (nearly every key): JSON tells them apart.
   let plain = true;

@@ -208,6 +208,32 @@ Deno.test("appends to one log in one atomic become one segment under the last se
   }
 });
 
+Deno.test("a log named by one frozen key array, by copies of it, or by several, is one log", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const a = Object.freeze(["log", "a"]);
+    const b = Object.freeze(["log", "b"]);
+    for (let round = 0; round < 2; round++) {
+      const base = round * 10;
+      await Promise.all([
+        gc.commit([append(a, base + 1, "x")]),
+        gc.commit([append(["log", "a"], base + 2, "y")]), // a fresh array, same log
+        gc.commit([append(b, base + 1, "z")]),
+        gc.commit([append(Object.freeze(["log", "a"]), base + 3, "w")]),
+      ]);
+    }
+    assert.equal(gc.stats.atomics, 2);
+    assert.deepEqual(await entries(kv, ["log", "a"]), [[3, ["x", "y", "w"]], [13, [
+      "x",
+      "y",
+      "w",
+    ]]]);
+    assert.deepEqual(await entries(kv, ["log", "b"]), [[1, ["z"]], [11, ["z"]]]);
+  } finally {
+    kv.close();
+  }
+});
+
 Deno.test("a segment is split before it would pass the value size limit, in sequence order", async () => {
   const { kv, gc } = await setup();
   try {

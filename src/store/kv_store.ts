@@ -115,6 +115,9 @@ export class SchemaError extends Error {
   }
 }
 
+/** Topics whose log key is kept for reuse (the map starts again past this). */
+const LOG_KEYS_KEPT = 10_000;
+
 /** Log keys deleted per atomic by retention. */
 const TRIM_BATCH = 500;
 
@@ -135,6 +138,8 @@ export class KvStore implements BrokerStore {
   #quarantined = new Set<string>();
   /** Per topic, the log segments this process wrote (see SegmentIndex). */
   #segments = new Map<string, SegmentIndex>();
+  /** Per topic, its log's key (frozen): one array for all its appends. */
+  #logKeys = new Map<string, Deno.KvKey>();
 
   private constructor(kv: Deno.Kv, fence: Fence) {
     this.#kv = kv;
@@ -370,7 +375,7 @@ export class KvStore implements BrokerStore {
     const m: Mutation[] = [
       {
         type: "append",
-        log: ["log", message.topic],
+        log: this.#logKey(message.topic),
         seq: message.seq,
         value: compactMessage(message),
         size: messageSize(message),
@@ -414,6 +419,16 @@ export class KvStore implements BrokerStore {
     if (fits(measure(all), DEFAULT_LIMITS.maxMutations)) return await this.#gc.commit(all);
     await this.#commitInBatches(positions, DEFAULT_LIMITS.maxMutations);
     await this.#gc.commit(m);
+  }
+
+  #logKey(topic: string): Deno.KvKey {
+    let key = this.#logKeys.get(topic);
+    if (key === undefined) {
+      if (this.#logKeys.size >= LOG_KEYS_KEPT) this.#logKeys.clear();
+      key = Object.freeze(["log", topic]);
+      this.#logKeys.set(topic, key);
+    }
+    return key;
   }
 
   async getReleased(id: number): Promise<ReleasedRecord | null> {
