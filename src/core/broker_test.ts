@@ -5,14 +5,20 @@ import { Broker } from "./broker.ts";
 const encoder = new TextEncoder();
 const source = { origin: "test", user: null };
 
-Deno.test("Broker counts each stored payload byte once: pending, released, published, dead letters, trimmed", async () => {
+/** A broker on an in-memory store, with `extra` options. */
+async function start(extra: { maxStoreBytes?: number } = {}) {
   const store = await KvStore.open(":memory:");
   const broker = await Broker.start(store, {
     retry: { retryIntervalMs: 1000, retryLimit: 3 },
     deadLetterMax: 100,
     retentionIntervalMs: 60_000,
-    maxStoreBytes: 1_000_000,
+    ...extra,
   });
+  return { store, broker };
+}
+
+Deno.test("Broker counts each stored payload byte once: pending, released, published, dead letters, trimmed", async () => {
+  const { store, broker } = await start({ maxStoreBytes: 1_000_000 });
   try {
     assert.equal(broker.storedBytes, 0);
     // JSON-line QoS 2: held as pending, then moved to the log by its release.
@@ -47,12 +53,7 @@ Deno.test("Broker counts each stored payload byte once: pending, released, publi
 });
 
 Deno.test("submitNowWith: false for a topic not started; a refusal or the stored message goes to settle, never inside the call", async () => {
-  const store = await KvStore.open(":memory:");
-  const broker = await Broker.start(store, {
-    retry: { retryIntervalMs: 1000, retryLimit: 3 },
-    deadLetterMax: 100,
-    retentionIntervalMs: 60_000,
-  });
+  const { store, broker } = await start();
   try {
     const input = (topic: string, text: string) => ({
       topic,

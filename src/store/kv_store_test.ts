@@ -158,6 +158,26 @@ function seqsOf(ms: StoredMessage[]): number[] {
   return ms.map((m) => m.seq);
 }
 
+/** Writes `entries` straight into the Deno KV file at `path`, as an older broker would have. */
+async function writeRaw(path: string, entries: [Deno.KvKey, unknown][]): Promise<void> {
+  const kv = await Deno.openKv(path);
+  try {
+    for (const [key, value] of entries) await kv.set(key, value);
+  } finally {
+    kv.close();
+  }
+}
+
+/** The value under `key` in the Deno KV file at `path` (null when absent). */
+async function readRaw(path: string, key: Deno.KvKey): Promise<unknown> {
+  const kv = await Deno.openKv(path);
+  try {
+    return (await kv.get(key)).value;
+  } finally {
+    kv.close();
+  }
+}
+
 function range(from: number, to: number): number[] {
   return Array.from({ length: to - from }, (_, i) => from + i);
 }
@@ -863,11 +883,11 @@ Deno.test("KvStore (file): corrupt session-state values are quarantined, not thr
 Deno.test("KvStore: a version 2 store (one message per log key) is migrated to the current version and reads on", async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, "broker.kv");
-    const kv = await Deno.openKv(path);
-    await kv.set(["meta", "schema"], 2);
-    await kv.set(["topic", "t"], { name: "t", nextSeq: 4, createdAt: 1 });
-    for (const seq of [1, 2, 3]) await kv.set(["log", "t", seq], mqttMessage("t", seq));
-    kv.close();
+    await writeRaw(path, [
+      [["meta", "schema"], 2],
+      [["topic", "t"], { name: "t", nextSeq: 4, createdAt: 1 }],
+      ...[1, 2, 3].map((seq): [Deno.KvKey, unknown] => [["log", "t", seq], mqttMessage("t", seq)]),
+    ]);
 
     const store = await KvStore.open(path);
     try {
@@ -1061,27 +1081,21 @@ Deno.test("KvStore: a segment holds compact messages (no topic, no field names) 
     } finally {
       s.close();
     }
-    const kv = await Deno.openKv(path);
-    try {
-      const segment = (await kv.get(["log", "t", 2])).value as unknown[];
-      assert.deepEqual(segment, [
-        [1001, 1, 1, encoder.encode("m1"), 1],
-        [2002, 2, 1, m2.payload, 0, 1, true, "mqtt:pub", 99_999, m2.props],
-      ]);
-    } finally {
-      kv.close();
-    }
+    assert.deepEqual(await readRaw(path, ["log", "t", 2]), [
+      [1001, 1, 1, encoder.encode("m1"), 1],
+      [2002, 2, 1, m2.payload, 0, 1, true, "mqtt:pub", 99_999, m2.props],
+    ]);
   });
 });
 
 Deno.test("KvStore: a version 3 store (segments of message objects) is migrated and reads, trims and counts on", async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, "broker.kv");
-    const kv = await Deno.openKv(path);
-    await kv.set(["meta", "schema"], 3);
-    await kv.set(["topic", "t"], { name: "t", nextSeq: 4, createdAt: 1 });
-    await kv.set(["log", "t", 3], [message("t", 1), mqttMessage("t", 2), message("t", 3)]);
-    kv.close();
+    await writeRaw(path, [
+      [["meta", "schema"], 3],
+      [["topic", "t"], { name: "t", nextSeq: 4, createdAt: 1 }],
+      [["log", "t", 3], [message("t", 1), mqttMessage("t", 2), message("t", 3)]],
+    ]);
 
     const store = await KvStore.open(path);
     try {
@@ -1102,30 +1116,19 @@ Deno.test("KvStore: a version 3 store (segments of message objects) is migrated 
       store.close();
     }
     await assertSchemaCurrent(path);
-    const check = await Deno.openKv(path);
-    try {
-      assert.deepEqual((await check.get(["log", "t", 3])).value, [[
-        1003,
-        3,
-        1,
-        encoder.encode("m3"),
-        1,
-      ]]);
-    } finally {
-      check.close();
-    }
+    assert.deepEqual(await readRaw(path, ["log", "t", 3]), [[1003, 3, 1, encoder.encode("m3"), 1]]);
   });
 });
 
 Deno.test("KvStore: a damaged compact message quarantines its segment as it was stored", async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, "broker.kv");
-    const kv = await Deno.openKv(path);
-    await kv.set(["meta", "schema"], 4);
     const bad = [[1001, 1, 1, encoder.encode("m1"), 7]]; // no format 7
-    await kv.set(["log", "t", 1], bad);
-    await kv.set(["log", "t", 2], [[1002, 2, 1, encoder.encode("m2"), 1]]);
-    kv.close();
+    await writeRaw(path, [
+      [["meta", "schema"], 4],
+      [["log", "t", 1], bad],
+      [["log", "t", 2], [[1002, 2, 1, encoder.encode("m2"), 1]]],
+    ]);
     const store = await KvStore.open(path);
     try {
       assert.deepEqual(await store.readLog("t", 1, 10), [message("t", 2)]);
@@ -1133,12 +1136,7 @@ Deno.test("KvStore: a damaged compact message quarantines its segment as it was 
     } finally {
       store.close();
     }
-    const check = await Deno.openKv(path);
-    try {
-      assert.deepEqual((await check.get(["quarantine", "log", "t", 1])).value, bad);
-      assert.equal((await check.get(["log", "t", 1])).versionstamp, null);
-    } finally {
-      check.close();
-    }
+    assert.deepEqual(await readRaw(path, ["quarantine", "log", "t", 1]), bad);
+    assert.equal(await readRaw(path, ["log", "t", 1]), null);
   });
 });

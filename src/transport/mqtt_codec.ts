@@ -661,17 +661,9 @@ function plainPublishBytes(
   const remaining = 2 + topic.length + (qos > 0 ? 2 : 0) + (protocolVersion === 5 ? 1 : 0) +
     payload.length;
   if (remaining > MAX_REMAINING_LENGTH) return undefined;
-  const lengthBytes = remaining < 0x80 ? 1 : remaining < 0x4000 ? 2 : remaining < 0x200000 ? 3 : 4;
-  const out = new Uint8Array(1 + lengthBytes + remaining);
-  out[0] = 0x30 | (qos << 1) | (p.dup ? 8 : 0) | (p.retain ? 1 : 0);
-  let at = 1;
-  for (let n = remaining; at <= lengthBytes; at++, n = Math.floor(n / 0x80)) {
-    out[at] = (n & 0x7f) | (at < lengthBytes ? 0x80 : 0);
-  }
-  out[at++] = topic.length >> 8;
-  out[at++] = topic.length & 0xff;
-  out.set(topic, at);
-  at += topic.length;
+  const out = new Uint8Array(1 + remainingLengthBytes(remaining) + remaining);
+  const first = 0x30 | (qos << 1) | (p.dup ? 8 : 0) | (p.retain ? 1 : 0);
+  let at = writePublishStart(out, first, remaining, topic);
   if (qos > 0) {
     out[at++] = id >> 8;
     out[at++] = id & 0xff;
@@ -679,6 +671,34 @@ function plainPublishBytes(
   if (protocolVersion === 5) out[at++] = 0;
   out.set(payload, at);
   return out;
+}
+
+/** How many bytes the Remaining Length `n` takes (§2.2.3; at most 268,435,455). */
+export function remainingLengthBytes(n: number): number {
+  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : 4;
+}
+
+/**
+ * Writes the start of a PUBLISH into `out` (sized by the caller with
+ * {@link remainingLengthBytes}): the first byte, the Remaining Length `remaining` and the
+ * length-prefixed topic name (§3.3.1, §3.3.2.1). Returns the offset after the topic.
+ */
+export function writePublishStart(
+  out: Uint8Array,
+  first: number,
+  remaining: number,
+  topic: Uint8Array,
+): number {
+  const lengthBytes = remainingLengthBytes(remaining);
+  out[0] = first;
+  let at = 1;
+  for (let n = remaining; at <= lengthBytes; at++, n = Math.floor(n / 0x80)) {
+    out[at] = (n & 0x7f) | (at < lengthBytes ? 0x80 : 0);
+  }
+  out[at++] = topic.length >> 8;
+  out[at++] = topic.length & 0xff;
+  out.set(topic, at);
+  return at + topic.length;
 }
 
 function generate(packet: OutboundPacket, protocolVersion: ProtocolVersion): Uint8Array {

@@ -10,7 +10,11 @@
  * @module
  */
 import type { StoredMessage } from "../../store/store.ts";
-import { encodedTopic } from "../../transport/mqtt_codec.ts";
+import {
+  encodedTopic,
+  remainingLengthBytes,
+  writePublishStart,
+} from "../../transport/mqtt_codec.ts";
 
 /** One shared encoding of a PUBLISH. */
 export interface Encoded {
@@ -126,17 +130,8 @@ function makeHead(topic: Uint8Array, payloadLength: number, variant: number): Pu
   const retain = variant & 1;
   const afterLength = 2 + topic.length + (qos > 0 ? 2 : 0) + (v5 ? 1 : 0);
   const remaining = afterLength + payloadLength;
-  const lengthBytes = remaining < 0x80 ? 1 : remaining < 0x4000 ? 2 : remaining < 0x200000 ? 3 : 4;
-  const bytes = new Uint8Array(1 + lengthBytes + afterLength);
-  bytes[0] = 0x30 | (qos << 1) | retain;
-  let at = 1;
-  for (let n = remaining; at <= lengthBytes; at++, n = Math.floor(n / 0x80)) {
-    bytes[at] = (n & 0x7f) | (at < lengthBytes ? 0x80 : 0);
-  }
-  bytes[at++] = topic.length >> 8;
-  bytes[at++] = topic.length & 0xff;
-  bytes.set(topic, at);
-  at += topic.length;
-  const idOffset = at; // left 0: written per receiver as the output is joined
+  const bytes = new Uint8Array(1 + remainingLengthBytes(remaining) + afterLength);
+  // The identifier's place is left 0: written per receiver as the output is joined.
+  const idOffset = writePublishStart(bytes, 0x30 | (qos << 1) | retain, remaining, topic);
   return { bytes, idOffset };
 }
