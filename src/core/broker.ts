@@ -376,7 +376,7 @@ export class Broker {
     const now = this.submitNow(input, source);
     if (now) return { committed: now };
     const t = await this.topic(input.topic);
-    return { committed: this.#append(t, input, source, await this.#ids.next()) };
+    return { committed: t.append(this.#appendInput(t, input, await this.#ids.next())) };
   }
 
   /**
@@ -386,12 +386,8 @@ export class Broker {
    * @throws BrokerError as {@link submit} does
    */
   submitNow(input: PublishInput, source: PublishSource): Promise<StoredMessage> | null {
-    this.#check(input, source);
-    const t = this.#started.get(input.topic);
-    if (!t) return null;
-    const id = this.#ids.tryNext();
-    if (id === undefined) return null;
-    return this.#append(t, input, source, id);
+    const settle = Promise.withResolvers<StoredMessage>();
+    return this.#appendNow(input, source, settle) ? settle.promise : null;
   }
 
   /**
@@ -405,15 +401,25 @@ export class Broker {
     settle: Settle<StoredMessage>,
   ): boolean {
     try {
-      this.#check(input, source);
-      const t = this.#started.get(input.topic);
-      if (!t) return false;
-      const id = this.#ids.tryNext();
-      if (id === undefined) return false;
-      t.appendWith(this.#appendInput(t, input, id), settle);
+      return this.#appendNow(input, source, settle);
     } catch (err) {
       queueMicrotask(() => settle.reject(err));
+      return true;
     }
+  }
+
+  /**
+   * Checks `input` and queues its append to `settle` when its topic is started and a
+   * message id is at hand; false (nothing done) otherwise.
+   * @throws BrokerError as {@link submit} does
+   */
+  #appendNow(input: PublishInput, source: PublishSource, settle: Settle<StoredMessage>): boolean {
+    this.#check(input, source);
+    const t = this.#started.get(input.topic);
+    if (!t) return false;
+    const id = this.#ids.tryNext();
+    if (id === undefined) return false;
+    t.appendWith(this.#appendInput(t, input, id), settle);
     return true;
   }
 
@@ -443,15 +449,6 @@ export class Broker {
         "full",
       );
     }
-  }
-
-  #append(
-    t: Topic,
-    input: PublishInput,
-    _source: PublishSource,
-    id: number,
-  ): Promise<StoredMessage> {
-    return t.append(this.#appendInput(t, input, id));
   }
 
   /** What the topic appends for `input` under message id `id`; counts it as received. */

@@ -438,7 +438,7 @@ class FramingParser implements PacketParser {
       this.#checkedTopic = topic.slice();
       this.#checkedName = name;
     }
-    const publish = plainPublish(buf, start, end, topicEnd, this.#checkedName, this.#level);
+    const publish = plainPublish(buf, start, end, at, topicEnd, this.#checkedName, this.#level);
     if (!publish) return false;
     this.#out.push({ kind: "packet", packet: publish });
     return true;
@@ -512,8 +512,8 @@ function publishTopicProblem(bytes: Uint8Array): string {
 /**
  * Decodes the PUBLISH frames nearly every message is, without mqtt-packet: any QoS
  * (3.1.1 §3.3.1), and at level 5 only those with no properties (a Property Length of 0,
- * v5 §3.3.2.3). The frame is `buf[start, end)`, its topic (checked) ends at `topicEnd`
- * and reads `name`. The packet has the fields mqtt-packet's would have, the payload a
+ * v5 §3.3.2.3). The frame is `buf[start, end)`, its variable header begins at `bodyAt`
+ * (after the Remaining Length), its topic (checked) ends at `topicEnd` and reads `name`. The packet has the fields mqtt-packet's would have, the payload a
  * `Buffer` view of the frame as its is. Anything else (QoS 3, a frame too short for its
  * identifier, properties) is undefined and goes to mqtt-packet, which decodes or
  * refuses it.
@@ -522,6 +522,7 @@ function plainPublish(
   buf: Uint8Array,
   start: number,
   end: number,
+  bodyAt: number,
   topicEnd: number,
   name: string,
   level: ProtocolVersion,
@@ -530,13 +531,6 @@ function plainPublish(
   const qos = (first >> 1) & 3;
   if (qos === 3) return undefined;
   let at = topicEnd;
-  const headerBytes = buf[start + 1]! < 0x80
-    ? 2
-    : buf[start + 2]! < 0x80
-    ? 3
-    : buf[start + 3]! < 0x80
-    ? 4
-    : 5;
   let messageId = 0;
   if (qos > 0) {
     if (at + 2 > end) return undefined;
@@ -547,7 +541,7 @@ function plainPublish(
     if (at >= end || buf[at] !== 0) return undefined;
     at++;
   }
-  const length = end - start - headerBytes;
+  const length = end - bodyAt; // the Remaining Length
   const packet = qos === 0
     ? new PlainPublish(first, length, name)
     : new PlainPublishWithId(first, length, name, messageId);

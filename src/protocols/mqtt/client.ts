@@ -32,13 +32,7 @@ import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodedTopic, encodePacket } from "../../transport/mqtt_codec.ts";
 import type { PacketLink } from "../../transport/packet_link.ts";
 import { OrderedReplies, Ticket } from "../../ordered_replies.ts";
-import {
-  cachedEncoding,
-  type Encoded,
-  publishHead,
-  publishVariant,
-  shareEncoding,
-} from "./publish_cache.ts";
+import { cachedEncoding, publishHead, publishVariant, shareEncoding } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
 
 /** The properties of a PUBLISH that has none (3.1.1, and most at 5.0); never written. */
@@ -996,34 +990,29 @@ export class MqttClient implements SessionOutput {
     // this receiver's own (subscription ids, the expiry countdown, topic aliases).
     const own = out.subscriptionIds.length > 0 || m.expiresAt !== undefined ||
       (this.#version === 5 && this.#clientAliasMax > 0);
-    if (!own && (this.#version === 4 || !hasPublishProperties(m))) {
+    if (own) {
+      const bytes = encodePacket(this.#publishPacket(out, tag, dup), this.#version);
+      if (this.#fits(m, bytes.byteLength, tag)) this.link.sendBytes(bytes);
+      return;
+    }
+    const variant = publishVariant(this.#version, out.qos, out.retain);
+    if (this.#version === 4 || !hasPublishProperties(m)) {
       // No properties (nearly every message): a shared head, then the payload itself.
-      const head = publishHead(
-        m.topic,
-        m.payload.length,
-        publishVariant(this.#version, out.qos, out.retain),
-      );
+      const head = publishHead(m.topic, m.payload.length, variant);
       if (this.#fits(m, head.bytes.length + m.payload.length, tag)) {
         this.link.sendPublish(head.bytes, head.idOffset, tag, dup, m.payload);
       }
       return;
     }
-    let bytes: Uint8Array;
-    let shared: Encoded | undefined;
-    if (own) bytes = encodePacket(this.#publishPacket(out, tag, dup), this.#version);
-    else {
-      const variant = publishVariant(this.#version, out.qos, out.retain);
-      shared = cachedEncoding(m, variant) ?? shareEncoding(
-        m,
-        variant,
-        encodePacket(this.#publishPacket(out, tag === null ? null : 1, false), this.#version),
-      );
-      bytes = shared.bytes;
-    }
-    if (!this.#fits(m, bytes.byteLength, tag)) return;
+    const shared = cachedEncoding(m, variant) ?? shareEncoding(
+      m,
+      variant,
+      encodePacket(this.#publishPacket(out, tag === null ? null : 1, false), this.#version),
+    );
+    if (!this.#fits(m, shared.bytes.byteLength, tag)) return;
     // QoS 0 has no identifier and never DUP ([MQTT-3.3.1-2]): the shared bytes as they are.
-    if (!shared || tag === null) this.link.sendBytes(bytes);
-    else this.link.sendPatched(bytes, shared.idOffset, tag, dup);
+    if (tag === null) this.link.sendBytes(shared.bytes);
+    else this.link.sendPatched(shared.bytes, shared.idOffset, tag, dup);
   }
 
   /**

@@ -92,11 +92,7 @@ export function identifierOffset(bytes: Uint8Array): number {
  * for the whole packet. The head depends only on the topic, the payload's length and
  * the variant, so one serves every message of a steady stream.
  */
-export interface PublishHead {
-  bytes: Uint8Array;
-  /** Where the packet identifier goes (QoS 1 and 2), as in {@link Encoded}. */
-  idOffset: number;
-}
+export type PublishHead = Encoded;
 
 /** Heads by topic, then by payload length and variant; both levels bounded. */
 const heads = new Map<string, Map<number, PublishHead>>();
