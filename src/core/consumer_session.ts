@@ -62,8 +62,10 @@ export class ConsumerSession {
   /**
    * Subscribes durably, or resumes an existing (possibly suspended) subscription.
    * Calls `accepted` before the first message goes out; returns an error text or null.
+   * `window`: messages outstanding at once (stored with the subscription); absent keeps
+   * the subscription's window, or 1 for a new one, as in the seed.
    */
-  async subscribe(name: string, accepted: () => void): Promise<string | null> {
+  async subscribe(name: string, accepted: () => void, window?: number): Promise<string | null> {
     const bad = this.#broker.topicError(name);
     if (bad) return bad;
     if (!this.#broker.authorizer.canSubscribe(this.subscriber, name)) {
@@ -73,7 +75,16 @@ export class ConsumerSession {
       });
       return `not authorised to subscribe to topic ${JSON.stringify(name)}`;
     }
-    if (!this.#deliveries.has(name)) {
+    const live = this.#deliveries.get(name);
+    if (live) {
+      if (window !== undefined && window !== live.window) {
+        live.setWindow(window);
+        await live.save();
+        accepted();
+        live.wake();
+        return null;
+      }
+    } else {
       const store = this.#broker.store;
       let rec = await store.loadSubscription(this.subscriber, name);
       if (!rec) {
@@ -93,8 +104,13 @@ export class ConsumerSession {
           received: null,
           createdAt: Date.now(),
         };
+        if (window !== undefined && window !== 1) rec.window = window;
         // Before the commit, so that retention keeps what this subscription will read.
         topic.trackPosition(this.subscriber, rec.position);
+        await store.saveSubscription(rec);
+      } else if (window !== undefined && window !== (rec.window ?? 1)) {
+        rec = { ...rec, window };
+        if (window === 1) delete rec.window;
         await store.saveSubscription(rec);
       }
       if (!this.#closed && !this.#deliveries.has(name)) {
@@ -140,7 +156,7 @@ export class ConsumerSession {
       return this.#deliveries.get(topic) ??
         `not subscribed to topic ${JSON.stringify(topic)} in this session`;
     }
-    for (const d of this.#deliveries.values()) if (d.inflightId === id) return d;
+    for (const d of this.#deliveries.values()) if (d.holds(id)) return d;
     return `no message with msgId ${id} is in flight to you`;
   }
 

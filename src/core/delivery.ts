@@ -1,20 +1,35 @@
 /**
- * Delivery of one topic to one subscriber, QoS 2 outbound, one message in flight.
+ * Delivery of one topic to one subscriber, QoS 2 outbound, with a window of messages
+ * in flight (one, as in the seed, unless the subscription asks for more).
  *
  * The state machine, per message (seed diagrams "QoS2" and "QoS2Retrial"):
  *
- *   message sent ──PUBREC──► (position saved with `received`) ──► release sent
- *   release sent ──PUBCOMP─► (position saved past the message) ──► next message
+ *   message sent ──PUBREC──► (stored as received) ──► release sent
+ *   release sent ──PUBCOMP─► (stored as completed) ──► done
  *
- * Each send arms one timer; without the expected acknowledgement the same packet is
- * sent again every `retryIntervalMs`, `retryLimit` sends in all, after which the
- * delivery suspends itself: it stops, and the subscription keeps its durable position
- * so that subscribing again (or logging in again) resumes with the same message.
- * Acknowledgements are answered only after the position they move is durable.
+ * The durable position is the lowest sequence number not completed. Up to `window`
+ * messages from the position on are outstanding at once, each in its own phase;
+ * acknowledgements may come in any order. A message completed while an older one is
+ * still outstanding is stored as completed until the position passes it, so that after
+ * a restart nothing completed is sent again and every received message gets its
+ * release, not the message, again.
+ *
+ * Each send sets the message's due time; one timer per delivery sends again whatever is
+ * overdue, every `retryIntervalMs`, `retryLimit` sends in all, after which the delivery
+ * suspends itself: it stops, and the subscription keeps its durable state so that
+ * subscribing again (or logging in again) resumes with the same messages.
+ * Acknowledgements are answered only after the state they change is durable; the
+ * acknowledgements of a window that share an atomic store one record (the delivery is
+ * the record's {@link PositionSource}: the store takes its state when it writes).
  *
  * @module
  */
-import type { BrokerStore, StoredMessage, SubscriptionRecord } from "../store/store.ts";
+import type {
+  BrokerStore,
+  PositionSource,
+  StoredMessage,
+  SubscriptionRecord,
+} from "../store/store.ts";
 import type { Topic, Wakeable } from "./topic.ts";
 
 /** The protocol side of a delivery: how to put a message or a release on the wire. */
@@ -33,6 +48,9 @@ export interface RetryOptions {
   retryLimit: number;
 }
 
+/** The largest window a subscription may ask for. */
+export const MAX_WINDOW = 1024;
+
 /** What the subscriber last received without completing it, for the exhaustion report. */
 export interface Exhausted {
   id: number;
@@ -41,14 +59,30 @@ export interface Exhausted {
   sends: number;
 }
 
+/**
+ * One message from the position on. `receiving` and `completing` are the phases while
+ * the acknowledgement's commit is under way; they are stored as the phase they lead to.
+ */
 interface InFlight {
   id: number;
   seq: number;
-  /** Absent when resuming a release after a restart: only the id is needed then. */
+  /** Null for a release resumed after a restart whose message is no longer stored. */
   message: StoredMessage | null;
-  phase: "message" | "receiving" | "release" | "completing";
+  phase: "message" | "receiving" | "release" | "completing" | "completed";
   sends: number;
+  dueAt: number;
 }
+
+/** A message acknowledged before a restart, not reached yet by the resumed delivery. */
+interface Resumed {
+  seq: number;
+  id: number;
+  completed: boolean;
+}
+
+/** Estimated bytes of a record without its lists, and of one list entry. */
+const RECORD_BYTES = 400;
+const ENTRY_BYTES = 24;
 
 /**
  * One subscriber's delivery from one topic.
@@ -57,26 +91,34 @@ interface InFlight {
  * the protocol's reply goes out before anything the delivery sends next) or an error
  * text that says why the acknowledgement does not fit.
  */
-export class Delivery implements Wakeable {
+export class Delivery implements Wakeable, PositionSource {
   readonly topic: Topic;
-  #record: SubscriptionRecord;
+  readonly subscriber: string;
+  #createdAt: number;
   #store: BrokerStore;
   #sink: DeliverySink;
   #retry: RetryOptions;
   #onExhausted: (d: Delivery, what: Exhausted) => void;
-  #inflight: InFlight | null = null;
+  #window: number;
+  /** Messages from the position up to `#nextSeq`, in sequence order. */
+  #flight: InFlight[] = [];
+  /** The entries of `#flight` that await an acknowledgement, by message id. */
+  #byId = new Map<number, InFlight>();
+  /** Acknowledged before the restart this delivery resumed from, in sequence order. */
+  #resumed: Resumed[];
+  #position: number;
+  /** The next sequence number to read. */
+  #nextSeq: number;
   #reading = false;
   #wakeAgain = false;
   /** Retries a failed read of the topic. */
   #timer: ReturnType<typeof setTimeout> | undefined;
   /**
-   * The resend timer. It is not cleared at each acknowledgement nor set again at each
-   * send: a send moves `#dueAt`, and the timer, when it fires, acts only if the message
-   * is still awaiting its acknowledgement and `#dueAt` has passed, else sets itself for
-   * what is left (the idle-timer pattern). One timer per delivery, not one per message.
+   * The resend timer: one per delivery, not one per message. A send moves the message's
+   * `dueAt`; the timer, when it fires, sends again what is overdue and sets itself for
+   * the earliest message still waiting (the idle-timer pattern).
    */
   #resendTimer: ReturnType<typeof setTimeout> | undefined;
-  #dueAt = 0;
   #stopped = false;
 
   constructor(
@@ -88,183 +130,296 @@ export class Delivery implements Wakeable {
     onExhausted: (d: Delivery, what: Exhausted) => void,
   ) {
     this.topic = topic;
-    this.#record = record;
+    this.subscriber = record.subscriber;
+    this.#createdAt = record.createdAt;
     this.#store = store;
     this.#sink = sink;
     this.#retry = retry;
     this.#onExhausted = onExhausted;
+    this.#window = record.window ?? 1;
+    this.#position = record.position;
+    this.#nextSeq = record.position;
+    this.#resumed = resumedOf(record);
   }
 
   /** The durable position: the lowest sequence number not yet completed. */
   get position(): number {
-    return this.#record.position;
+    return this.#position;
   }
 
-  /** The message id in flight, if any. */
-  get inflightId(): number | null {
-    return this.#inflight?.id ?? null;
+  /** Messages from the position on that may be outstanding at once. */
+  get window(): number {
+    return this.#window;
   }
 
-  /** Starts delivering: resumes a pending release, or sends the next message. */
+  /** The ids of the messages that await an acknowledgement, in sequence order. */
+  get outstanding(): number[] {
+    return this.#flight.filter((f) => f.phase !== "completed").map((f) => f.id);
+  }
+
+  /** Whether message `id` awaits an acknowledgement from the subscriber. */
+  holds(id: number): boolean {
+    return this.#byId.has(id);
+  }
+
+  /**
+   * Changes the window; the caller stores it ({@link save}) and then calls {@link wake}
+   * to fill a larger one. A smaller window lets the messages already out finish, and
+   * sends no more until they fit in it.
+   */
+  setWindow(window: number): void {
+    this.#window = window;
+  }
+
+  /** Starts delivering: resumes what the stored state left outstanding, then reads on. */
   start(): void {
     this.topic.attach(this);
-    const r = this.#record.received;
-    if (r) {
-      this.#inflight = { id: r.id, seq: r.seq, message: null, phase: "release", sends: 0 };
-      this.#send();
-    } else {
-      this.wake();
-    }
+    this.wake();
   }
 
   /** Called by the topic when a message became readable. */
   wake(): void {
-    if (this.#stopped || this.#inflight) return;
+    if (this.#stopped) return;
     if (this.#reading) {
       this.#wakeAgain = true;
       return;
     }
-    const next = this.topic.read(this.#record.position);
-    if (next === null || !(next instanceof Promise)) {
-      this.#begin(next);
-      return;
+    while (this.#flight.length < this.#window && !this.#stopped) {
+      const next = this.topic.readCached(this.#nextSeq);
+      if (next === null) {
+        this.#passResumed(Infinity);
+        return;
+      }
+      if (next === undefined) {
+        // Behind the topic's memory: one store read for the room left in the window.
+        this.#reading = true;
+        this.#wakeAgain = false;
+        this.topic.readPage(this.#nextSeq, this.#window - this.#flight.length).then((ms) => {
+          this.#reading = false;
+          for (const m of ms) this.#admit(m);
+          if (ms.length === 0) this.#passResumed(Infinity);
+          if (ms.length > 0 || this.#wakeAgain) this.wake();
+        }, () => {
+          // A failed read is retried on the next wake or by the retry timer below.
+          this.#reading = false;
+          this.#timer ??= setTimeout(() => {
+            this.#timer = undefined;
+            this.wake();
+          }, this.#retry.retryIntervalMs);
+        });
+        return;
+      }
+      this.#admit(next);
     }
-    this.#reading = true;
-    next.then((m) => {
-      this.#reading = false;
-      this.#begin(m);
-    }, () => {
-      // A failed read is retried on the next wake or by the retry timer below.
-      this.#reading = false;
-      this.#timer ??= setTimeout(() => {
-        this.#timer = undefined;
-        this.wake();
-      }, this.#retry.retryIntervalMs);
-    });
   }
 
-  #begin(message: StoredMessage | null): void {
-    if (this.#stopped || this.#inflight) return;
-    if (!message) {
-      if (this.#wakeAgain) {
-        this.#wakeAgain = false;
-        this.wake();
-      }
+  /** Takes the next message of the topic into the window. */
+  #admit(message: StoredMessage): void {
+    if (this.#stopped || message.seq < this.#nextSeq) return;
+    this.#passResumed(message.seq);
+    this.#nextSeq = message.seq + 1;
+    const r = this.#resumed[0];
+    if (r?.seq === message.seq) {
+      this.#resumed.shift();
+      this.#enter(r.id, r.seq, message, r.completed ? "completed" : "release");
       return;
     }
-    this.#wakeAgain = false;
     if (message.expiresAt !== undefined && message.expiresAt <= Date.now()) {
       // Expired (an MQTT 5 Message Expiry Interval) before its first send: it is gone
       // for every subscriber, so the position moves past it without a handshake.
-      const next = { ...this.#record, position: message.seq + 1, received: null };
-      this.#record = next;
-      this.topic.trackPosition(next.subscriber, next.position);
-      this.#store.savePosition(next).catch(() => {
-        // Not stored: after a restart the message is found expired again and skipped.
-      });
-      this.wake();
+      this.#enter(message.id, message.seq, message, "completed");
+      if (this.#advance()) {
+        this.save().catch(() => {
+          // Not stored: after a restart the message is found expired again and skipped.
+        });
+      }
       return;
     }
-    this.#inflight = { id: message.id, seq: message.seq, message, phase: "message", sends: 0 };
-    this.#send();
+    this.#enter(message.id, message.seq, message, "message");
   }
 
-  #send(): void {
-    const f = this.#inflight;
-    if (!f || this.#stopped) return;
+  /**
+   * Takes the resumed acknowledgements below `seq` into the window without their
+   * messages: the topic no longer holds them (the read went past them), but a received
+   * one still gets its release.
+   */
+  #passResumed(seq: number): void {
+    while (this.#resumed.length > 0 && (this.#resumed[0] as Resumed).seq < seq) {
+      const r = this.#resumed.shift() as Resumed;
+      if (r.seq < this.#nextSeq) continue;
+      this.#nextSeq = r.seq + 1;
+      this.#enter(r.id, r.seq, null, r.completed ? "completed" : "release");
+    }
+    this.#advance();
+  }
+
+  #enter(id: number, seq: number, message: StoredMessage | null, phase: InFlight["phase"]) {
+    const f: InFlight = { id, seq, message, phase, sends: 0, dueAt: 0 };
+    this.#flight.push(f);
+    if (phase === "completed") return;
+    this.#byId.set(id, f);
+    this.#send(f);
+  }
+
+  #send(f: InFlight): void {
+    if (this.#stopped) return;
     f.sends++;
     if (f.phase === "message") this.#sink.sendMessage(f.message as StoredMessage, f.sends);
     else this.#sink.sendRelease(f.id, this.topic.topic, f.sends);
-    this.#arm();
+    this.#arm(f);
   }
 
-  #arm(): void {
-    this.#dueAt = performance.now() + this.#retry.retryIntervalMs;
+  #arm(f: InFlight): void {
+    f.dueAt = performance.now() + this.#retry.retryIntervalMs;
     this.#resendTimer ??= setTimeout(() => this.#onTimeout(), this.#retry.retryIntervalMs);
   }
 
   #onTimeout(): void {
     this.#resendTimer = undefined;
-    const f = this.#inflight;
-    if (!f || this.#stopped) return;
-    // A commit is under way (or the exchange ended): the next send sets the timer again.
-    if (f.phase !== "message" && f.phase !== "release") return;
-    const left = this.#dueAt - performance.now();
-    if (left > 0) {
-      // Sent again since this timer was set (a new message or phase): wait for the rest.
-      this.#resendTimer = setTimeout(() => this.#onTimeout(), left);
-      return;
+    if (this.#stopped) return;
+    const now = performance.now();
+    let earliest = Infinity;
+    for (const f of this.#flight) {
+      // A commit is under way (or the exchange ended): the next send sets the time again.
+      if (f.phase !== "message" && f.phase !== "release") continue;
+      if (f.dueAt > now) {
+        if (f.dueAt < earliest) earliest = f.dueAt;
+        continue;
+      }
+      if (f.sends >= this.#retry.retryLimit) {
+        this.stop();
+        this.#onExhausted(this, { id: f.id, seq: f.seq, phase: f.phase, sends: f.sends });
+        return;
+      }
+      this.#send(f);
+      if (f.dueAt < earliest) earliest = f.dueAt;
     }
-    if (f.sends >= this.#retry.retryLimit) {
-      this.stop();
-      this.#onExhausted(this, { id: f.id, seq: f.seq, phase: f.phase, sends: f.sends });
-      return;
+    if (earliest !== Infinity && this.#resendTimer === undefined) {
+      this.#resendTimer = setTimeout(() => this.#onTimeout(), Math.max(0, earliest - now));
     }
-    this.#send();
+  }
+
+  /**
+   * Drops the completed messages at the front of the window; true when the position
+   * moved (the topic is told, for retention).
+   */
+  #advance(): boolean {
+    const flight = this.#flight;
+    let n = 0;
+    while (n < flight.length && (flight[n] as InFlight).phase === "completed") n++;
+    if (n === 0 && (flight.length > 0 || this.#position === this.#nextSeq)) return false;
+    if (n > 0) flight.splice(0, n);
+    this.#position = flight.length > 0 ? (flight[0] as InFlight).seq : this.#nextSeq;
+    this.topic.trackPosition(this.subscriber, this.#position);
+    return true;
+  }
+
+  /** Stores the subscription's state (see {@link snapshot}). */
+  save(): Promise<void> {
+    return this.#store.savePositionFrom(this.topic.topic, this.subscriber, this);
   }
 
   /** PUBREC: the subscriber has the message. */
   async received(id: number, accepted: () => void): Promise<string | null> {
-    const f = this.#inflight;
-    if (f?.id === id && f.phase === "release") {
+    const f = this.#byId.get(id);
+    if (f?.phase === "release") {
       // A repeated PUBREC: our release may have been lost, send it again.
       accepted();
-      this.#send();
+      this.#send(f);
       return null;
     }
-    if (f?.id !== id || f.phase !== "message") {
+    if (f?.phase !== "message") {
       return `no message with msgId ${id} is awaiting PUBREC on topic "${this.topic.topic}"`;
     }
-    f.phase = "receiving"; // the resend timer, if it fires meanwhile, does nothing
-    const next = { ...this.#record, received: { seq: f.seq, id: f.id } };
+    f.phase = "receiving"; // the resend timer, if it fires meanwhile, skips it
     try {
-      await this.#store.savePosition(next);
+      await this.save();
     } catch (err) {
       f.phase = "message";
-      if (!this.#stopped) this.#arm();
+      if (!this.#stopped) this.#arm(f);
       return `could not store the acknowledgement (${errorMessage(err)}); send PUBREC again`;
     }
-    this.#record = next;
-    if (this.#stopped) return null;
-    accepted();
     f.phase = "release";
     f.sends = 0;
-    this.#send();
+    if (this.#stopped) return null;
+    accepted();
+    this.#send(f);
     return null;
   }
 
-  /** PUBCOMP: the exchange of the message is complete; move past it. */
+  /** PUBCOMP: the exchange of the message is complete. */
   async completed(id: number, accepted: () => void): Promise<string | null> {
-    const f = this.#inflight;
-    if (f?.id !== id || f.phase !== "release") {
+    const f = this.#byId.get(id);
+    if (f?.phase !== "release") {
       return `no message with msgId ${id} is awaiting PUBCOMP on topic "${this.topic.topic}"`;
     }
     f.phase = "completing";
-    const next = { ...this.#record, position: f.seq + 1, received: null };
-    // Positions only move forward; this process owns them (the store's fence keeps
-    // every other writer out), so checking here, before queueing, is the check.
-    if (next.position <= this.#record.position) {
-      throw new Error(
-        `position of ${next.subscriber} on "${next.topic}" would move back from ${this.#record.position} to ${next.position}`,
-      );
-    }
     try {
-      await this.#store.savePosition(next);
+      await this.save();
     } catch (err) {
       f.phase = "release";
-      if (!this.#stopped) this.#arm();
+      if (!this.#stopped) this.#arm(f);
       return `could not store the acknowledgement (${errorMessage(err)}); send PUBCOMP again`;
     }
-    this.#record = next;
-    this.#inflight = null;
-    this.topic.trackPosition(next.subscriber, next.position);
+    f.phase = "completed";
+    this.#byId.delete(id);
+    this.#advance();
     if (this.#stopped) return null;
     accepted();
     this.wake();
     return null;
   }
 
-  /** Stops sending and cancels the timer; the durable position stays as it is. */
+  /**
+   * The subscription record as it stands: acknowledgements whose commit is under way
+   * count as done (each is the subscriber's own word; the store writes a state no older
+   * than the one an acknowledgement waits for).
+   */
+  snapshot(): SubscriptionRecord {
+    let position = this.#nextSeq;
+    const pending: [number, number][] = [];
+    const completed: number[] = [];
+    let front = true;
+    for (const f of this.#flight) {
+      const done = f.phase === "completed" || f.phase === "completing";
+      if (front && !done) {
+        front = false;
+        position = f.seq;
+      }
+      if (front) continue;
+      if (done) completed.push(f.seq);
+      else if (f.phase !== "message") pending.push([f.seq, f.id]);
+    }
+    for (const r of this.#resumed) {
+      if (r.completed) completed.push(r.seq);
+      else pending.push([r.seq, r.id]);
+    }
+    const record: SubscriptionRecord = {
+      subscriber: this.subscriber,
+      topic: this.topic.topic,
+      position,
+      received: null,
+      createdAt: this.#createdAt,
+    };
+    if (this.#window !== 1) record.window = this.#window;
+    if (completed.length === 0 && pending.length <= 1) {
+      const p = pending[0];
+      if (p) record.received = { seq: p[0], id: p[1] };
+    } else {
+      if (pending.length > 0) record.pending = pending;
+      if (completed.length > 0) record.completed = completed;
+    }
+    return record;
+  }
+
+  /** An upper bound of the snapshot's estimated size. */
+  get maxSize(): number {
+    const entries = Math.max(this.#window, this.#flight.length) + this.#resumed.length;
+    return RECORD_BYTES + 2 * (this.subscriber.length + this.topic.topic.length) +
+      entries * ENTRY_BYTES;
+  }
+
+  /** Stops sending and cancels the timers; the durable state stays as it is. */
   stop(): void {
     this.#stopped = true;
     clearTimeout(this.#timer);
@@ -273,6 +428,21 @@ export class Delivery implements Wakeable {
     this.#resendTimer = undefined;
     this.topic.detach(this);
   }
+}
+
+/** The acknowledgements a stored record holds past its position, in sequence order. */
+function resumedOf(r: SubscriptionRecord): Resumed[] {
+  const out: Resumed[] = [];
+  if (r.received && r.received.seq >= r.position) {
+    out.push({ seq: r.received.seq, id: r.received.id, completed: false });
+  }
+  for (const [seq, id] of r.pending ?? []) {
+    if (seq >= r.position) out.push({ seq, id, completed: false });
+  }
+  for (const seq of r.completed ?? []) {
+    if (seq >= r.position) out.push({ seq, id: 0, completed: true });
+  }
+  return out.sort((a, b) => a.seq - b.seq);
 }
 
 function errorMessage(err: unknown): string {

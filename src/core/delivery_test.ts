@@ -3,7 +3,13 @@ import { getLogger } from "../log.ts";
 import { KvStore } from "../store/kv_store.ts";
 import type { StoredMessage, SubscriptionRecord } from "../store/store.ts";
 import { Supervisor } from "../supervisor.ts";
-import { Delivery, type DeliverySink, type Exhausted, type RetryOptions } from "./delivery.ts";
+import {
+  Delivery,
+  type DeliverySink,
+  type Exhausted,
+  MAX_WINDOW,
+  type RetryOptions,
+} from "./delivery.ts";
 import { Topic } from "./topic.ts";
 
 const encoder = new TextEncoder();
@@ -138,7 +144,7 @@ Deno.test("a delivery sends the next message at once", async () => {
     const [m] = await publish("hello", "second");
     const d = await deliver();
     assert.deepEqual(sink.wire, [`message ${m!.id} #1`]);
-    assert.equal(d.inflightId, m!.id);
+    assert.deepEqual(d.outstanding, [m!.id]);
     assert.equal(d.position, 1);
   });
 });
@@ -212,7 +218,7 @@ Deno.test("PUBCOMP moves the durable position past the message and the next mess
       "accepted",
       `message ${m2!.id} #1`,
     ]);
-    assert.equal(d.inflightId, m2!.id);
+    assert.deepEqual(d.outstanding, [m2!.id]);
   });
 });
 
@@ -246,7 +252,7 @@ Deno.test("a delivery at the end of its topic sends the next message when it is 
   await withDelivery(async ({ publish, deliver, sink }) => {
     const d = await deliver();
     assert.deepEqual(sink.wire, []);
-    assert.equal(d.inflightId, null);
+    assert.deepEqual(d.outstanding, []);
     const [m] = await publish("late");
     assert.deepEqual(sink.wire, [`message ${m!.id} #1`]);
     await d.received(m!.id, sink.accepted);
@@ -282,7 +288,7 @@ Deno.test("a delivery started from a record with `received` resends the release,
     const [m1, m2] = await publish("one", "two");
     const d = await deliver({ received: { seq: 1, id: m1!.id } });
     assert.deepEqual(sink.wire, [`release ${m1!.id} #1`]);
-    assert.equal(d.inflightId, m1!.id);
+    assert.deepEqual(d.outstanding, [m1!.id]);
     // A PUBREC for it answers by sending the release again, not an error.
     assert.equal(await d.received(m1!.id, sink.accepted), null);
     assert.equal(await d.completed(m1!.id, sink.accepted), null);
@@ -311,7 +317,7 @@ Deno.test("stop() cancels the retry timer and nothing is sent afterwards", async
     assert.equal(topic.subscriberCount, 0);
     await publish("more");
     assert.equal(sink.sent.length, 1);
-    assert.equal(d.inflightId, m!.id);
+    assert.deepEqual(d.outstanding, [m!.id]);
     assert.equal((await store.loadSubscription("alice", "t"))?.position, 1, "position kept");
   });
 });
@@ -343,5 +349,158 @@ Deno.test("a message that expired before its first send is skipped and the posit
     assert.equal(d.position, gone.seq + 1);
     await store.flush();
     assert.equal((await store.loadSubscription("alice", "t"))?.position, live.seq);
+  });
+});
+
+// --- windows -----------------------------------------------------------------------------
+
+const SLOW: RetryOptions = { retryIntervalMs: 60_000, retryLimit: 3 };
+
+Deno.test("a window of 3 sends three messages at once and one more as each completes", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const ms = await publish("a", "b", "c", "d", "e");
+    const id = (i: number) => ms[i]!.id;
+    const d = await deliver({ window: 3 }, SLOW);
+    assert.deepEqual(sink.wire, [0, 1, 2].map((i) => `message ${id(i)} #1`));
+    assert.deepEqual(d.outstanding, [id(0), id(1), id(2)]);
+    assert.equal(await d.received(id(0), sink.accepted), null);
+    assert.equal(sink.sent.length, 5, "a PUBREC frees no room: only the release goes out");
+    assert.equal(await d.completed(id(0), sink.accepted), null);
+    assert.deepEqual(sink.wire.slice(-2), ["accepted", `message ${id(3)} #1`]);
+    assert.deepEqual(d.outstanding, [id(1), id(2), id(3)]);
+    assert.equal(d.position, ms[1]!.seq);
+  });
+});
+
+Deno.test("a window's acknowledgements in any order: the position waits for the oldest, the record keeps the rest", async () => {
+  await withDelivery(async ({ publish, deliver, sink, store }) => {
+    const ms = await publish("a", "b", "c", "d");
+    const [a, b, c] = ms.map((m) => m.id) as [number, number, number];
+    const d = await deliver({ window: 4 }, SLOW);
+    // b and c are completed, a only received: the position stays on a.
+    for (const id of [b, c, a]) assert.equal(await d.received(id, sink.accepted), null);
+    for (const id of [b, c]) assert.equal(await d.completed(id, sink.accepted), null);
+    assert.equal(d.position, ms[0]!.seq);
+    assert.deepEqual(d.outstanding, [a, ms[3]!.id]);
+    let rec = await store.loadSubscription("alice", "t");
+    assert.equal(rec?.position, ms[0]!.seq);
+    assert.equal(rec?.received, null);
+    assert.deepEqual(rec?.pending, [[ms[0]!.seq, a]]);
+    assert.deepEqual(rec?.completed, [ms[1]!.seq, ms[2]!.seq]);
+    assert.equal(rec?.window, 4);
+    // a completes: the position passes a, b and c at once.
+    assert.equal(await d.completed(a, sink.accepted), null);
+    assert.equal(d.position, ms[3]!.seq);
+    rec = await store.loadSubscription("alice", "t");
+    assert.equal(rec?.position, ms[3]!.seq);
+    assert.equal(rec?.pending, undefined);
+    assert.equal(rec?.completed, undefined);
+    // A repeated PUBCOMP of a completed message is refused, as with a window of one.
+    assert.match((await d.completed(b, sink.accepted)) ?? "", /awaiting PUBCOMP/);
+  });
+});
+
+Deno.test("a window resumed from its record sends releases for the received, nothing for the completed, the others again", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const ms = await publish("a", "b", "c", "d", "e");
+    const seq = (i: number) => ms[i]!.seq;
+    const id = (i: number) => ms[i]!.id;
+    // a received, b completed, c never acknowledged, d received; window 4 leaves e out.
+    const d = await deliver({
+      position: seq(0),
+      window: 4,
+      pending: [[seq(0), id(0)], [seq(3), id(3)]],
+      completed: [seq(1)],
+    }, SLOW);
+    assert.deepEqual(sink.wire, [
+      `release ${id(0)} #1`,
+      `message ${id(2)} #1`,
+      `release ${id(3)} #1`,
+    ]);
+    assert.deepEqual(d.outstanding, [id(0), id(2), id(3)]);
+    // Completing a passes the completed b too; room for e opens.
+    assert.equal(await d.completed(id(0), sink.accepted), null);
+    assert.equal(d.position, seq(2));
+    assert.deepEqual(sink.wire.slice(-2), ["accepted", `message ${id(4)} #1`]);
+  });
+});
+
+Deno.test("a resumed release whose message is no longer stored is still sent", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const [m] = await publish("only");
+    // Message 0 (id 7) was received before a restart and is gone from the log.
+    const d = await deliver({ position: 0, window: 8, pending: [[0, 7]], completed: [] }, SLOW);
+    await sink.count(2);
+    assert.deepEqual(sink.wire, ["release 7 #1", `message ${m!.id} #1`]);
+    assert.equal(await d.received(7, sink.accepted), null);
+    assert.equal(await d.completed(7, sink.accepted), null);
+    assert.equal(d.position, m!.seq);
+  });
+});
+
+Deno.test("a window resends each overdue message on one timer and reports the first exhausted", async () => {
+  await withDelivery(async ({ publish, deliver, sink, exhausted }) => {
+    const ms = await publish("a", "b");
+    const d = await deliver({ window: 2 }, { retryIntervalMs: 20, retryLimit: 2 });
+    assert.equal(await d.received(ms[1]!.id, sink.accepted), null);
+    await sink.count(6);
+    assert.deepEqual(sink.wire.slice(0, 4), [
+      `message ${ms[0]!.id} #1`,
+      `message ${ms[1]!.id} #1`,
+      "accepted",
+      `release ${ms[1]!.id} #1`,
+    ]);
+    assert.deepEqual(sink.wire.slice(4).toSorted(), [
+      `message ${ms[0]!.id} #2`,
+      `release ${ms[1]!.id} #2`,
+    ]);
+    while (exhausted.length === 0) await delay(5);
+    assert.deepEqual(exhausted, [{ id: ms[0]!.id, seq: ms[0]!.seq, phase: "message", sends: 2 }]);
+  });
+});
+
+Deno.test("a smaller window lets the messages already out finish and sends no more until they fit", async () => {
+  await withDelivery(async ({ publish, deliver, sink }) => {
+    const ms = await publish("a", "b", "c", "d");
+    const id = (i: number) => ms[i]!.id;
+    const d = await deliver({ window: 3 }, SLOW);
+    d.setWindow(1);
+    for (const i of [0, 1]) {
+      assert.equal(await d.received(id(i), sink.accepted), null);
+      assert.equal(await d.completed(id(i), sink.accepted), null);
+    }
+    assert.equal(sink.wire.filter((w) => w.startsWith("message")).length, 3, "d waits");
+    assert.equal(await d.received(id(2), sink.accepted), null);
+    assert.equal(await d.completed(id(2), sink.accepted), null);
+    assert.deepEqual(sink.wire.at(-1), `message ${id(3)} #1`);
+    d.setWindow(4);
+    d.wake();
+    assert.deepEqual(d.outstanding, [id(3)]);
+  });
+});
+
+Deno.test("a full window of the largest size stores as one value", async () => {
+  await withDelivery(async ({ topic, deliver, sink, store }) => {
+    const ids: number[] = [];
+    for (let i = 0; i < MAX_WINDOW; i++) {
+      ids.push(
+        (await topic.append({ id: 5000 + i, payload: encoder.encode("x"), format: "text" })).id,
+      );
+    }
+    const d = await deliver({ window: MAX_WINDOW }, SLOW);
+    await sink.count(MAX_WINDOW);
+    assert.equal(d.outstanding.length, MAX_WINDOW);
+    // Every other message received, the rest after the first completed: the largest record.
+    const acks = await Promise.all(
+      ids.map((id, i) =>
+        i % 2 === 0
+          ? d.received(id, sink.accepted)
+          : d.received(id, sink.accepted).then(() => d.completed(id, sink.accepted))
+      ),
+    );
+    assert.deepEqual(acks.filter((a) => a !== null), []);
+    const rec = await store.loadSubscription("alice", "t");
+    assert.equal(rec?.pending?.length, MAX_WINDOW / 2);
+    assert.equal(rec?.completed?.length, MAX_WINDOW / 2);
   });
 });

@@ -29,7 +29,29 @@ import type { Settle } from "../ordered_replies.ts";
 export type Mutation =
   | { type: "set"; key: Deno.KvKey; value: unknown; expireIn?: number }
   | { type: "delete"; key: Deno.KvKey }
+  | LatestMutation
   | AppendMutation;
+
+/**
+ * `key` set to whatever `source` holds when the atomic carrying it is built, not when it
+ * was submitted. For state that many operations rewrite (a subscriber's position,
+ * moved by every acknowledgement of a window): each operation submits the same source,
+ * the atomic takes one snapshot for all of them, and an operation is settled only
+ * after an atomic holding its change (or a later state) has committed.
+ */
+export interface LatestMutation {
+  type: "latest";
+  key: Deno.KvKey;
+  source: Snapshot;
+}
+
+/** What a {@link LatestMutation} writes. */
+export interface Snapshot {
+  /** The value to store now. */
+  snapshot(): unknown;
+  /** An upper bound of {@link estimateSize} of any snapshot: checked at submission. */
+  readonly maxSize: number;
+}
 
 /**
  * `value` appended to the log under the key prefix `log` with sequence number `seq`
@@ -169,7 +191,11 @@ export class GroupCommitter {
         continue;
       }
       // An append may come with its size already estimated (see AppendMutation.size).
-      const v = m.type === "append" ? (m.size ??= estimateSize(m.value)) : estimateSize(m.value);
+      const v = m.type === "append"
+        ? (m.size ??= estimateSize(m.value))
+        : m.type === "latest"
+        ? m.source.maxSize
+        : estimateSize(m.value);
       // Deno KV refuses values over 64 KiB, and one refused value fails the whole atomic:
       // refuse it here so that only its own operation fails.
       if (v > MAX_VALUE_BYTES) {
@@ -265,6 +291,8 @@ export class GroupCommitter {
     for (const m of merged.values()) {
       if (m.type === "set") {
         atomic.set(m.key, m.value, m.expireIn ? { expireIn: m.expireIn } : undefined);
+      } else if (m.type === "latest") {
+        atomic.set(m.key, m.source.snapshot());
       } else if (m.type === "delete") {
         atomic.delete(m.key);
       }

@@ -349,3 +349,37 @@ Deno.test("submit() tells its Settle once the atomic committed, or of a refusal,
     kv.close();
   }
 });
+
+Deno.test("a `latest` mutation stores its source's state when the atomic is built, once per atomic", async () => {
+  const { kv, gc } = await setup();
+  try {
+    let state = 0;
+    let snapshots = 0;
+    const source = {
+      maxSize: 16,
+      snapshot() {
+        snapshots++;
+        return state;
+      },
+    };
+    const latest = (): Mutation => ({ type: "latest", key: ["pos"], source });
+    // Three operations in one turn, the state moved after each: one atomic, one snapshot
+    // of the state as it is when the atomic is built (after all three).
+    const ops = [];
+    for (let i = 0; i < 3; i++) {
+      state++;
+      ops.push(gc.commit([latest()]));
+    }
+    state = 10;
+    await Promise.all(ops);
+    assert.equal(gc.stats.atomics, 1);
+    assert.equal(snapshots, 1);
+    assert.equal((await kv.get(["pos"])).value, 10);
+    // A source whose snapshots may be too large for one value is refused at submission.
+    const huge = { maxSize: 1 << 20, snapshot: () => 0 };
+    await assert.rejects(gc.commit([{ type: "latest", key: ["pos"], source: huge }]), RangeError);
+    assert.equal(snapshots, 1);
+  } finally {
+    kv.close();
+  }
+});

@@ -80,6 +80,7 @@ import type {
   FilterRecord,
   InflightRecord,
   PendingPublish,
+  PositionSource,
   ReceiptRecord,
   ReleasedRecord,
   SessionRecord,
@@ -443,6 +444,10 @@ export class KvStore implements BrokerStore {
     return this.#gc.commit([{ type: "set", key: ["sub", r.topic, r.subscriber], value: r }]);
   }
 
+  savePositionFrom(topic: string, subscriber: string, source: PositionSource): Promise<void> {
+    return this.#gc.commit([{ type: "latest", key: ["sub", topic, subscriber], source }]);
+  }
+
   deleteSubscription(subscriber: string, topic: string): Promise<void> {
     return this.#gc.commit([
       { type: "delete", key: ["sub", topic, subscriber] },
@@ -688,7 +693,8 @@ function measure(mutations: Mutation[]): OpSize {
   for (const m of mutations) {
     const k = m.type === "append" ? estimateSize(m.log) + 9 : estimateSize(m.key);
     keyBytes += k;
-    bytes += k + (m.type === "delete" ? 0 : estimateSize(m.value));
+    bytes += k +
+      (m.type === "delete" ? 0 : m.type === "latest" ? m.source.maxSize : estimateSize(m.value));
   }
   return { count: mutations.length, bytes, keyBytes };
 }

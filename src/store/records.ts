@@ -145,6 +145,9 @@ export const subscriptionRecord: z.ZodType<SubscriptionRecord> = z.object({
   position: seq,
   received: z.object({ seq, id }).nullable(),
   createdAt: z.number(),
+  window: z.number().int().min(1).optional(),
+  pending: z.array(z.tuple([seq, id])).optional(),
+  completed: z.array(seq).optional(),
 });
 
 /** A persistent MQTT session. */

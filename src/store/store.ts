@@ -5,6 +5,7 @@
  * @module
  */
 import type { Settle } from "../ordered_replies.ts";
+import type { Snapshot } from "./group_commit.ts";
 
 /** How a payload is meant to be read back: UTF-8 text, JSON text, or opaque bytes. */
 export type PayloadFormat = "text" | "json" | "binary";
@@ -164,6 +165,12 @@ export interface TopicRecord {
  * `position` is the lowest sequence number not yet completed. When `received` is set,
  * the subscriber acknowledged (PUBREC) that message and only its PUBCOMP is missing,
  * so after a restart the broker re-sends the release, not the message.
+ *
+ * A subscription with a window above one (`window`) may have several messages past
+ * `position` acknowledged: `pending` lists those whose PUBREC is stored ([seq, msgId],
+ * their release is re-sent after a restart) and `completed` those whose PUBCOMP is
+ * stored (never sent again). Both are absent when empty, and `received` is used instead
+ * while a single PUBREC is all there is, so that a window of one is stored as before.
  */
 export interface SubscriptionRecord {
   subscriber: string;
@@ -171,6 +178,15 @@ export interface SubscriptionRecord {
   position: number;
   received: { seq: number; id: number } | null;
   createdAt: number;
+  /** Messages past `position` that may be outstanding at once; absent means 1. */
+  window?: number;
+  pending?: [seq: number, id: number][];
+  completed?: number[];
+}
+
+/** A subscription stored from its live state when the atomic is built. */
+export interface PositionSource extends Snapshot {
+  snapshot(): SubscriptionRecord;
 }
 
 /** Where a released message went, kept for a while to answer a repeated PUBREL. */
@@ -224,8 +240,14 @@ export interface BrokerStore {
 
   /** Creates or rewrites a subscription and the subscriber's index entry. */
   saveSubscription(record: SubscriptionRecord): Promise<void>;
-  /** Rewrites the position of an existing subscription (the hot path of every ack). */
+  /** Rewrites the position of an existing subscription. */
   savePosition(record: SubscriptionRecord): Promise<void>;
+  /**
+   * Rewrites the position of an existing subscription from `source`'s state when the
+   * atomic is built (the hot path of every ack: a window's acknowledgements that share
+   * an atomic store one record).
+   */
+  savePositionFrom(topic: string, subscriber: string, source: PositionSource): Promise<void>;
   deleteSubscription(subscriber: string, topic: string): Promise<void>;
   loadSubscription(subscriber: string, topic: string): Promise<SubscriptionRecord | null>;
   /** Topics the subscriber holds durable subscriptions to. */

@@ -6,6 +6,7 @@
  */
 import { z } from "zod";
 import type { DeadLetterReason } from "../../core/dead_letters.ts";
+import { MAX_WINDOW } from "../../core/delivery.ts";
 import { checkJsonShape } from "./json_shape.ts";
 
 const msgId = z.number({ error: "must be a positive integer" })
@@ -14,7 +15,12 @@ const msgId = z.number({ error: "must be a positive integer" })
   .max(Number.MAX_SAFE_INTEGER, { error: "is too large" });
 const topic = z.string({ error: "must be a string" });
 
-const sub = z.object({ type: z.literal("SUB"), topic });
+const window = z.number({ error: `must be an integer from 1 to ${MAX_WINDOW}` })
+  .int({ error: `must be an integer from 1 to ${MAX_WINDOW}` })
+  .min(1, { error: `must be an integer from 1 to ${MAX_WINDOW}` })
+  .max(MAX_WINDOW, { error: `must be an integer from 1 to ${MAX_WINDOW}` });
+
+const sub = z.object({ type: z.literal("SUB"), topic, window: window.optional() });
 const unsub = z.object({ type: z.literal("UNSUB"), topic });
 const pubrec = z.object({ type: z.literal("PUBREC"), msgId, topic: topic.optional() });
 const pubcomp = z.object({ type: z.literal("PUBCOMP"), msgId, topic: topic.optional() });

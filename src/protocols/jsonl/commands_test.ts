@@ -252,3 +252,15 @@ Deno.test("nesting deeper than the limit is refused with an error naming the lim
   // Thousands of levels in one line still get an answer, not a crash.
   assert.equal(decodePublisher(deep(20_000), 32).ok, false);
 });
+
+Deno.test("a SUB may carry a window: an integer from 1 to 1024", () => {
+  assert.deepEqual(command(decodeConsumer('{"type":"SUB","topic":"t","window":64}')), {
+    type: "SUB",
+    topic: "t",
+    window: 64,
+  });
+  for (const w of ["0", "1025", "1.5", '"2"', "-1", "null"]) {
+    const r = rejected(decodeConsumer(`{"type":"SUB","topic":"t","window":${w}}`));
+    assert.match(r.reply, /^ERROR: invalid SUB: "window" must be an integer from 1 to 1024/, w);
+  }
+});

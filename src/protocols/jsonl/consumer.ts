@@ -20,6 +20,7 @@ import { ackLine, type ConsumerCommand, decodeConsumer, pubLine } from "./comman
 import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
 import { bodyJson } from "./payload.ts";
+import { OrderedReplies } from "../../ordered_replies.ts";
 
 const log = getLogger("consumer");
 
@@ -46,20 +47,115 @@ class JsonlSink implements DeliverySink {
   }
 }
 
-/** Serves one consumer connection until it closes. */
+/** Acknowledgements in progress per connection before reading pauses. */
+const MAX_OUTSTANDING = 1024;
+
+/**
+ * Serves one consumer connection until it closes.
+ *
+ * PUBREC and PUBCOMP are pipelined: each is handled as soon as it arrives, so that the
+ * acknowledgements of a window share one group commit, and their answers (OK or ERROR)
+ * go out in the order of the lines. SUB and UNSUB wait until every earlier line is
+ * answered, and are handled one at a time.
+ */
 export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Promise<void> {
   let session: ConsumerSession | null = null;
   const gate = new LoginGate(conn, ctx);
   const failures: number[] = [];
+  let drained: (() => void) | null = null;
+  const replies = new OrderedReplies((err) => {
+    log.error("Consumer {remote}: a reply failed: {error}", {
+      remote: conn.remote,
+      error: errorText(err),
+    });
+  });
+  const resumeReading = () => {
+    if (drained && replies.pending < MAX_OUTSTANDING) {
+      drained();
+      drained = null;
+    }
+  };
+  const send = (line: string | null) => {
+    if (line !== null) conn.send(line);
+    resumeReading();
+  };
+
+  /**
+   * A command's handler threw: the session's in-memory state may be inconsistent, so it
+   * is rebuilt from the store (the connection's "restart"). False when failures came
+   * too often and the connection must close.
+   */
+  const failed = async (s: ConsumerSession, command: string, err: unknown) => {
+    if (err instanceof BrokerError) {
+      conn.send(`ERROR: ${err.message}`);
+      return true;
+    }
+    log.error("Consumer session {user} failed on {command}: {error}", {
+      user: s.subscriber,
+      remote: conn.remote,
+      command,
+      error: errorText(err),
+    });
+    const now = Date.now();
+    failures.push(now);
+    while (failures.length > 0 && now - (failures[0] as number) > FAILURE_WINDOW_MS) {
+      failures.shift();
+    }
+    if (failures.length > MAX_FAILURES) {
+      conn.send("ERROR: internal error, too many failures: closing connection");
+      return false;
+    }
+    conn.send(
+      `ERROR: internal error while handling ${command}; ` +
+        "session restarted from its stored subscriptions",
+    );
+    await s.restart();
+    log.info("Consumer session {user} restarted", { user: s.subscriber });
+    return true;
+  };
+
+  /** PUBREC or PUBCOMP, answered in line order once its commit is done. */
+  const acknowledge = (s: ConsumerSession, c: AckCommand) => {
+    const ticket = replies.ticket<string | null>(send, (err) => {
+      resumeReading();
+      failed(s, c.type, err).then((goOn) => {
+        if (!goOn) conn.close();
+      }, (e) => {
+        log.error("Consumer {remote}: restart failed: {error}", {
+          remote: conn.remote,
+          error: errorText(e),
+        });
+        conn.close();
+      });
+    });
+    let answer: Promise<string | null>;
+    try {
+      ctx.hooks?.beforeCommand?.("consumer", c.type);
+      const accepted = () => ticket.resolve("OK");
+      answer = c.type === "PUBREC"
+        ? s.received(c.topic, c.msgId, accepted)
+        : s.completed(c.topic, c.msgId, accepted);
+    } catch (err) {
+      ticket.reject(err);
+      return;
+    }
+    // After `accepted`, a second resolve changes nothing; a stopped delivery answers
+    // nothing at all (null).
+    answer.then((error) => ticket.resolve(error ? `ERROR: ${error}` : null), (err) => {
+      ticket.reject(err);
+    });
+  };
+
   conn.send(PLEASE_LOGIN);
   try {
     for await (const ev of conn.lines()) {
       if (ev.kind === "too-long") {
+        await replies.settled();
         conn.send(tooLongLine(ev.limit));
         break;
       }
       if (ev.kind === "invalid-utf8") {
-        conn.send(INVALID_UTF8.reply);
+        replies.ticket(send).resolve(INVALID_UTF8.reply);
         deadLetterInput(ctx, conn, "consumer", session?.subscriber, INVALID_UTF8, undefined);
         continue;
       }
@@ -93,42 +189,27 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
 
       const decoded = decodeConsumer(line, ctx.maxJsonDepth);
       if (!decoded.ok) {
-        conn.send(decoded.reply);
+        replies.ticket(send).resolve(decoded.reply);
         deadLetterInput(ctx, conn, "consumer", session.subscriber, decoded, line);
         continue;
       }
+      const c = decoded.command;
+      if (c.type === "PUBREC" || c.type === "PUBCOMP") {
+        acknowledge(session, c);
+        if (replies.pending >= MAX_OUTSTANDING) {
+          await new Promise<void>((resolve) => drained = resolve);
+        }
+        continue;
+      }
+      await replies.settled();
       try {
-        ctx.hooks?.beforeCommand?.("consumer", decoded.command.type);
-        await handle(session, decoded.command, conn);
+        ctx.hooks?.beforeCommand?.("consumer", c.type);
+        await subscription(session, c, conn);
       } catch (err) {
-        if (err instanceof BrokerError) {
-          conn.send(`ERROR: ${err.message}`);
-          continue;
-        }
-        // The session's in-memory state may be inconsistent: rebuild it from the store.
-        log.error("Consumer session {user} failed on {command}: {error}", {
-          user: session.subscriber,
-          remote: conn.remote,
-          command: decoded.command.type,
-          error: errorText(err),
-        });
-        const now = Date.now();
-        failures.push(now);
-        while (failures.length > 0 && now - (failures[0] as number) > FAILURE_WINDOW_MS) {
-          failures.shift();
-        }
-        if (failures.length > MAX_FAILURES) {
-          conn.send("ERROR: internal error, too many failures: closing connection");
-          break;
-        }
-        conn.send(
-          `ERROR: internal error while handling ${decoded.command.type}; ` +
-            "session restarted from its stored subscriptions",
-        );
-        await session.restart();
-        log.info("Consumer session {user} restarted", { user: session.subscriber });
+        if (!(await failed(session, c.type, err))) break;
       }
     }
+    await replies.settled();
   } finally {
     gate.dispose();
     session?.close();
@@ -137,23 +218,18 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
   }
 }
 
-async function handle(s: ConsumerSession, c: ConsumerCommand, conn: LineConnection) {
+type AckCommand = Extract<ConsumerCommand, { type: "PUBREC" | "PUBCOMP" }>;
+
+/** SUB or UNSUB. */
+async function subscription(
+  s: ConsumerSession,
+  c: Exclude<ConsumerCommand, AckCommand>,
+  conn: LineConnection,
+) {
   const ok = () => conn.send("OK");
-  let error: string | null;
-  switch (c.type) {
-    case "SUB":
-      error = await s.subscribe(c.topic, ok);
-      break;
-    case "UNSUB":
-      error = await s.unsubscribe(c.topic);
-      if (!error) ok();
-      break;
-    case "PUBREC":
-      error = await s.received(c.topic, c.msgId, ok);
-      break;
-    case "PUBCOMP":
-      error = await s.completed(c.topic, c.msgId, ok);
-      break;
-  }
+  const error = c.type === "SUB"
+    ? await s.subscribe(c.topic, ok, c.window)
+    : await s.unsubscribe(c.topic);
   if (error) conn.send(`ERROR: ${error}`);
+  else if (c.type === "UNSUB") ok();
 }
