@@ -34,6 +34,8 @@ const HELP = `deno task bench [flags]        (bench/README.md has the details)
   --pin CORE|none   core the brokers are pinned to with taskset (default 0)
   --timeout S       seconds after which a scenario's sockets are closed (default 60)
   --window N        QoS 1/2 messages in flight per publisher (default 100)
+  --consumer-window N  JSON-line messages outstanding per consumer and topic, the SUB's
+                    "window" (default 100; 1 is the seed's protocol)
   --pairs N  --fanout N  --duration S
   JSON-line: --messages N --rate MSG_PER_S
   MQTT: --qos0-messages N --qos1-messages N --qos2-messages N --mqtt-fanout-messages N
@@ -55,6 +57,7 @@ const { values } = parseArgs({
     rate: { type: "string", default: "1000" },
     duration: { type: "string", default: "5" },
     window: { type: "string", default: "100" },
+    "consumer-window": { type: "string", default: "100" },
     timeout: { type: "string", default: "60" },
     "qos0-messages": { type: "string", default: "100000" },
     "qos1-messages": { type: "string", default: "100000" },
@@ -94,6 +97,7 @@ const options: ScenarioOptions = {
   rate: positive("rate", values.rate, 1_000_000),
   duration: positive("duration", values.duration, 600),
   window: int("window", 10_000),
+  consumerWindow: int("consumer-window", 1024),
   timeout: positive("timeout", values.timeout, 3600),
   qos0Messages: int("qos0-messages", 100_000_000),
   qos1Messages: int("qos1-messages", 100_000_000),

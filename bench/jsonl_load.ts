@@ -128,13 +128,15 @@ export interface Consumer {
 }
 
 /**
- * Logs in `name` on `sock`, subscribes it to the topics of `streams`, and completes
- * `expected` deliveries, recording each in its topic's stream and its latency.
+ * Logs in `name` on `sock`, subscribes it to the topics of `streams` with `window`
+ * messages outstanding per topic (1 is the seed's protocol), and completes `expected`
+ * deliveries, recording each in its topic's stream and its latency.
  */
 export function consume(
   sock: LineSocket,
   name: string,
   streams: Map<string, Stream>,
+  window: number,
   expected: number,
   latencies: Latencies,
   problems: Problems,
@@ -145,7 +147,11 @@ export function consume(
     let completed = 0;
     let oks = 0;
     let setup = `log ${name}\n`;
-    for (const topic of streams.keys()) setup += JSON.stringify({ type: "SUB", topic }) + "\n";
+    for (const topic of streams.keys()) {
+      setup +=
+        JSON.stringify(window === 1 ? { type: "SUB", topic } : { type: "SUB", topic, window }) +
+        "\n";
+    }
     try {
       await sock.send(setup);
       // Until subscribed: the greeting, the login answer, one OK per SUB.

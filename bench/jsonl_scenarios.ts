@@ -60,7 +60,9 @@ async function runPlan(
       }
       const sock = await LineSocket.connect(consumerPort);
       sockets.push(sock);
-      consumers.push(consume(sock, c.name, own, c.expected, latencies, problems));
+      consumers.push(
+        consume(sock, c.name, own, o.consumerWindow, c.expected, latencies, problems),
+      );
     }
     await Promise.all(consumers.map((c) => c.ready));
     const pubSockets = await Promise.all(
@@ -127,7 +129,8 @@ export const pairsScenario: Scenario = {
   ],
   run: (broker, o) =>
     runPlan("pairs", broker, o, {
-      description: `QoS 2, ${o.pairs} → ${o.pairs} on own topics, ${o.messages} msgs each`,
+      description: `QoS 2, ${o.pairs} → ${o.pairs} on own topics, ${o.messages} msgs each, ` +
+        `consumer window ${o.consumerWindow}`,
       consumers: Array.from({ length: o.pairs }, (_, i) => ({
         name: `pairs-c${i}`,
         topics: [`pairs-${i}`],
@@ -153,7 +156,8 @@ export const fanoutScenario: Scenario = {
   }],
   run: (broker, o) =>
     runPlan("fanout", broker, o, {
-      description: `QoS 2, 1 → ${o.fanout} on one topic, ${o.messages} msgs`,
+      description: `QoS 2, 1 → ${o.fanout} on one topic, ${o.messages} msgs, ` +
+        `consumer window ${o.consumerWindow}`,
       consumers: Array.from({ length: o.fanout }, (_, i) => ({
         name: `fanout-c${i}`,
         topics: ["fanout"],
@@ -164,9 +168,9 @@ export const fanoutScenario: Scenario = {
 };
 
 /**
- * (c) A fixed total rate for a fixed time, split over `pairs` topics: a consumer has one
- * message in flight per topic, so one topic's rate is bounded by the handshake round
- * trip and a single pair cannot show latency below saturation.
+ * (c) A fixed total rate for a fixed time, split over `pairs` topics: with a consumer
+ * window of one (the seed's protocol), one topic's rate is bounded by the handshake
+ * round trip and a single pair cannot show latency below saturation.
  */
 export const rateScenario: Scenario = {
   name: "rate",
@@ -180,7 +184,8 @@ export const rateScenario: Scenario = {
   run: (broker, o) => {
     const per = Math.max(1, Math.round(o.rate * o.duration / o.pairs));
     return runPlan("rate", broker, o, {
-      description: `QoS 2 at ${o.rate} msg/s for ${o.duration} s over ${o.pairs} pairs`,
+      description: `QoS 2 at ${o.rate} msg/s for ${o.duration} s over ${o.pairs} pairs, ` +
+        `consumer window ${o.consumerWindow}`,
       consumers: Array.from({ length: o.pairs }, (_, i) => ({
         name: `rate-c${i}`,
         topics: [`rate-${i}`],

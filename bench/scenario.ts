@@ -22,6 +22,8 @@ export interface ScenarioOptions {
   duration: number;
   /** Messages (JSON-line PUBs, MQTT QoS 1/2 PUBLISHes) in flight per publisher. */
   window: number;
+  /** JSON-line messages outstanding per consumer and topic (the SUB's `window`). */
+  consumerWindow: number;
   /** Seconds after which a scenario's sockets are closed, whatever is left undelivered. */
   timeout: number;
   // --- MQTT
