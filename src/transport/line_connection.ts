@@ -6,7 +6,7 @@
  */
 
 import { addressText, concat, errorText, withTimeout, writeStats } from "./connection.ts";
-import { LineSplitStream, LineTooLongError } from "./lines.ts";
+import { LineBatchStream, LineTooLongError } from "./lines.ts";
 
 /** One item of {@link LineConnection.lines}. */
 export type LineEvent =
@@ -86,7 +86,7 @@ export class LineConnection {
 
   #linesCalled = false;
   #inputStopped = false;
-  readonly #stopInput = Promise.withResolvers<ReadableStreamReadResult<Uint8Array>>();
+  readonly #stopInput = Promise.withResolvers<ReadableStreamReadResult<never>>();
   #read: Promise<number | null> | undefined;
   #lastInput = performance.now();
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -139,40 +139,74 @@ export class LineConnection {
    * lines are yielded too. Input is read only as fast as the caller consumes
    * it, so a slow caller slows the peer down through TCP.
    *
-   * @throws {Error} if called a second time: the input can be read once
+   * @throws {Error} if called a second time, or after {@link batches}: the input can be
+   *   read once
    */
   lines(): AsyncIterableIterator<LineEvent> {
-    if (this.#linesCalled) throw new Error(`lines() of connection ${this.id} was already called`);
-    this.#linesCalled = true;
-    return this.#readLines();
+    return this.#eachLine(this.batches());
   }
 
-  async *#readLines(): AsyncGenerator<LineEvent> {
+  /**
+   * {@link lines} as one array per read from the socket: what a busy peer sent at once.
+   * A caller that handles many lines per read pays the iteration once per read. After
+   * {@link stopReading}, a caller should not handle the rest of the batch in hand
+   * (see {@link reading}).
+   *
+   * @throws {Error} if called a second time, or after {@link lines}
+   */
+  batches(): AsyncIterableIterator<LineEvent[]> {
+    if (this.#linesCalled) throw new Error(`lines() of connection ${this.id} was already called`);
+    this.#linesCalled = true;
+    return this.#readBatches();
+  }
+
+  /** False once {@link stopReading} was called: lines not yet handled are left. */
+  get reading(): boolean {
+    return !this.#inputStopped;
+  }
+
+  async *#eachLine(batches: AsyncIterableIterator<LineEvent[]>): AsyncGenerator<LineEvent> {
+    for await (const batch of batches) {
+      for (const ev of batch) {
+        if (this.#inputStopped) return;
+        yield ev;
+      }
+    }
+  }
+
+  async *#readBatches(): AsyncGenerator<LineEvent[]> {
     const reader = this.#source()
-      .pipeThrough(new LineSplitStream({ maxLineBytes: this.#opts.maxLineBytes }))
+      .pipeThrough(new LineBatchStream({ maxLineBytes: this.#opts.maxLineBytes }))
       .getReader();
     // fatal: a bad line must be reported, not silently turned into U+FFFD.
     const decoder = new TextDecoder("utf-8", { fatal: true });
     try {
       for (;;) {
         if (this.#inputStopped) return;
-        let result: ReadableStreamReadResult<Uint8Array>;
+        let result: ReadableStreamReadResult<(Uint8Array | LineTooLongError)[]>;
         try {
           result = await Promise.race([reader.read(), this.#stopInput.promise]);
-        } catch (err) {
-          if (err instanceof LineTooLongError) yield { kind: "too-long", limit: err.limit };
+        } catch {
           return; // a read error (reset, closed by us) just ends the input
         }
         if (result.done) return;
         this.#lastInput = performance.now();
-        let text: string;
-        try {
-          text = decoder.decode(result.value);
-        } catch {
-          yield { kind: "invalid-utf8", byteLength: result.value.length };
-          continue;
+        const events: LineEvent[] = [];
+        let tooLong = false;
+        for (const item of result.value) {
+          if (item instanceof LineTooLongError) {
+            events.push({ kind: "too-long", limit: item.limit });
+            tooLong = true;
+            break;
+          }
+          try {
+            events.push({ kind: "line", text: decoder.decode(item) });
+          } catch {
+            events.push({ kind: "invalid-utf8", byteLength: item.length });
+          }
         }
-        yield { kind: "line", text };
+        yield events;
+        if (tooLong) return;
       }
     } finally {
       // Stops further reads but keeps the socket open, so replies can still go out.

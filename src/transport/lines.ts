@@ -93,6 +93,68 @@ export class LineSplitStream extends TransformStream<Uint8Array, Uint8Array> {
   }
 }
 
+/**
+ * {@link LineSplitStream} that emits, per input chunk, one array of the lines it
+ * completed (none when it completed no line): a busy connection pays the stream's
+ * per-chunk costs once per read instead of once per line. A line over `maxLineBytes`
+ * ends the output with a {@link LineTooLongError} as the last item of the last batch,
+ * after the lines before it, and the stream closes.
+ *
+ * @example
+ * ```ts
+ * const batches = ReadableStream.from([new TextEncoder().encode("a\nb\nc")])
+ *   .pipeThrough(new LineBatchStream({ maxLineBytes: 1024 }));
+ * for await (const batch of batches) console.log(batch.length);
+ * // 2 (a, b), then 1 (c, at the end of the input)
+ * ```
+ */
+export class LineBatchStream
+  extends TransformStream<Uint8Array, (Uint8Array | LineTooLongError)[]> {
+  /**
+   * Builds a batching splitter that ends at lines over `options.maxLineBytes`.
+   *
+   * @param options see {@link LineSplitStreamOptions}
+   * @throws {RangeError} if `maxLineBytes` is not a non-negative integer
+   */
+  constructor(options: LineSplitStreamOptions) {
+    const { maxLineBytes } = options;
+    if (!Number.isSafeInteger(maxLineBytes) || maxLineBytes < 0) {
+      throw new RangeError(
+        `maxLineBytes must be a non-negative integer, got ${maxLineBytes}`,
+      );
+    }
+    const splitter = new Splitter(maxLineBytes);
+    let ended = false;
+    super({
+      transform: (chunk, controller) => {
+        if (ended) return;
+        const batch: (Uint8Array | LineTooLongError)[] = [];
+        const collect = { enqueue: (line: Uint8Array) => batch.push(line) };
+        try {
+          splitter.push(chunk, collect);
+        } catch (err) {
+          if (!(err instanceof LineTooLongError)) throw err;
+          batch.push(err);
+          ended = true;
+        }
+        if (batch.length > 0) controller.enqueue(batch);
+        if (ended) controller.terminate();
+      },
+      flush: (controller) => {
+        if (ended) return;
+        const batch: Uint8Array[] = [];
+        splitter.end({ enqueue: (line: Uint8Array) => batch.push(line) });
+        if (batch.length > 0) controller.enqueue(batch);
+      },
+    });
+  }
+}
+
+/** Where a {@link Splitter} puts the lines it completes. */
+interface LineSink {
+  enqueue(line: Uint8Array): void;
+}
+
 /** The splitting state, kept apart so the stream class has no extra surface. */
 class Splitter {
   readonly #max: number;
@@ -104,7 +166,7 @@ class Splitter {
     this.#max = max;
   }
 
-  push(chunk: Uint8Array, out: TransformStreamDefaultController<Uint8Array>): void {
+  push(chunk: Uint8Array, out: LineSink): void {
     let start = 0;
     while (start < chunk.length) {
       const nl = chunk.indexOf(LF, start);
@@ -122,7 +184,7 @@ class Splitter {
     }
   }
 
-  end(out: TransformStreamDefaultController<Uint8Array>): void {
+  end(out: LineSink): void {
     if (this.#partsBytes === 0) return;
     out.enqueue(stripCr(this.#take(new Uint8Array(0))));
   }

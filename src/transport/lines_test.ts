@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { LineSplitStream, LineTooLongError } from "./lines.ts";
+import { LineBatchStream, LineSplitStream, LineTooLongError } from "./lines.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -128,4 +128,26 @@ test("emitted lines stay valid after later chunks are processed", async () => {
 test("rejects a negative or fractional maxLineBytes", () => {
   assert.throws(() => new LineSplitStream({ maxLineBytes: -1 }), RangeError);
   assert.throws(() => new LineSplitStream({ maxLineBytes: 1.5 }), RangeError);
+});
+
+/** Feeds `chunks` through a batching splitter; each batch as strings, an error as "!N". */
+async function batches(chunks: string[], maxLineBytes = 1024): Promise<string[][]> {
+  const stream = ReadableStream.from(chunks.map((c) => encoder.encode(c)))
+    .pipeThrough(new LineBatchStream({ maxLineBytes }));
+  const out: string[][] = [];
+  for await (const batch of stream) {
+    out.push(batch.map((l) => l instanceof LineTooLongError ? `!${l.limit}` : decoder.decode(l)));
+  }
+  return out;
+}
+
+test("LineBatchStream emits one batch per chunk that completes lines, the same lines as LineSplitStream", async () => {
+  const chunks = ["a\nb\r\nc", "on", "tinued\n", "\nx\n", "last"];
+  assert.deepEqual(await batches(chunks), [["a", "b"], ["continued"], ["", "x"], ["last"]]);
+  assert.deepEqual((await batches(chunks)).flat(), (await split(chunks)).lines);
+});
+
+test("LineBatchStream ends with the too-long error after the lines before it, then closes", async () => {
+  assert.deepEqual(await batches(["ok\n123456789", "\nnever\n"], 8), [["ok", "!8"]]);
+  assert.deepEqual(await batches(["ok\n", "123456789\nnever\n"], 8), [["ok"], ["!8"]]);
 });

@@ -76,6 +76,34 @@ export function decodePublisher(
   >;
 }
 
+/**
+ * An acknowledgement written the way clients that pipeline write it (`{"type":…,
+ * "msgId":N}` with an optional `"topic"` after it, no spaces): the bulk of a busy
+ * connection's lines. Matched here without JSON.parse, the shape check and the schema;
+ * anything else (spaces, another key order, a leading zero) takes the general path,
+ * which decides the same.
+ */
+const ACK =
+  /^\{"type":"(PUBREC|PUBCOMP|PUBREL)","msgId":([1-9]\d{0,14})(?:,"topic":"((?:[^"\\\x00-\x1f]|\\.)*)")?\}$/;
+
+function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unknown> | null {
+  const m = ACK.exec(line);
+  if (m === null) return null;
+  const type = m[1] as "PUBREC" | "PUBCOMP" | "PUBREL";
+  if (!Object.hasOwn(schemas, type)) return null; // the other port's: the general path says so
+  const msgId = Number(m[2]);
+  const text = m[3];
+  if (text === undefined) return { ok: true, command: { type, msgId } };
+  if (type === "PUBREL") return null; // a PUBREL has no topic: the general path drops it
+  let topic: string;
+  try {
+    topic = text.includes("\\") ? JSON.parse(`"${text}"`) as string : text;
+  } catch {
+    return null;
+  }
+  return { ok: true, command: { type, msgId, topic } };
+}
+
 function decode(
   line: string,
   maxDepth: number,
@@ -83,6 +111,8 @@ function decode(
   otherPort: Record<string, z.ZodType>,
   otherName: string,
 ): Decoded<unknown> {
+  const ack = fastAck(line, schemas);
+  if (ack !== null) return ack;
   let value: unknown;
   try {
     value = JSON.parse(line);

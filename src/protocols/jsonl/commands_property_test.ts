@@ -482,3 +482,29 @@ Deno.test("a msgId is accepted exactly when it is a positive safe integer; other
     RUNS,
   );
 });
+
+Deno.test("acknowledgements in the compact form decode as the general path decodes them", () => {
+  // A leading space keeps a line off the compact form's fast path: both must agree.
+  const ackType = fc.constantFrom("PUBREC", "PUBCOMP", "PUBREL", "SUB");
+  const msgIdText = fc.oneof(
+    fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }).map(String),
+    fc.constantFrom("0", "01", "999999999999999", "9999999999999999", "1e3", "-1", "1.0"),
+  );
+  const topicText = fc.oneof(
+    fc.string({ maxLength: 12 }).map((t) => JSON.stringify(t).slice(1, -1)),
+    anyString.map((t) => JSON.stringify(t).slice(1, -1)),
+    fc.string({ unit: fc.constantFrom("a", "\\", '"', "u", "0", "n", "\t"), maxLength: 8 }),
+  );
+  fc.assert(
+    fc.property(ackType, msgIdText, fc.option(topicText), (type, id, topic) => {
+      const line = `{"type":"${type}","msgId":${id}${topic === null ? "" : `,"topic":"${topic}"`}}`;
+      for (const decode of [decodeConsumer, decodePublisher]) {
+        const fast = decode(line);
+        const general = decode(" " + line);
+        if (fast.ok || general.ok) assert.deepEqual(fast, general, line);
+        else assert.equal(fast.reply, general.reply, line);
+      }
+    }),
+    RUNS,
+  );
+});

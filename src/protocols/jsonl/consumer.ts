@@ -148,65 +148,71 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
 
   conn.send(PLEASE_LOGIN);
   try {
-    for await (const ev of conn.lines()) {
-      if (ev.kind === "too-long") {
-        await replies.settled();
-        conn.send(tooLongLine(ev.limit));
-        break;
-      }
-      if (ev.kind === "invalid-utf8") {
-        replies.ticket(send).resolve(INVALID_UTF8.reply);
-        deadLetterInput(ctx, conn, "consumer", session?.subscriber, INVALID_UTF8, undefined);
-        continue;
-      }
-      const line = ev.text.trim();
-      if (line === "") continue; // telnet users press enter; an empty line is no command
+    read: for await (const batch of conn.batches()) {
+      for (const ev of batch) {
+        if (!conn.reading) break read;
+        if (ev.kind === "too-long") {
+          await replies.settled();
+          conn.send(tooLongLine(ev.limit));
+          break read;
+        }
+        if (ev.kind === "invalid-utf8") {
+          replies.ticket(send).resolve(INVALID_UTF8.reply);
+          deadLetterInput(ctx, conn, "consumer", session?.subscriber, INVALID_UTF8, undefined);
+          continue;
+        }
+        const line = ev.text.trim();
+        if (line === "") continue; // telnet users press enter; an empty line is no command
 
-      if (!session) {
-        const step = await gate.offer(line);
-        if (step.kind === "close") break;
-        if (step.kind === "in") {
-          const name = step.user;
-          session = ctx.broker.openSession(name, new JsonlSink(conn, ctx.broker.metrics));
-          if (!session) {
-            conn.send(`ERROR: user ${name} is already logged in on another connection`);
-            break;
-          }
-          conn.send(LOGGED_IN);
-          log.info("Consumer {user} logged in from {remote}", { user: name, remote: conn.remote });
-          try {
-            await session.resume();
-          } catch (err) {
-            log.error("Could not resume the subscriptions of {user}: {error}", {
+        if (!session) {
+          const step = await gate.offer(line);
+          if (step.kind === "close") break read;
+          if (step.kind === "in") {
+            const name = step.user;
+            session = ctx.broker.openSession(name, new JsonlSink(conn, ctx.broker.metrics));
+            if (!session) {
+              conn.send(`ERROR: user ${name} is already logged in on another connection`);
+              break read;
+            }
+            conn.send(LOGGED_IN);
+            log.info("Consumer {user} logged in from {remote}", {
               user: name,
-              error: errorText(err),
+              remote: conn.remote,
             });
-            conn.send("ERROR: internal error while resuming your subscriptions; SUB to retry");
+            try {
+              await session.resume();
+            } catch (err) {
+              log.error("Could not resume the subscriptions of {user}: {error}", {
+                user: name,
+                error: errorText(err),
+              });
+              conn.send("ERROR: internal error while resuming your subscriptions; SUB to retry");
+            }
           }
+          continue;
         }
-        continue;
-      }
 
-      const decoded = decodeConsumer(line, ctx.maxJsonDepth);
-      if (!decoded.ok) {
-        replies.ticket(send).resolve(decoded.reply);
-        deadLetterInput(ctx, conn, "consumer", session.subscriber, decoded, line);
-        continue;
-      }
-      const c = decoded.command;
-      if (c.type === "PUBREC" || c.type === "PUBCOMP") {
-        acknowledge(session, c);
-        if (replies.pending >= MAX_OUTSTANDING) {
-          await new Promise<void>((resolve) => drained = resolve);
+        const decoded = decodeConsumer(line, ctx.maxJsonDepth);
+        if (!decoded.ok) {
+          replies.ticket(send).resolve(decoded.reply);
+          deadLetterInput(ctx, conn, "consumer", session.subscriber, decoded, line);
+          continue;
         }
-        continue;
-      }
-      await replies.settled();
-      try {
-        ctx.hooks?.beforeCommand?.("consumer", c.type);
-        await subscription(session, c, conn);
-      } catch (err) {
-        if (!(await failed(session, c.type, err))) break;
+        const c = decoded.command;
+        if (c.type === "PUBREC" || c.type === "PUBCOMP") {
+          acknowledge(session, c);
+          if (replies.pending >= MAX_OUTSTANDING) {
+            await new Promise<void>((resolve) => drained = resolve);
+          }
+          continue;
+        }
+        await replies.settled();
+        try {
+          ctx.hooks?.beforeCommand?.("consumer", c.type);
+          await subscription(session, c, conn);
+        } catch (err) {
+          if (!(await failed(session, c.type, err))) break read;
+        }
       }
     }
     await replies.settled();

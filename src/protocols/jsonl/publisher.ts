@@ -61,42 +61,52 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
   };
 
   try {
-    for await (const ev of conn.lines()) {
-      if (ev.kind === "too-long") {
-        await replies.settled();
-        conn.send(tooLongLine(ev.limit));
-        break;
-      }
-      if (ev.kind === "invalid-utf8") {
-        enqueue(INVALID_UTF8.reply);
-        deadLetterInput(ctx, conn, "publisher", source.user ?? undefined, INVALID_UTF8, undefined);
-        continue;
-      }
-      const line = ev.text.trim();
-      if (line === "") continue;
-      if (gate && source.user === null) {
-        // Nothing is outstanding before a login, so replies can go out directly.
-        const step = await gate.offer(line);
-        if (step.kind === "close") break;
-        if (step.kind === "in") {
-          source.user = step.user;
-          conn.send(LOGGED_IN);
-          log.info("Publisher {user} logged in from {remote}", {
-            user: step.user,
-            remote: conn.remote,
-          });
+    read: for await (const batch of conn.batches()) {
+      for (const ev of batch) {
+        if (!conn.reading) break read;
+        if (ev.kind === "too-long") {
+          await replies.settled();
+          conn.send(tooLongLine(ev.limit));
+          break read;
         }
-        continue;
-      }
-      const decoded = decodePublisher(line, ctx.maxJsonDepth);
-      if (!decoded.ok) {
-        enqueue(decoded.reply);
-        deadLetterInput(ctx, conn, "publisher", source.user ?? undefined, decoded, line);
-        continue;
-      }
-      enqueue(handle(decoded.command, ctx, source, conn));
-      if (replies.pending >= MAX_OUTSTANDING) {
-        await new Promise<void>((resolve) => drained = resolve);
+        if (ev.kind === "invalid-utf8") {
+          enqueue(INVALID_UTF8.reply);
+          deadLetterInput(
+            ctx,
+            conn,
+            "publisher",
+            source.user ?? undefined,
+            INVALID_UTF8,
+            undefined,
+          );
+          continue;
+        }
+        const line = ev.text.trim();
+        if (line === "") continue;
+        if (gate && source.user === null) {
+          // Nothing is outstanding before a login, so replies can go out directly.
+          const step = await gate.offer(line);
+          if (step.kind === "close") break read;
+          if (step.kind === "in") {
+            source.user = step.user;
+            conn.send(LOGGED_IN);
+            log.info("Publisher {user} logged in from {remote}", {
+              user: step.user,
+              remote: conn.remote,
+            });
+          }
+          continue;
+        }
+        const decoded = decodePublisher(line, ctx.maxJsonDepth);
+        if (!decoded.ok) {
+          enqueue(decoded.reply);
+          deadLetterInput(ctx, conn, "publisher", source.user ?? undefined, decoded, line);
+          continue;
+        }
+        enqueue(handle(decoded.command, ctx, source, conn));
+        if (replies.pending >= MAX_OUTSTANDING) {
+          await new Promise<void>((resolve) => drained = resolve);
+        }
       }
     }
     await replies.settled();
