@@ -83,8 +83,8 @@ export function decodePublisher(
  * anything else (spaces, another key order, a leading zero) takes the general path,
  * which decides the same.
  */
-// deno-lint-ignore no-control-regex -- raw control characters are not allowed in JSON strings
 const ACK =
+  // deno-lint-ignore no-control-regex -- raw control characters are not allowed in JSON strings
   /^\{"type":"(PUBREC|PUBCOMP|PUBREL)","msgId":([1-9]\d{0,14})(?:,"topic":"((?:[^"\\\x00-\x1f]|\\.)*)")?\}$/;
 
 function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unknown> | null {
