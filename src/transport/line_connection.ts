@@ -5,7 +5,7 @@
  * @module
  */
 
-import { addressText, concat, errorText, withTimeout, writeStats } from "./connection.ts";
+import { addressText, errorText, withTimeout, writeStats } from "./connection.ts";
 import { LineBatchStream, LineTooLongError } from "./lines.ts";
 
 /** One item of {@link LineConnection.lines}. */
@@ -91,9 +91,16 @@ export class LineConnection {
   #lastInput = performance.now();
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
 
-  #queue: Uint8Array[] = [];
-  /** Bytes queued plus bytes being written: the memory a slow peer holds. */
+  /** Lines not yet encoded, each written with "\r\n" after it. */
+  #queue: string[] = [];
+  /**
+   * What a slow peer makes us hold: the queued lines' length in UTF-16 code units (the
+   * bytes they will take when all ASCII, up to three times fewer otherwise) plus the
+   * bytes of the write under way.
+   */
   #unwrittenBytes = 0;
+  /** The queued lines' part of `#unwrittenBytes`. */
+  #queuedSize = 0;
   #writing: Promise<void> | undefined;
 
   #closing = false;
@@ -265,14 +272,14 @@ export class LineConnection {
    */
   send(line: string): void {
     if (this.#closing) return;
-    const bytes = this.#encoder.encode(`${line}\r\n`);
-    this.#queue.push(bytes);
-    this.#unwrittenBytes += bytes.length;
+    // Encoded at the write, all queued lines at once: one encoding per write, not per line.
+    this.#queue.push(line);
+    const size = line.length + 2;
+    this.#queuedSize += size;
+    this.#unwrittenBytes += size;
     // The bound is on backlog: one line bigger than the buffer may still go out when
     // nothing else is waiting (a message may be larger than the buffer setting).
-    if (
-      this.#unwrittenBytes > this.#opts.writeBufferBytes && this.#unwrittenBytes > bytes.length
-    ) {
+    if (this.#unwrittenBytes > this.#opts.writeBufferBytes && this.#unwrittenBytes > size) {
       this.#shutdown(`peer too slow: over ${this.#opts.writeBufferBytes} bytes of output queued`, {
         flush: false,
       });
@@ -298,8 +305,12 @@ export class LineConnection {
       // Let the rest of this turn queue its lines too, so they leave in one write.
       await Promise.resolve();
       while (this.#queue.length > 0) {
-        const batch = concat(this.#queue);
+        const lines = this.#queue;
         this.#queue = [];
+        lines.push(""); // the last line's "\r\n"
+        const batch = this.#encoder.encode(lines.join("\r\n"));
+        this.#unwrittenBytes += batch.length - this.#queuedSize;
+        this.#queuedSize = 0;
         let written = 0;
         while (written < batch.length) {
           writeStats.writes++;
