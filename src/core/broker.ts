@@ -135,7 +135,8 @@ export class Broker {
   /** Quotas of the connections that sent the pending PUBs (not durable: a restart resets them). */
   #quotas = new Map<number, PendingQuota>();
   readonly authorizer: Authorizer;
-  #releasing = new Map<number, Promise<ReleaseResult>>();
+  /** PUBRELs whose append is under way: a repeat waits for `done`. */
+  #releasing = new Map<number, { done(): Promise<void> }>();
   #sessions = new Map<string, ConsumerSession>();
   /** Payload bytes held in the store, kept up to date for the store size limit. */
   #payloadBytes = 0;
@@ -262,6 +263,63 @@ export class Broker {
     format: PayloadFormat,
     source: PublishSource,
   ): Promise<number> {
+    this.#checkPending(topic, payload, source);
+    const t = await this.topic(topic);
+    this.#checkTopicRoom(t);
+    const q = source.quota;
+    if (q) q.count++; // counted before the await, so concurrent PUBs cannot overshoot
+    try {
+      const pending = this.#pendingOf(await this.#ids.next(), topic, payload, format, source);
+      await this.store.savePending(pending);
+      this.#accepted(pending, q);
+      return pending.id;
+    } catch (err) {
+      if (q) q.count--;
+      throw err;
+    }
+  }
+
+  /**
+   * {@link acceptPublish} told through `settle` (never inside this call), taken when the
+   * topic is started: false, with nothing done, when the caller must use
+   * {@link acceptPublish}.
+   */
+  acceptPublishWith(
+    topic: string,
+    payload: Uint8Array,
+    format: PayloadFormat,
+    source: PublishSource,
+    settle: Settle<number>,
+  ): boolean {
+    const t = this.#started.get(topic);
+    if (!t) return false;
+    try {
+      this.#checkPending(topic, payload, source);
+      this.#checkTopicRoom(t);
+    } catch (err) {
+      queueMicrotask(() => settle.reject(err));
+      return true;
+    }
+    const q = source.quota;
+    if (q) q.count++;
+    const id = this.#ids.tryNext();
+    if (id !== undefined) {
+      const pending = this.#pendingOf(id, topic, payload, format, source);
+      this.store.savePendingWith(pending, new Broker.#Accept(this, pending, q, settle));
+      return true;
+    }
+    this.#ids.next().then((id) => {
+      const pending = this.#pendingOf(id, topic, payload, format, source);
+      this.store.savePendingWith(pending, new Broker.#Accept(this, pending, q, settle));
+    }, (err) => {
+      if (q) q.count--;
+      settle.reject(err);
+    });
+    return true;
+  }
+
+  /** The checks of a PUB before its topic is known. @throws BrokerError */
+  #checkPending(topic: string, payload: Uint8Array, source: PublishSource): void {
     const bad = this.topicError(topic);
     if (bad) throw new BrokerError(bad);
     if (topic === DEAD_LETTER_TOPIC) {
@@ -288,36 +346,57 @@ export class Broker {
           "new messages are refused until subscribers catch up",
       );
     }
-    const t = await this.topic(topic);
+  }
+
+  /** @throws BrokerError when the topic holds `--max-topic-messages` already */
+  #checkTopicRoom(t: Topic): void {
     const max = this.options.maxTopicMessages;
     if (max !== undefined && t.storedCount >= max) {
       throw new BrokerError(
-        `topic ${JSON.stringify(topic)} is full (${max} messages): new messages are refused ` +
+        `topic ${JSON.stringify(t.topic)} is full (${max} messages): new messages are refused ` +
           "until its subscribers catch up",
       );
     }
-    if (q) q.count++; // counted before the await, so concurrent PUBs cannot overshoot
-    let id: number;
-    try {
-      id = await this.#ids.next();
-      const p: PendingPublish = {
-        id,
-        topic,
-        payload,
-        format,
-        receivedAt: Date.now(),
-        origin: source.origin,
-      };
-      await this.store.savePending(p);
-      this.#pending.set(id, p);
-      this.#payloadBytes += payload.byteLength;
-    } catch (err) {
-      if (q) q.count--;
-      throw err;
-    }
-    if (q) this.#quotas.set(id, q);
-    return id;
   }
+
+  #pendingOf(
+    id: number,
+    topic: string,
+    payload: Uint8Array,
+    format: PayloadFormat,
+    source: PublishSource,
+  ): PendingPublish {
+    return { id, topic, payload, format, receivedAt: Date.now(), origin: source.origin };
+  }
+
+  /** A pending PUB is stored: it may be released from now on. */
+  #accepted(p: PendingPublish, q: PendingQuota | undefined): void {
+    this.#pending.set(p.id, p);
+    this.#payloadBytes += p.payload.byteLength;
+    if (q) this.#quotas.set(p.id, q);
+  }
+
+  /** The commit of a pending PUB, as one object (see {@link acceptPublishWith}). */
+  static readonly #Accept = class Accept implements Settle<void> {
+    readonly #broker: Broker;
+    readonly #message: PendingPublish;
+    readonly #quota: PendingQuota | undefined;
+    readonly #settle: Settle<number>;
+    constructor(b: Broker, p: PendingPublish, q: PendingQuota | undefined, settle: Settle<number>) {
+      this.#broker = b;
+      this.#message = p;
+      this.#quota = q;
+      this.#settle = settle;
+    }
+    resolve(): void {
+      this.#broker.#accepted(this.#message, this.#quota);
+      this.#settle.resolve(this.#message.id);
+    }
+    reject(err: unknown): void {
+      if (this.#quota) this.#quota.count--;
+      this.#settle.reject(err);
+    }
+  };
 
   /**
    * Releases a pending message to its topic (QoS 2 step 2). Repeating it answers
@@ -325,34 +404,77 @@ export class Broker {
    * @throws BrokerError when no message with that id was accepted.
    */
   releasePublish(id: number): Promise<ReleaseResult> {
+    const settle = Promise.withResolvers<ReleaseResult>();
+    this.releasePublishWith(id, settle);
+    return settle.promise;
+  }
+
+  /** {@link releasePublish} told through `settle` (never inside this call). */
+  releasePublishWith(id: number, settle: Settle<ReleaseResult>): void {
     const p = this.#pending.get(id);
     if (p) {
       // Claimed synchronously, so a second PUBREL racing this one waits for it below.
       this.#pending.delete(id);
-      const release = this.topic(p.topic)
-        .then((t) => t.append({ id, payload: p.payload, format: p.format, releasedId: id }))
-        .then(() => {
-          // Its bytes now count as the log's (see #appended), no longer as pending.
-          this.#payloadBytes -= p.payload.byteLength;
-          const q = this.#quotas.get(id);
-          if (q) q.count--;
-          this.#quotas.delete(id);
-          return "released" as const;
-        }, (err) => {
-          this.#pending.set(id, p); // nothing was written: it can be released again
-          throw err;
-        })
-        .finally(() => this.#releasing.delete(id));
+      const release = new Broker.#Release(this, p, settle);
       this.#releasing.set(id, release);
-      return release;
+      const t = this.#started.get(p.topic);
+      if (t) t.appendWith(release.input(), release);
+      else {this.topic(p.topic).then((t) =>
+          t.appendWith(release.input(), release), (err) =>
+          release.reject(err));}
+      return;
     }
     const inProgress = this.#releasing.get(id);
-    if (inProgress) return inProgress.then(() => "already-released" as const);
-    return this.store.getReleased(id).then((r) => {
-      if (r) return "already-released" as const;
-      throw new BrokerError(`unknown msgId ${id}: no PUB with this id is awaiting PUBREL`);
-    });
+    const known = inProgress
+      ? inProgress.done().then(() => "already-released" as const)
+      : this.store.getReleased(id).then((r) => {
+        if (r) return "already-released" as const;
+        throw new BrokerError(`unknown msgId ${id}: no PUB with this id is awaiting PUBREL`);
+      });
+    known.then((r) => settle.resolve(r), (err) => settle.reject(err));
   }
+
+  /** The append of a released PUB, as one object (see {@link releasePublishWith}). */
+  static readonly #Release = class Release implements Settle<StoredMessage> {
+    readonly #broker: Broker;
+    readonly #message: PendingPublish;
+    readonly #settle: Settle<ReleaseResult>;
+    /** For a PUBREL of the same id that arrives meanwhile; made when one does. */
+    #done: PromiseWithResolvers<void> | null = null;
+    constructor(b: Broker, p: PendingPublish, settle: Settle<ReleaseResult>) {
+      this.#broker = b;
+      this.#message = p;
+      this.#settle = settle;
+    }
+    input(): AppendInput {
+      const p = this.#message;
+      return { id: p.id, payload: p.payload, format: p.format, releasedId: p.id };
+    }
+    /** Settles when this release has (as "released", or failed). */
+    done(): Promise<void> {
+      this.#done ??= Promise.withResolvers<void>();
+      return this.#done.promise;
+    }
+    resolve(): void {
+      const b = this.#broker;
+      const id = this.#message.id;
+      // Its bytes now count as the log's (see #appended), no longer as pending.
+      b.#payloadBytes -= this.#message.payload.byteLength;
+      const q = b.#quotas.get(id);
+      if (q) q.count--;
+      b.#quotas.delete(id);
+      b.#releasing.delete(id);
+      this.#done?.resolve();
+      this.#settle.resolve("released");
+    }
+    reject(err: unknown): void {
+      const b = this.#broker;
+      b.#pending.set(this.#message.id, this.#message); // nothing was written: release again
+      b.#releasing.delete(this.#message.id);
+      this.#done?.reject(err);
+      this.#settle.reject(err);
+    }
+  };
 
   /**
    * Publishes a message straight to its topic (MQTT PUBLISH, wills): resolves once it

@@ -349,6 +349,10 @@ export class KvStore implements BrokerStore {
     return this.#gc.commit([{ type: "set", key: ["pending", p.id], value: p }]);
   }
 
+  savePendingWith(p: PendingPublish, settle: Settle<void>): void {
+    this.#gc.submit([{ type: "set", key: ["pending", p.id], value: p }], settle);
+  }
+
   async loadPending(): Promise<PendingPublish[]> {
     return await this.#collect(this.#kv.list({ prefix: ["pending"] }), pendingPublish);
   }

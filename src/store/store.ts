@@ -224,6 +224,8 @@ export interface BrokerStore {
 
   /** Stores a PUB awaiting its PUBREL. */
   savePending(pending: PendingPublish): Promise<void>;
+  /** {@link savePending} told through `settle` (never synchronously) instead of a promise. */
+  savePendingWith(pending: PendingPublish, settle: Settle<void>): void;
   loadPending(): Promise<PendingPublish[]>;
   /**
    * Appends `message` to its topic's log, atomically with its `effects` (a pending PUB

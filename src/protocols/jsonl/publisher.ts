@@ -9,14 +9,14 @@
  *
  * @module
  */
-import { BrokerError, type PublishSource } from "../../core/broker.ts";
+import { BrokerError, type PublishSource, type ReleaseResult } from "../../core/broker.ts";
 import { getLogger } from "../../log.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection } from "../../transport/tcp.ts";
 import { ackLine, decodePublisher, type PublisherCommand } from "./commands.ts";
 import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
-import { OrderedReplies } from "../../ordered_replies.ts";
+import { OrderedReplies, Ticket } from "../../ordered_replies.ts";
 import { encodeBody } from "./payload.ts";
 
 const log = getLogger("publisher");
@@ -47,18 +47,17 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
     });
   });
   let drained: (() => void) | null = null;
-
-  const enqueue = (reply: Promise<string> | string) => {
-    const send = (line: string) => {
+  const out: ReplyOutput = {
+    conn,
+    send(line: string) {
       conn.send(line);
       if (drained && replies.pending < MAX_OUTSTANDING) {
         drained();
         drained = null;
       }
-    };
-    if (typeof reply === "string") replies.add(null, () => send(reply));
-    else replies.add(reply, send);
+    },
   };
+  const enqueue = (line: string) => replies.enqueue(new Reply(out, null)).resolve(line);
 
   try {
     read: for await (const batch of conn.batches()) {
@@ -103,7 +102,7 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
           deadLetterInput(ctx, conn, "publisher", source.user ?? undefined, decoded, line);
           continue;
         }
-        enqueue(handle(decoded.command, ctx, source, conn));
+        handle(decoded.command, ctx, source, replies.enqueue(new Reply(out, decoded.command)));
         if (replies.pending >= MAX_OUTSTANDING) {
           await new Promise<void>((resolve) => drained = resolve);
         }
@@ -116,35 +115,85 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
   }
 }
 
-async function handle(
-  c: PublisherCommand,
-  ctx: JsonlContext,
-  source: PublishSource,
-  conn: LineConnection,
-): Promise<string> {
-  try {
-    ctx.hooks?.beforeCommand?.("publisher", c.type);
-    if (c.type === "PUB") {
-      const { payload, format } = encodeBody(c.msg, c.msgJson);
-      if (payload.byteLength > ctx.maxMessageBytes) {
-        return `ERROR: message is ${payload.byteLength} bytes, the limit is ${ctx.maxMessageBytes}`;
-      }
-      const id = await ctx.broker.acceptPublish(c.topic, payload, format, source);
-      return ackLine("PUBREC", id);
+/** Where a {@link Reply} goes: the connection, through the reading loop's back-pressure. */
+interface ReplyOutput {
+  conn: LineConnection;
+  send(line: string): void;
+}
+
+/**
+ * The answer to one line, in line order: resolved with the PUB's new id, the PUBREL's
+ * result, or a ready text (`command` null); a failure becomes an error line.
+ */
+class Reply extends Ticket<number | ReleaseResult | string> {
+  readonly #out: ReplyOutput;
+  readonly #command: PublisherCommand | null;
+
+  constructor(out: ReplyOutput, command: PublisherCommand | null) {
+    super();
+    this.#out = out;
+    this.#command = command;
+  }
+
+  override send(value: number | ReleaseResult | string): void {
+    const c = this.#command;
+    this.#out.send(
+      c === null
+        ? value as string
+        : c.type === "PUB"
+        ? ackLine("PUBREC", value as number)
+        : ackLine("PUBCOMP", c.msgId),
+    );
+  }
+
+  override fail(err: unknown): void {
+    const c = this.#command;
+    if (err instanceof BrokerError) {
+      this.#out.send(`ERROR: ${err.message}`);
+      return;
     }
-    await ctx.broker.releasePublish(c.msgId);
-    return ackLine("PUBCOMP", c.msgId);
-  } catch (err) {
-    if (err instanceof BrokerError) return `ERROR: ${err.message}`;
+    if (c === null) throw err; // a ready text is never refused
     log.error("Publisher {remote} failed on {command}: {error}", {
-      remote: conn.remote,
+      remote: this.#out.conn.remote,
       command: c.type,
       error: errorText(err),
     });
-    return c.type === "PUB"
-      ? `ERROR: could not store the message (${
-        errorText(err)
-      }); nothing was accepted, send PUB again`
-      : `ERROR: could not release msgId ${c.msgId} (${errorText(err)}); send PUBREL again`;
+    this.#out.send(
+      c.type === "PUB"
+        ? `ERROR: could not store the message (${
+          errorText(err)
+        }); nothing was accepted, send PUB again`
+        : `ERROR: could not release msgId ${c.msgId} (${errorText(err)}); send PUBREL again`,
+    );
+  }
+}
+
+/** Starts the work of a command; `reply` is settled with its outcome. */
+function handle(
+  c: PublisherCommand,
+  ctx: JsonlContext,
+  source: PublishSource,
+  reply: Reply,
+): void {
+  try {
+    ctx.hooks?.beforeCommand?.("publisher", c.type);
+    if (c.type === "PUBREL") {
+      ctx.broker.releasePublishWith(c.msgId, reply);
+      return;
+    }
+    const { payload, format } = encodeBody(c.msg, c.msgJson);
+    if (payload.byteLength > ctx.maxMessageBytes) {
+      throw new BrokerError(
+        `message is ${payload.byteLength} bytes, the limit is ${ctx.maxMessageBytes}`,
+      );
+    }
+    if (!ctx.broker.acceptPublishWith(c.topic, payload, format, source, reply)) {
+      ctx.broker.acceptPublish(c.topic, payload, format, source).then(
+        (id) => reply.resolve(id),
+        (err) => reply.reject(err),
+      );
+    }
+  } catch (err) {
+    reply.reject(err);
   }
 }
