@@ -52,7 +52,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "1" },
     pin: { type: "string", default: "0" },
     pairs: { type: "string", default: "10" },
-    messages: { type: "string", default: "1000" },
+    messages: { type: "string", default: "5000" },
     fanout: { type: "string", default: "50" },
     rate: { type: "string", default: "1000" },
     duration: { type: "string", default: "5" },
