@@ -200,7 +200,11 @@ export class LineConnection {
         this.#lastInput = performance.now();
         const events: LineEvent[] = [];
         let tooLong = false;
-        for (const item of result.value) {
+        const items = result.value;
+        // The lines that lie in one read chunk, one after the other, decoded at once.
+        const from = decodeRun(items, decoder, events);
+        for (let i = from; i < items.length; i++) {
+          const item = items[i] as Uint8Array | LineTooLongError;
           if (item instanceof LineTooLongError) {
             events.push({ kind: "too-long", limit: item.limit });
             tooLong = true;
@@ -398,3 +402,58 @@ export class LineConnection {
  * can destroy replies the peer has not read yet; draining first lets them arrive.
  */
 const LINGER_MS = 500;
+
+/**
+ * Decodes with one call the lines of `items` that lie one after the other in the same
+ * read chunk (all but a first line joined from several chunks, and a final too-long
+ * mark), pushing them to `events`; returns how many items it took. Takes none when the
+ * run is not valid UTF-8 (then each line is decoded alone, to tell which one is bad).
+ */
+function decodeRun(
+  items: (Uint8Array | LineTooLongError)[],
+  decoder: TextDecoder,
+  events: LineEvent[],
+): number {
+  let first = 0;
+  // A first line joined from several chunks has a buffer of its own.
+  if (items.length > 1 && items[0] instanceof Uint8Array && items[1] instanceof Uint8Array) {
+    if ((items[0] as Uint8Array).buffer !== (items[1] as Uint8Array).buffer) first = 1;
+  }
+  let last = items.length - 1;
+  if (items[last] instanceof LineTooLongError) last--;
+  if (last - first < 1) return 0;
+  const head = items[first] as Uint8Array;
+  const tail = items[last] as Uint8Array;
+  if (head.buffer !== tail.buffer) return 0;
+  const region = new Uint8Array(
+    head.buffer,
+    head.byteOffset,
+    tail.byteOffset + tail.length - head.byteOffset,
+  );
+  let text: string;
+  try {
+    text = decoder.decode(region);
+  } catch {
+    return 0;
+  }
+  if (first === 1) {
+    try {
+      events.push({ kind: "line", text: decoder.decode(items[0] as Uint8Array) });
+    } catch {
+      events.push({ kind: "invalid-utf8", byteLength: (items[0] as Uint8Array).length });
+    }
+  }
+  // Each line of the run ends with "\n", maybe after one "\r" its item leaves out.
+  let start = 0;
+  for (let i = first; i <= last; i++) {
+    if (i === last) {
+      events.push({ kind: "line", text: text.slice(start) });
+      break;
+    }
+    const nl = text.indexOf("\n", start);
+    const end = nl > start && text.charCodeAt(nl - 1) === 0x0d ? nl - 1 : nl;
+    events.push({ kind: "line", text: text.slice(start, end) });
+    start = nl + 1;
+  }
+  return last + 1;
+}

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { type LineConnection, type LineEvent, LineServer, type LineServerOptions } from "./tcp.ts";
+import { prng } from "../../tests/prng.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -157,6 +158,57 @@ test("accepts CRLF and LF line ends and yields empty lines", async () => {
       { kind: "line", text: "" },
       { kind: "line", text: "c" },
     ]);
+  } finally {
+    await h.cleanup();
+  }
+});
+
+test("the lines of one read decode as each line alone: CRs, empty lines, bad UTF-8, a line joined from two reads", async () => {
+  // Random reads of random lines, each line's events compared with decoding it alone.
+  const random = prng(7);
+  const rand = (n: number) => Math.floor(random() * n);
+  const pieces = ["a", "é", "\r", "\u{1F600}", "xyz", "", "\r\r"];
+  const lines: Uint8Array[] = [];
+  for (let i = 0; i < 300; i++) {
+    let text = "";
+    for (let k = rand(4); k > 0; k--) text += pieces[rand(pieces.length)];
+    const bytes = encoder.encode(text);
+    // One line in fifty is not UTF-8: a lone continuation byte in its middle.
+    lines.push(rand(50) === 0 ? new Uint8Array([...bytes, 0x80, ...bytes]) : bytes);
+  }
+  const expected: LineEvent[] = lines.map((b) => {
+    const line = b[b.length - 1] === 0x0d ? b.subarray(0, b.length - 1) : b;
+    try {
+      return { kind: "line", text: new TextDecoder("utf-8", { fatal: true }).decode(line) };
+    } catch {
+      return { kind: "invalid-utf8", byteLength: line.length };
+    }
+  });
+  const stream = new Uint8Array(lines.reduce((n, l) => n + l.length + 1, 0));
+  let at = 0;
+  for (const l of lines) {
+    stream.set(l, at);
+    stream[at + l.length] = 0x0a;
+    at += l.length + 1;
+  }
+  const events: LineEvent[] = [];
+  const h = new Harness({
+    async onConnection(conn) {
+      for await (const item of conn.lines()) events.push(item);
+      conn.close();
+    },
+  });
+  try {
+    const client = await h.connect();
+    for (let from = 0; from < stream.length;) {
+      const to = Math.min(stream.length, from + 1 + rand(400));
+      await client.write(stream.subarray(from, to));
+      await delay(1); // separate reads, so that lines straddle them
+      from = to;
+    }
+    client.close();
+    await (await h.firstConnection()).closed;
+    assert.deepEqual(events, expected);
   } finally {
     await h.cleanup();
   }

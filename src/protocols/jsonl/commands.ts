@@ -105,6 +105,32 @@ function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unkn
   return { ok: true, command: { type, msgId, topic } };
 }
 
+/**
+ * A PUB of a string written the way publishing clients write it (`{"type":"PUB",
+ * "topic":…,"msg":"…"}`, no spaces): a string body can hold neither nesting nor keys, so
+ * it needs no shape check; anything else takes the general path.
+ */
+const PUB =
+  // deno-lint-ignore no-control-regex -- raw control characters are not allowed in JSON strings
+  /^\{"type":"PUB","topic":"((?:[^"\\\x00-\x1f]|\\.)*)","msg":("(?:[^"\\\x00-\x1f]|\\.)*")\}$/;
+
+function fastPub(line: string, schemas: Record<string, z.ZodType>): Decoded<unknown> | null {
+  if (!Object.hasOwn(schemas, "PUB")) return null;
+  const m = PUB.exec(line);
+  if (m === null) return null;
+  const topicText = m[1] as string;
+  const msgJson = m[2] as string;
+  let topic: string;
+  let msg: string;
+  try {
+    topic = topicText.includes("\\") ? JSON.parse(`"${topicText}"`) as string : topicText;
+    msg = msgJson.includes("\\") ? JSON.parse(msgJson) as string : msgJson.slice(1, -1);
+  } catch {
+    return null;
+  }
+  return { ok: true, command: { type: "PUB", topic, msg, msgJson } };
+}
+
 function decode(
   line: string,
   maxDepth: number,
@@ -112,8 +138,8 @@ function decode(
   otherPort: Record<string, z.ZodType>,
   otherName: string,
 ): Decoded<unknown> {
-  const ack = fastAck(line, schemas);
-  if (ack !== null) return ack;
+  const fast = line.startsWith('{"type":"PUB",') ? fastPub(line, schemas) : fastAck(line, schemas);
+  if (fast !== null) return fast;
   let value: unknown;
   try {
     value = JSON.parse(line);

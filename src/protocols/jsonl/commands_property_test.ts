@@ -508,3 +508,23 @@ Deno.test("acknowledgements in the compact form decode as the general path decod
     RUNS,
   );
 });
+
+Deno.test("PUBs of a string in the compact form decode as the general path decodes them", () => {
+  const text = fc.oneof(
+    fc.string({ maxLength: 12 }).map((t) => JSON.stringify(t).slice(1, -1)),
+    anyString.map((t) => JSON.stringify(t).slice(1, -1)),
+    fc.string({ unit: fc.constantFrom("a", "\\", '"', "u", "0", "n", "\t", "}"), maxLength: 8 }),
+  );
+  fc.assert(
+    fc.property(text, text, (topic, msg) => {
+      const line = `{"type":"PUB","topic":"${topic}","msg":"${msg}"}`;
+      for (const decode of [decodeConsumer, decodePublisher]) {
+        const fast = decode(line);
+        const general = decode(" " + line);
+        if (fast.ok || general.ok) assert.deepEqual(fast, general, line);
+        else assert.equal(fast.reply, general.reply, line);
+      }
+    }),
+    RUNS,
+  );
+});
