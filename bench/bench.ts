@@ -34,6 +34,8 @@ const HELP = `deno task bench [flags]        (bench/README.md has the details)
   --pin CORE|none   core the brokers are pinned to with taskset (default 0)
   --timeout S       seconds after which a scenario's sockets are closed (default 60)
   --window N        QoS 1/2 messages in flight per publisher (default 100)
+  --warmup N        MQTT: messages of an unmeasured 1 → 1 run before each scenario
+                    (default 50000; 0 for none)
   --consumer-window N  JSON-line messages outstanding per consumer and topic, the SUB's
                     "window" (default 100; 1 is the seed's protocol)
   --pairs N  --fanout N  --duration S
@@ -58,12 +60,13 @@ const { values } = parseArgs({
     duration: { type: "string", default: "5" },
     window: { type: "string", default: "100" },
     "consumer-window": { type: "string", default: "100" },
+    warmup: { type: "string", default: "50000" },
     timeout: { type: "string", default: "60" },
-    "qos0-messages": { type: "string", default: "100000" },
-    "qos1-messages": { type: "string", default: "100000" },
-    "qos2-messages": { type: "string", default: "50000" },
-    "mqtt-fanout-messages": { type: "string", default: "4000" },
-    "mqtt-pairs-messages": { type: "string", default: "10000" },
+    "qos0-messages": { type: "string", default: "300000" },
+    "qos1-messages": { type: "string", default: "300000" },
+    "qos2-messages": { type: "string", default: "150000" },
+    "mqtt-fanout-messages": { type: "string", default: "10000" },
+    "mqtt-pairs-messages": { type: "string", default: "30000" },
     "mqtt-rate": { type: "string", default: "10000" },
     "idle-connections": { type: "string", default: "10000" },
     install: { type: "boolean", default: false },
@@ -98,6 +101,7 @@ const options: ScenarioOptions = {
   duration: positive("duration", values.duration, 600),
   window: int("window", 10_000),
   consumerWindow: int("consumer-window", 1024),
+  warmup: values.warmup === "0" ? 0 : int("warmup", 10_000_000),
   timeout: positive("timeout", values.timeout, 3600),
   qos0Messages: int("qos0-messages", 100_000_000),
   qos1Messages: int("qos1-messages", 100_000_000),

@@ -24,6 +24,8 @@ export interface ScenarioOptions {
   window: number;
   /** JSON-line messages outstanding per consumer and topic (the SUB's `window`). */
   consumerWindow: number;
+  /** MQTT: messages of an unmeasured 1 → 1 run before each scenario (0: none). */
+  warmup: number;
   /** Seconds after which a scenario's sockets are closed, whatever is left undelivered. */
   timeout: number;
   // --- MQTT
