@@ -33,6 +33,27 @@ async function runPlan(
   o: ScenarioOptions,
   plan: Plan,
 ): Promise<ScenarioResult> {
+  if (o.jsonlWarmup > 0) {
+    // Unmeasured: the same shape on topics and consumers of its own, unpaced (see the
+    // MQTT scenarios' warm-up).
+    const count = o.jsonlWarmup;
+    const warm = await runPlan(`${name}-warmup`, broker, { ...o, jsonlWarmup: 0 }, {
+      description: "warm-up",
+      consumers: plan.consumers.map((c) => ({
+        name: `${c.name}-warmup`,
+        topics: c.topics.map((t) => `${t}-warmup`),
+        expected: count * c.topics.length,
+      })),
+      publishers: plan.publishers.map((p) => ({
+        topic: `${p.topic}-warmup`,
+        count,
+        window: o.window,
+      })),
+    });
+    if (warm.timedOut || warm.problems.count > 0) {
+      throw new Error(`${broker.name}: warm-up failed: ${warm.problems.lines.join("; ")}`);
+    }
+  }
   const { consumerPort, publisherPort, pid } = broker;
   if (consumerPort === undefined || publisherPort === undefined) {
     throw new Error(`${broker.name} has no JSON-line ports`);
