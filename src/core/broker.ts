@@ -425,10 +425,13 @@ export class Broker {
       return;
     }
     const inProgress = this.#releasing.get(id);
+    // Not pending: released already (its PUBCOMP may have been lost), if the id was ever
+    // handed out. No record per release is kept for this: ids only grow, and a pending
+    // PUB stays pending until it is released.
     const known = inProgress
       ? inProgress.done().then(() => "already-released" as const)
-      : this.store.getReleased(id).then((r) => {
-        if (r) return "already-released" as const;
+      : this.#ids.mayHaveIssued(id).then((issued) => {
+        if (issued) return "already-released" as const;
         throw new BrokerError(`unknown msgId ${id}: no PUB with this id is awaiting PUBREL`);
       });
     known.then((r) => settle.resolve(r), (err) => settle.reject(err));

@@ -22,6 +22,10 @@ export class IdAllocator {
   /** Reserved ranges [first, end), oldest first; ids come from the first. */
   #blocks: [number, number][] = [];
   #refill: Promise<void> | null = null;
+  /** The first id this allocator reserved: every lower one may have been handed out before. */
+  #floor: number | undefined;
+  /** One past the highest id this allocator handed out. */
+  #issuedEnd = 0;
 
   constructor(store: BrokerStore) {
     this.#store = store;
@@ -34,7 +38,18 @@ export class IdAllocator {
     const id = block[0]++;
     if (block[0] === block[1]) this.#blocks.shift();
     if (this.#available() <= LOW_WATER) this.#reserve().catch(() => {});
+    if (id >= this.#issuedEnd) this.#issuedEnd = id + 1;
     return id;
+  }
+
+  /**
+   * Whether `id` may have been handed out, by this allocator or an earlier one on the
+   * same store: below the first id this one reserved, or below one past the last it
+   * handed out. False for ids that nobody has handed out yet.
+   */
+  async mayHaveIssued(id: number): Promise<boolean> {
+    if (this.#floor === undefined) await this.#reserve();
+    return id < Math.max(this.#floor as number, this.#issuedEnd);
   }
 
   /** The next fresh id. */
@@ -45,6 +60,7 @@ export class IdAllocator {
         const id = block[0]++;
         if (block[0] === block[1]) this.#blocks.shift();
         if (this.#available() <= LOW_WATER) this.#reserve().catch(() => {});
+        if (id >= this.#issuedEnd) this.#issuedEnd = id + 1;
         return id;
       }
       this.#blocks.shift();
@@ -60,7 +76,10 @@ export class IdAllocator {
 
   #reserve(): Promise<void> {
     this.#refill ??= this.#store.reserveIds(BLOCK)
-      .then((first) => void this.#blocks.push([first, first + BLOCK]))
+      .then((first) => {
+        this.#floor ??= first;
+        this.#blocks.push([first, first + BLOCK]);
+      })
       .finally(() => this.#refill = null);
     return this.#refill;
   }

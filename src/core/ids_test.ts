@@ -79,3 +79,26 @@ Deno.test("ids survive closing and reopening a store file", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("mayHaveIssued: every id handed out, by this allocator or an earlier one, and none after", async () => {
+  const store = await KvStore.open(":memory:");
+  try {
+    const first = new IdAllocator(store);
+    assert.equal(await first.mayHaveIssued(1), false, "nothing handed out yet");
+    const a = await first.next();
+    const b = first.tryNext() as number;
+    assert.equal(await first.mayHaveIssued(a), true);
+    assert.equal(await first.mayHaveIssued(b), true);
+    assert.equal(await first.mayHaveIssued(b + 1), false, "reserved, not handed out");
+    // A later allocator (a restart) counts everything below its own first block.
+    const second = new IdAllocator(store);
+    assert.equal(await second.mayHaveIssued(b), true);
+    assert.equal(await second.mayHaveIssued(b + 1), true, "the rest of the skipped block");
+    const c = await second.next();
+    assert.ok(c > b + 1);
+    assert.equal(await second.mayHaveIssued(c), true);
+    assert.equal(await second.mayHaveIssued(c + 1), false);
+  } finally {
+    store.close();
+  }
+});

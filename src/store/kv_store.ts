@@ -12,7 +12,6 @@
  * | ["topic", name]                  | TopicRecord          | topic created, log trimmed        |
  * | ["log", topic, seq]              | CompactMessage[]     | messages released to the topic    |
  * | ["pending", id]                  | PendingPublish       | PUB stored, deleted at PUBREL     |
- * | ["released", id]                 | ReleasedRecord       | PUBREL (expires after a week)     |
  * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP; with append |
  * | ["subscriber", subscriber, topic]| number (created at)  | SUB, with append; deleted at UNSUB|
  * | ["session", sid]                 | SessionRecord        | CONNECT, disconnect               |
@@ -66,7 +65,6 @@ import {
   logSegment,
   pendingPublish,
   receiptRecord,
-  releasedRecord,
   segmentElement,
   sessionRecord,
   storedMessage,
@@ -82,7 +80,6 @@ import type {
   PendingPublish,
   PositionSource,
   ReceiptRecord,
-  ReleasedRecord,
   SessionRecord,
   StoredMessage,
   SubscriptionRecord,
@@ -100,9 +97,6 @@ const MIGRATES_FROM: readonly number[] = [1, 2, 3];
 
 /** Mutations per operation when a session's keys are deleted. */
 const DELETE_BATCH = 500;
-
-/** How long a release is remembered to answer a repeated PUBREL with PUBCOMP. */
-export const RELEASED_TTL_MS = 7 * 24 * 3600 * 1000;
 
 /** Raised when the store was written by an incompatible layout. */
 export class SchemaError extends Error {
@@ -387,16 +381,7 @@ export class KvStore implements BrokerStore {
       },
     ];
     const releasedId = effects?.releasedId;
-    if (releasedId !== undefined) {
-      const released: ReleasedRecord = { id: releasedId, topic: message.topic, seq: message.seq };
-      m.push({ type: "delete", key: ["pending", releasedId] });
-      m.push({
-        type: "set",
-        key: ["released", releasedId],
-        value: released,
-        expireIn: RELEASED_TTL_MS,
-      });
-    }
+    if (releasedId !== undefined) m.push({ type: "delete", key: ["pending", releasedId] });
     const receipt = effects?.receipt;
     if (receipt) {
       m.push({ type: "set", key: ["receipt", receipt.sid, receipt.tag], value: receipt });
@@ -434,10 +419,6 @@ export class KvStore implements BrokerStore {
       this.#logKeys.set(topic, key);
     }
     return key;
-  }
-
-  async getReleased(id: number): Promise<ReleasedRecord | null> {
-    return this.#checked(await this.#kv.get(["released", id]), releasedRecord);
   }
 
   saveSubscription(r: SubscriptionRecord): Promise<void> {

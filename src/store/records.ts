@@ -15,7 +15,6 @@ import type {
   MessageProps,
   PendingPublish,
   ReceiptRecord,
-  ReleasedRecord,
   SessionRecord,
   StoredMessage,
   SubscriptionRecord,
@@ -129,13 +128,6 @@ export const pendingPublish: z.ZodType<PendingPublish> = z.object({
   format,
   receivedAt: z.number(),
   origin: z.string(),
-});
-
-/** A remembered release. */
-export const releasedRecord: z.ZodType<ReleasedRecord> = z.object({
-  id,
-  topic: z.string(),
-  seq,
 });
 
 /** A subscription's durable position. */

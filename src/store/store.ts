@@ -189,13 +189,6 @@ export interface PositionSource extends Snapshot {
   snapshot(): SubscriptionRecord;
 }
 
-/** Where a released message went, kept for a while to answer a repeated PUBREL. */
-export interface ReleasedRecord {
-  id: number;
-  topic: string;
-  seq: number;
-}
-
 /**
  * The storage interface. Writes resolve only after they are durable; a write that
  * rejects wrote nothing. Implementations batch concurrent writes (group commit).
@@ -238,7 +231,6 @@ export interface BrokerStore {
     effects: AppendEffects | undefined,
     settle: Settle<void>,
   ): void;
-  getReleased(id: number): Promise<ReleasedRecord | null>;
 
   /** Creates or rewrites a subscription and the subscriber's index entry. */
   saveSubscription(record: SubscriptionRecord): Promise<void>;
