@@ -39,6 +39,10 @@ export class ConsumerSession {
   /** Starts a delivery for every stored subscription; returns their topics. */
   async resume(): Promise<string[]> {
     const store = this.#broker.store;
+    // Acknowledgements of this consumer's previous connection may still be committing:
+    // read the records after them, or this session would resume behind them and write
+    // its older state over theirs.
+    await store.barrier();
     const resumed: string[] = [];
     for (const name of await store.loadSubscriberTopics(this.subscriber)) {
       if (this.#closed) break;
@@ -201,8 +205,7 @@ export class ConsumerSession {
   async restart(): Promise<string[]> {
     for (const d of this.#deliveries.values()) d.stop();
     this.#deliveries.clear();
-    // Positions the old deliveries were committing must land before we read them.
-    await this.#broker.store.flush();
+    // Positions the old deliveries were committing land before resume() reads them.
     return await this.resume();
   }
 

@@ -594,6 +594,12 @@ export class KvStore implements BrokerStore {
     return this.#gc.drain();
   }
 
+  barrier(): Promise<void> {
+    // Operations are written in the order they were submitted, so an empty one settles
+    // after every one before it; its own failure is theirs, not the caller's.
+    return this.#gc.commit([]).catch(() => {});
+  }
+
   /**
    * The entry's value if it has the expected shape. Otherwise the value is reported
    * with its key and moved under ["quarantine", ...key] (kept for the operator, out of

@@ -266,6 +266,25 @@ function storeConformance(kind: string, make: FixtureFactory): void {
     assert.equal(store.commitStats.mutations - mutations, 2);
   });
 
+  test("barrier() settles after the operations before it, also while later ones never stop", async ({ store }) => {
+    const first = store.savePosition(subscription("alice", "t", 7));
+    let firstDone = false;
+    first.then(() => firstDone = true);
+    const barrier = store.barrier();
+    // A load that never lets the store go quiet (flush() would wait for all of it).
+    let stop = false;
+    let n = 0;
+    const load = (async () => {
+      while (!stop && n < 10_000) await store.savePosition(subscription("bob", "t", ++n));
+    })();
+    await barrier;
+    assert.ok(firstDone, "the earlier operation is committed first");
+    assert.ok(n < 10_000, "the barrier did not wait for the load to end");
+    stop = true;
+    await load;
+    assert.equal((await store.loadSubscription("alice", "t"))?.position, 7);
+  });
+
   test("subscriptions save, load and delete with the subscriber index", async ({ store }) => {
     await store.saveSubscription(subscription("alice", "t1"));
     await store.saveSubscription(subscription("alice", "t2", 5));

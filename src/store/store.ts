@@ -290,5 +290,11 @@ export interface BrokerStore {
 
   /** Resolves once every write submitted so far has settled. */
   flush(): Promise<void>;
+  /**
+   * Resolves once every operation submitted before this call has been committed (or has
+   * failed), without waiting for later ones: unlike {@link flush}, it ends under a load
+   * that never lets the store go quiet.
+   */
+  barrier(): Promise<void>;
   close(): void;
 }
