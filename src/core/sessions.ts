@@ -95,7 +95,7 @@ export class SessionRegistry {
     let session = o.clean ? undefined : this.#live.get(sid);
     let present = session !== undefined;
     if (!session && !o.clean && stored) {
-      await this.#broker.store.flush();
+      await this.#broker.store.barrier();
       session = new Session(this.#broker, sid, { durable: true, user: o.user, expirySec: 0 });
       await session.load();
       present = true;

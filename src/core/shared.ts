@@ -184,7 +184,7 @@ export class SharedGroups {
         this.#entries(sid).filter((e) => matches(innerFilter(e.filter), topic)),
     });
     if (durable) {
-      await this.#broker.store.flush();
+      await this.#broker.store.barrier();
       await session.load();
     }
     return new SharedGroup(sid, session);

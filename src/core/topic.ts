@@ -542,7 +542,7 @@ export class Topic implements Restartable {
     const handedOut = this.#nextSeq;
     // Writes already submitted may still commit: read the head only after them, or a
     // sequence number could be handed out twice.
-    await this.#store.flush();
+    await this.#store.barrier();
     await this.#load(false);
     // Messages kept in memory only are not in the stored head, and live subscribers
     // may be past them: carry on after every number handed out.
