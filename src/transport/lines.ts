@@ -79,13 +79,7 @@ export class LineSplitStream extends TransformStream<Uint8Array, Uint8Array> {
    * @throws {RangeError} if `maxLineBytes` is not a non-negative integer
    */
   constructor(options: LineSplitStreamOptions) {
-    const { maxLineBytes } = options;
-    if (!Number.isSafeInteger(maxLineBytes) || maxLineBytes < 0) {
-      throw new RangeError(
-        `maxLineBytes must be a non-negative integer, got ${maxLineBytes}`,
-      );
-    }
-    const splitter = new Splitter(maxLineBytes);
+    const splitter = new Splitter(checkedMax(options));
     super({
       transform: (chunk, controller) => splitter.push(chunk, controller),
       flush: (controller) => splitter.end(controller),
@@ -117,13 +111,7 @@ export class LineBatchStream
    * @throws {RangeError} if `maxLineBytes` is not a non-negative integer
    */
   constructor(options: LineSplitStreamOptions) {
-    const { maxLineBytes } = options;
-    if (!Number.isSafeInteger(maxLineBytes) || maxLineBytes < 0) {
-      throw new RangeError(
-        `maxLineBytes must be a non-negative integer, got ${maxLineBytes}`,
-      );
-    }
-    const splitter = new Splitter(maxLineBytes);
+    const splitter = new Splitter(checkedMax(options));
     let ended = false;
     super({
       transform: (chunk, controller) => {
@@ -148,6 +136,15 @@ export class LineBatchStream
       },
     });
   }
+}
+
+/** `options.maxLineBytes`, checked. @throws {RangeError} unless a non-negative integer */
+function checkedMax(options: LineSplitStreamOptions): number {
+  const { maxLineBytes } = options;
+  if (!Number.isSafeInteger(maxLineBytes) || maxLineBytes < 0) {
+    throw new RangeError(`maxLineBytes must be a non-negative integer, got ${maxLineBytes}`);
+  }
+  return maxLineBytes;
 }
 
 /** Where a {@link Splitter} puts the lines it completes. */

@@ -139,7 +139,8 @@ test("yields many lines sent in one write, in order", async () => {
   }
 });
 
-test("accepts CRLF and LF line ends and yields empty lines", async () => {
+/** The events a connection's lines() yield for what `write` sends before closing. */
+async function eventsOf(write: (client: Client) => Promise<void>): Promise<LineEvent[]> {
   const events: LineEvent[] = [];
   const h = new Harness({
     async onConnection(conn) {
@@ -149,18 +150,23 @@ test("accepts CRLF and LF line ends and yields empty lines", async () => {
   });
   try {
     const client = await h.connect();
-    await client.write("a\r\nb\n\r\nc");
+    await write(client);
     client.close();
     await (await h.firstConnection()).closed;
-    assert.deepEqual(events, [
-      { kind: "line", text: "a" },
-      { kind: "line", text: "b" },
-      { kind: "line", text: "" },
-      { kind: "line", text: "c" },
-    ]);
+    return events;
   } finally {
     await h.cleanup();
   }
+}
+
+test("accepts CRLF and LF line ends and yields empty lines", async () => {
+  const events = await eventsOf((client) => client.write("a\r\nb\n\r\nc"));
+  assert.deepEqual(events, [
+    { kind: "line", text: "a" },
+    { kind: "line", text: "b" },
+    { kind: "line", text: "" },
+    { kind: "line", text: "c" },
+  ]);
 });
 
 test("the lines of one read decode as each line alone: CRs, empty lines, bad UTF-8, a line joined from two reads", async () => {
@@ -191,27 +197,15 @@ test("the lines of one read decode as each line alone: CRs, empty lines, bad UTF
     stream[at + l.length] = 0x0a;
     at += l.length + 1;
   }
-  const events: LineEvent[] = [];
-  const h = new Harness({
-    async onConnection(conn) {
-      for await (const item of conn.lines()) events.push(item);
-      conn.close();
-    },
-  });
-  try {
-    const client = await h.connect();
+  const events = await eventsOf(async (client) => {
     for (let from = 0; from < stream.length;) {
       const to = Math.min(stream.length, from + 1 + rand(400));
       await client.write(stream.subarray(from, to));
       await delay(1); // separate reads, so that lines straddle them
       from = to;
     }
-    client.close();
-    await (await h.firstConnection()).closed;
-    assert.deepEqual(events, expected);
-  } finally {
-    await h.cleanup();
-  }
+  });
+  assert.deepEqual(events, expected);
 });
 
 test("a line over maxLineBytes ends lines() with a too-long item, replies still go out", async () => {

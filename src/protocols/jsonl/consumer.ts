@@ -17,7 +17,7 @@ import type { StoredMessage } from "../../store/store.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection } from "../../transport/tcp.ts";
 import { ackLine, type ConsumerCommand, decodeConsumer, pubLine } from "./commands.ts";
-import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
+import { commandText, deadLetterInput, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
 import { bodyJson } from "./payload.ts";
 import { OrderedReplies } from "../../ordered_replies.ts";
@@ -146,23 +146,20 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
     });
   };
 
+  const replyNow = (line: string) => replies.ticket(send).resolve(line);
+
   conn.send(PLEASE_LOGIN);
   try {
     read: for await (const batch of conn.batches()) {
       for (const ev of batch) {
         if (!conn.reading) break read;
-        if (ev.kind === "too-long") {
+        const line = commandText(ev, ctx, conn, "consumer", session?.subscriber, replyNow);
+        if (line === null) continue;
+        if (typeof line !== "string") {
           await replies.settled();
-          conn.send(tooLongLine(ev.limit));
+          conn.send(tooLongLine(line.tooLong));
           break read;
         }
-        if (ev.kind === "invalid-utf8") {
-          replies.ticket(send).resolve(INVALID_UTF8.reply);
-          deadLetterInput(ctx, conn, "consumer", session?.subscriber, INVALID_UTF8, undefined);
-          continue;
-        }
-        const line = ev.text.trim();
-        if (line === "") continue; // telnet users press enter; an empty line is no command
 
         if (!session) {
           const step = await gate.offer(line);
@@ -194,7 +191,7 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
 
         const decoded = decodeConsumer(line, ctx.maxJsonDepth);
         if (!decoded.ok) {
-          replies.ticket(send).resolve(decoded.reply);
+          replyNow(decoded.reply);
           deadLetterInput(ctx, conn, "consumer", session.subscriber, decoded, line);
           continue;
         }

@@ -7,7 +7,7 @@
 import type { Authenticator } from "../../auth/authenticator.ts";
 import type { Broker } from "../../core/broker.ts";
 import type { DeadLetterReason } from "../../core/dead_letters.ts";
-import type { LineConnection } from "../../transport/tcp.ts";
+import type { LineConnection, LineEvent } from "../../transport/tcp.ts";
 
 /** Test hooks for the connection handlers; production code passes none. */
 export interface JsonlHooks {
@@ -65,4 +65,28 @@ export const INVALID_UTF8 = {
 /** The line that closes a connection whose input line passed the limit. */
 export function tooLongLine(limit: number): string {
   return `ERROR: line longer than ${limit} bytes, closing connection`;
+}
+
+/**
+ * The text of an input event, trimmed, for a JSON-line server's loop: null when there is
+ * no command in it (an empty line, as telnet users send; a line that is not UTF-8, which
+ * is answered through `reply` and dead-lettered here), or the limit of a line that was
+ * too long (the caller answers it, after the replies before it, and closes).
+ */
+export function commandText(
+  ev: LineEvent,
+  ctx: JsonlContext,
+  conn: LineConnection,
+  port: "consumer" | "publisher",
+  user: string | undefined,
+  reply: (line: string) => void,
+): string | null | { tooLong: number } {
+  if (ev.kind === "too-long") return { tooLong: ev.limit };
+  if (ev.kind === "invalid-utf8") {
+    reply(INVALID_UTF8.reply);
+    deadLetterInput(ctx, conn, port, user, INVALID_UTF8, undefined);
+    return null;
+  }
+  const line = ev.text.trim();
+  return line === "" ? null : line;
 }

@@ -14,7 +14,7 @@ import { getLogger } from "../../log.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection } from "../../transport/tcp.ts";
 import { ackLine, decodePublisher, type PublisherCommand } from "./commands.ts";
-import { deadLetterInput, INVALID_UTF8, type JsonlContext, tooLongLine } from "./context.ts";
+import { commandText, deadLetterInput, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
 import { OrderedReplies, Ticket } from "../../ordered_replies.ts";
 import { encodeBody } from "./payload.ts";
@@ -63,25 +63,13 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
     read: for await (const batch of conn.batches()) {
       for (const ev of batch) {
         if (!conn.reading) break read;
-        if (ev.kind === "too-long") {
+        const line = commandText(ev, ctx, conn, "publisher", source.user ?? undefined, enqueue);
+        if (line === null) continue;
+        if (typeof line !== "string") {
           await replies.settled();
-          conn.send(tooLongLine(ev.limit));
+          conn.send(tooLongLine(line.tooLong));
           break read;
         }
-        if (ev.kind === "invalid-utf8") {
-          enqueue(INVALID_UTF8.reply);
-          deadLetterInput(
-            ctx,
-            conn,
-            "publisher",
-            source.user ?? undefined,
-            INVALID_UTF8,
-            undefined,
-          );
-          continue;
-        }
-        const line = ev.text.trim();
-        if (line === "") continue;
         if (gate && source.user === null) {
           // Nothing is outstanding before a login, so replies can go out directly.
           const step = await gate.offer(line);
