@@ -30,7 +30,75 @@ export type Mutation =
   | { type: "set"; key: Deno.KvKey; value: unknown; expireIn?: number }
   | { type: "delete"; key: Deno.KvKey }
   | LatestMutation
+  | PoolAddMutation
+  | PoolRemoveMutation
   | AppendMutation;
+
+/**
+ * `slot`'s value added to `pool`: the values a pool gains in one atomic are written as one
+ * key, a segment (see {@link PoolSegment}).
+ */
+export interface PoolAddMutation {
+  type: "pool-add";
+  pool: Pool;
+  slot: PoolSlot;
+}
+
+/**
+ * `slot`'s value removed from its pool: its segment is written again without it (and
+ * without the others removed in the same atomic), or deleted when nothing is left.
+ * Only for a slot whose addition has committed.
+ */
+export interface PoolRemoveMutation {
+  type: "pool-remove";
+  slot: PoolSlot;
+}
+
+/**
+ * A set of values that are added and removed one by one but stored many to a key: the
+ * pending PUBs of the JSON-line protocol, each removed by the atomic that releases it.
+ * The pool names the keys of its segments and hears when values leave for good.
+ */
+export interface Pool {
+  /** The key of a new segment whose first value is `first`'s; never used before. */
+  newKey(first: PoolSlot): Deno.KvKey;
+  /** Called once the atomic that removed `slot` committed. */
+  removed?(slot: PoolSlot): void;
+  /** Called when the atomic that was to add `slot` failed: it is in no segment. */
+  unadded?(slot: PoolSlot): void;
+}
+
+/** A value in a {@link Pool}, and where it is stored. */
+export class PoolSlot {
+  readonly value: unknown;
+  /** Its estimated size ({@link estimateSize}). */
+  readonly size: number;
+  /** The segment holding it: set when the atomic that added it commits. */
+  segment: PoolSegment | null = null;
+
+  constructor(value: unknown, size = estimateSize(value)) {
+    this.value = value;
+    this.size = size;
+  }
+}
+
+/** One key of a pool: the values of the slots it still holds, in the order they came. */
+export class PoolSegment {
+  readonly key: Deno.KvKey;
+  readonly pool: Pool | undefined;
+  slots: PoolSlot[];
+  /** The estimated size of its value. */
+  bytes: number;
+
+  constructor(key: Deno.KvKey, slots: PoolSlot[], pool?: Pool) {
+    this.key = key;
+    this.pool = pool;
+    this.slots = slots;
+    let bytes = 4;
+    for (const s of slots) bytes += s.size;
+    this.bytes = bytes;
+  }
+}
 
 /**
  * `key` set to whatever `source` holds when the atomic carrying it is built, not when it
@@ -109,6 +177,8 @@ interface Op {
   bytes: number;
   keyBytes: number;
   settle: Settle<void>;
+  /** The pool segments its removals rewrite. */
+  segments: PoolSegment[] | undefined;
 }
 
 /**
@@ -183,11 +253,27 @@ export class GroupCommitter {
   submit(mutations: Mutation[], settle: Settle<void>): void {
     let bytes = 0;
     let keyBytes = 0;
+    let segments: PoolSegment[] | undefined;
     for (const m of mutations) {
-      const k = m.type === "append" ? estimateSize(m.log) + 9 : estimateSize(m.key);
+      const k = m.type === "append"
+        ? estimateSize(m.log) + 9
+        : m.type === "pool-add"
+        ? POOL_KEY_BYTES
+        : m.type === "pool-remove"
+        ? estimateSize(m.slot.segment?.key ?? [])
+        : estimateSize(m.key);
       keyBytes += k;
       if (m.type === "delete") {
         bytes += k;
+        continue;
+      }
+      if (m.type === "pool-remove") {
+        // Its segment's rewrite is counted once per atomic, by #takeBatch.
+        if (m.slot.segment === null) {
+          refuseLater(settle, new Error("a pool value removed before its addition committed"));
+          return;
+        }
+        (segments ??= []).push(m.slot.segment);
         continue;
       }
       // An append may come with its size already estimated (see AppendMutation.size).
@@ -195,6 +281,8 @@ export class GroupCommitter {
         ? (m.size ??= estimateSize(m.value))
         : m.type === "latest"
         ? m.source.maxSize
+        : m.type === "pool-add"
+        ? m.slot.size
         : estimateSize(m.value);
       // Deno KV refuses values over 64 KiB, and one refused value fails the whole atomic:
       // refuse it here so that only its own operation fails.
@@ -214,7 +302,7 @@ export class GroupCommitter {
       );
       return;
     }
-    this.#queue.push({ mutations, bytes, keyBytes, settle });
+    this.#queue.push({ mutations, bytes, keyBytes, settle, segments });
     // The first operation of a quiet period starts the loop on a microtask, so that
     // everything submitted in the same turn joins its atomic.
     this.#running ??= Promise.resolve().then(() => this.#run());
@@ -242,13 +330,24 @@ export class GroupCommitter {
     let bytes = 0;
     let keyBytes = 0;
     let n = 0;
+    let rewritten: Set<PoolSegment> | null = null;
     for (const op of this.#queue) {
+      // A pool segment is written again once per atomic, however many of its values go.
+      let extra = 0;
+      if (op.segments) {
+        for (const seg of op.segments) {
+          if (rewritten?.has(seg)) continue;
+          extra += seg.bytes;
+        }
+      }
       if (
-        n > 0 && (count + op.mutations.length > l.maxMutations || bytes + op.bytes > l.maxBytes ||
+        n > 0 &&
+        (count + op.mutations.length > l.maxMutations || bytes + op.bytes + extra > l.maxBytes ||
           keyBytes + op.keyBytes > l.maxKeyBytes)
       ) break;
+      if (op.segments) { for (const seg of op.segments) (rewritten ??= new Set()).add(seg); }
       count += op.mutations.length;
-      bytes += op.bytes;
+      bytes += op.bytes + extra;
       keyBytes += op.keyBytes;
       n++;
     }
@@ -261,8 +360,25 @@ export class GroupCommitter {
     const merged = new Map<string, Mutation>();
     let logs: Map<string, AppendMutation[]> | null = null;
     let written: Segment[] | null = null;
+    let added: Map<Pool, PoolSlot[]> | null = null;
+    let removed: Map<PoolSegment, Set<PoolSlot>> | null = null;
     for (const op of batch) {
       for (const m of op.mutations) {
+        if (m.type === "pool-add") {
+          added ??= new Map();
+          const slots = added.get(m.pool);
+          if (slots) slots.push(m.slot);
+          else added.set(m.pool, [m.slot]);
+          continue;
+        }
+        if (m.type === "pool-remove") {
+          const seg = m.slot.segment as PoolSegment;
+          removed ??= new Map();
+          const gone = removed.get(seg);
+          if (gone) gone.add(m.slot);
+          else removed.set(seg, new Set([m.slot]));
+          continue;
+        }
         if (m.type === "append") {
           logs ??= new Map();
           const id = logId(m.log);
@@ -287,6 +403,21 @@ export class GroupCommitter {
         }
       }
     }
+    const created = added ? poolSegments(added, merged) : null;
+    if (removed) {
+      for (const [seg, gone] of removed) {
+        const id = keyId(seg.key);
+        const left: unknown[] = [];
+        for (const s of seg.slots) if (!gone.has(s)) left.push(s.value);
+        merged.delete(id);
+        merged.set(
+          id,
+          left.length > 0
+            ? { type: "set", key: seg.key, value: left }
+            : { type: "delete", key: seg.key },
+        );
+      }
+    }
     const atomic = this.#kv.atomic().check(this.#fence);
     for (const m of merged.values()) {
       if (m.type === "set") {
@@ -305,6 +436,7 @@ export class GroupCommitter {
       error = err;
     }
     if (error) {
+      if (added) { for (const [pool, slots] of added) for (const s of slots) pool.unadded?.(s); }
       for (const op of batch) op.settle.reject(error);
       return;
     }
@@ -314,8 +446,58 @@ export class GroupCommitter {
     if (written && this.#onSegment) {
       for (const s of written) this.#onSegment(s.log, s.firstSeq, s.lastSeq, s.value);
     }
+    if (created) { for (const seg of created) for (const slot of seg.slots) slot.segment = seg; }
+    if (removed) {
+      for (const [seg, gone] of removed) {
+        seg.slots = seg.slots.filter((s) => !gone.has(s));
+        for (const s of gone) {
+          seg.bytes -= s.size;
+          s.segment = null;
+          seg.pool?.removed?.(s);
+        }
+      }
+    }
     for (const op of batch) op.settle.resolve();
   }
+}
+
+/** Estimated bytes of a pool segment's key. */
+const POOL_KEY_BYTES = 64;
+
+/**
+ * The values added to each pool in one atomic as new segments (split where one would pass
+ * {@link MAX_VALUE_BYTES}), put into `merged` as writes; the segments, for their slots
+ * once the atomic commits.
+ */
+function poolSegments(
+  added: Map<Pool, PoolSlot[]>,
+  merged: Map<string, Mutation>,
+): PoolSegment[] {
+  const out: PoolSegment[] = [];
+  for (const [pool, slots] of added) {
+    let chunk: PoolSlot[] = [];
+    let bytes = 4;
+    const close = () => {
+      const seg = new PoolSegment(pool.newKey(chunk[0] as PoolSlot), chunk, pool);
+      merged.set(keyId(seg.key), {
+        type: "set",
+        key: seg.key,
+        value: chunk.map((s) => s.value),
+      });
+      out.push(seg);
+    };
+    for (const slot of slots) {
+      if (chunk.length > 0 && bytes + slot.size > MAX_VALUE_BYTES) {
+        close();
+        chunk = [];
+        bytes = 4;
+      }
+      chunk.push(slot);
+      bytes += slot.size;
+    }
+    close();
+  }
+  return out;
 }
 
 /**

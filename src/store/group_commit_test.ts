@@ -1,5 +1,12 @@
 import assert from "node:assert/strict";
-import { type Fence, FencedError, GroupCommitter, type Mutation } from "./group_commit.ts";
+import {
+  type Fence,
+  FencedError,
+  GroupCommitter,
+  type Mutation,
+  type Pool,
+  PoolSlot,
+} from "./group_commit.ts";
 
 const OWNER: Deno.KvKey = ["meta", "owner"];
 
@@ -379,6 +386,88 @@ Deno.test("a `latest` mutation stores its source's state when the atomic is buil
     const huge = { maxSize: 1 << 20, snapshot: () => 0 };
     await assert.rejects(gc.commit([{ type: "latest", key: ["pos"], source: huge }]), RangeError);
     assert.equal(snapshots, 1);
+  } finally {
+    kv.close();
+  }
+});
+
+// --- pools ---------------------------------------------------------------------------------
+
+/** A pool whose segments go under ["pool", n] and that records what left it. */
+function testPool(): Pool & {
+  left: unknown[];
+  unadded: (slot: PoolSlot) => void;
+  lost: unknown[];
+} {
+  let n = 0;
+  const left: unknown[] = [];
+  const lost: unknown[] = [];
+  return {
+    left,
+    lost,
+    newKey: () => ["pool", ++n],
+    removed: (slot) => left.push(slot.value),
+    unadded: (slot) => lost.push(slot.value),
+  };
+}
+
+async function poolKeys(kv: Deno.Kv): Promise<[Deno.KvKey, unknown][]> {
+  const out: [Deno.KvKey, unknown][] = [];
+  for await (const e of kv.list({ prefix: ["pool"] })) out.push([e.key, e.value]);
+  return out;
+}
+
+Deno.test("a pool's values added in one atomic share a key; removed ones leave it, the last one deletes it", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const pool = testPool();
+    const slots = ["a", "b", "c"].map((v) => new PoolSlot(v));
+    await Promise.all(slots.map((slot) => gc.commit([{ type: "pool-add", pool, slot }])));
+    assert.equal(gc.stats.atomics, 1);
+    assert.deepEqual(await poolKeys(kv), [[["pool", 1], ["a", "b", "c"]]]);
+    const seg = slots[0]!.segment;
+    assert.ok(seg !== null && slots.every((s) => s.segment === seg));
+
+    // Two removals in one atomic: one rewrite; the pool hears of each once committed.
+    await Promise.all(
+      [slots[0]!, slots[2]!].map((slot) => gc.commit([{ type: "pool-remove", slot }])),
+    );
+    assert.deepEqual(await poolKeys(kv), [[["pool", 1], ["b"]]]);
+    assert.deepEqual(pool.left, ["a", "c"]);
+    assert.equal(slots[0]!.segment, null);
+
+    await gc.commit([{ type: "pool-remove", slot: slots[1]! }]);
+    assert.deepEqual(await poolKeys(kv), []);
+    // Removing a value whose addition has not committed is refused.
+    await assert.rejects(
+      gc.commit([{ type: "pool-remove", slot: new PoolSlot("never added") }]),
+      /before its addition committed/,
+    );
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a pool's segments stay under the value limit, and a failed atomic changes none of them", async () => {
+  const { kv, gc } = await setup();
+  try {
+    const pool = testPool();
+    const big = "x".repeat(10_000); // ~20 KB estimated each: three per segment
+    const slots = Array.from({ length: 7 }, (_, i) => new PoolSlot(`${i}${big}`));
+    await Promise.all(slots.map((slot) => gc.commit([{ type: "pool-add", pool, slot }])));
+    const keys = await poolKeys(kv);
+    assert.deepEqual(keys.map(([, v]) => (v as string[]).length), [3, 3, 1]);
+    // The store taken over: the removal fails and every slot keeps its segment.
+    await kv.set(OWNER, { token: "another process" });
+    await assert.rejects(gc.commit([{ type: "pool-remove", slot: slots[0]! }]), FencedError);
+    assert.ok(slots[0]!.segment !== null);
+    assert.deepEqual(pool.left, []);
+    // An addition that fails is told to the pool, and its slot is in no segment.
+    const late = new PoolSlot("late");
+    await assert.rejects(gc.commit([{ type: "pool-add", pool, slot: late }]), FencedError);
+    assert.equal(late.segment, null);
+    assert.deepEqual(pool.lost, ["late"]);
+    assert.deepEqual(await poolKeys(kv), keys);
   } finally {
     kv.close();
   }

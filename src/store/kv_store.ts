@@ -1,17 +1,18 @@
 /**
  * The broker's store on Deno KV.
  *
- * Key layout (schema version 4; `sid` is a session id, `mqtt:<client id>` or
+ * Key layout (schema version 5; `sid` is a session id, `mqtt:<client id>` or
  * `share:<group>/<filter>`):
  *
  * | key                              | value                | written when                      |
  * |----------------------------------|----------------------|-----------------------------------|
- * | ["meta", "schema"]               | number (4)           | first start; migration from 1-3   |
+ * | ["meta", "schema"]               | number (5)           | first start; migration from 1-4   |
  * | ["meta", "owner"]                | {token, pid, at}     | every start (the fencing token)   |
  * | ["meta", "ids"]                  | number               | a block of ids is reserved        |
  * | ["topic", name]                  | TopicRecord          | topic created, log trimmed        |
  * | ["log", topic, seq]              | CompactMessage[]     | messages released to the topic    |
- * | ["pending", id]                  | PendingPublish       | PUB stored, deleted at PUBREL     |
+ * | ["pend", id]                     | PendingPublish[]     | PUBs stored in one atomic (id of the first); rewritten without each one released, deleted when empty |
+ * | ["pending", id]                  | PendingPublish       | versions 1–4: one PUB; deleted at its PUBREL |
  * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP; with append |
  * | ["subscriber", subscriber, topic]| number (created at)  | SUB, with append; deleted at UNSUB|
  * | ["session", sid]                 | SessionRecord        | CONNECT, disconnect               |
@@ -38,7 +39,9 @@
  * key, and a single message under `["log", topic, seq]` is read as a segment of one;
  * version 4 writes a segment's messages as arrays without field names or topic
  * ({@link CompactMessage}), and a segment of message objects (version 3) reads as
- * before. The number still changes so that an older broker, which would take a new
+ * before; version 5 keeps pending PUBs many to a key (`["pend", id]`, a pool: see
+ * {@link Pool}) and reads the single ones of older versions as pools of one. The number
+ * still changes so that an older broker, which would take a new
  * value for a damaged one, refuses the store.
  *
  * Every write goes through the {@link GroupCommitter}, so it is fenced by the owner key
@@ -53,6 +56,9 @@ import {
   FencedError,
   GroupCommitter,
   type Mutation,
+  type Pool,
+  PoolSegment,
+  PoolSlot,
 } from "./group_commit.ts";
 import { SegmentIndex } from "./segment_index.ts";
 import type { Settle } from "../ordered_replies.ts";
@@ -64,6 +70,7 @@ import {
   inflightRecord,
   logSegment,
   pendingPublish,
+  pendingSegment,
   receiptRecord,
   segmentElement,
   sessionRecord,
@@ -90,10 +97,10 @@ import type {
 const log = getLogger("store");
 
 /** The layout version this code writes and reads. */
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 /** Older layouts this code opens, each migrated by rewriting the schema number. */
-const MIGRATES_FROM: readonly number[] = [1, 2, 3];
+const MIGRATES_FROM: readonly number[] = [1, 2, 3, 4];
 
 /** Mutations per operation when a session's keys are deleted. */
 const DELETE_BATCH = 500;
@@ -143,6 +150,17 @@ export class KvStore implements BrokerStore {
   #segments = new Map<string, SegmentIndex>();
   /** Per topic, its log's key (frozen): one array for all its appends. */
   #logKeys = new Map<string, Deno.KvKey>();
+  /** Pending PUBs by id, and where each is stored. */
+  #pendingSlots = new Map<number, PoolSlot>();
+  /**
+   * The pool of pending PUBs: a segment under `["pend", id of its first PUB]` (ids are
+   * never handed out twice, so neither is a key); released ones leave it (see Pool).
+   */
+  readonly #pendingPool: Pool = {
+    newKey: (first) => ["pend", (first.value as PendingPublish).id],
+    removed: (slot) => this.#pendingSlots.delete((slot.value as PendingPublish).id),
+    unadded: (slot) => this.#pendingSlots.delete((slot.value as PendingPublish).id),
+  };
 
   private constructor(kv: Deno.Kv, fence: Fence) {
     this.#kv = kv;
@@ -341,7 +359,7 @@ export class KvStore implements BrokerStore {
 
   async payloadBytes(): Promise<number> {
     let bytes = 0;
-    for (const prefix of [["log"], ["pending"], ["retained"], ["will"], ["inflight"]]) {
+    for (const prefix of [["log"], ["pend"], ["pending"], ["retained"], ["will"], ["inflight"]]) {
       for await (const e of this.#kv.list({ prefix }, { batchSize: 1000 })) {
         bytes += payloadSize(e.value);
       }
@@ -350,15 +368,44 @@ export class KvStore implements BrokerStore {
   }
 
   savePending(p: PendingPublish): Promise<void> {
-    return this.#gc.commit([{ type: "set", key: ["pending", p.id], value: p }]);
+    const settle = Promise.withResolvers<void>();
+    this.savePendingWith(p, settle);
+    return settle.promise;
   }
 
   savePendingWith(p: PendingPublish, settle: Settle<void>): void {
-    this.#gc.submit([{ type: "set", key: ["pending", p.id], value: p }], settle);
+    // Pending PUBs are a pool: those of one atomic share a key (see PENDING_POOL).
+    const slot = new PoolSlot(p, pendingSize(p));
+    this.#pendingSlots.set(p.id, slot);
+    this.#gc.submit([{ type: "pool-add", pool: this.#pendingPool, slot }], settle);
   }
 
   async loadPending(): Promise<PendingPublish[]> {
-    return await this.#collect(this.#kv.list({ prefix: ["pending"] }), pendingPublish);
+    const out: PendingPublish[] = [];
+    // Version 5's segments of pending PUBs, then the single ones of older versions (each a
+    // segment of one: releasing it deletes its key).
+    for await (const e of this.#kv.list({ prefix: ["pend"] })) {
+      const values = this.#checked(e, pendingSegment);
+      if (values === null || values.length === 0) continue;
+      const slots = values.map((p) => new PoolSlot(p, pendingSize(p)));
+      this.#adopt(new PoolSegment(e.key, slots, this.#pendingPool));
+      out.push(...values);
+    }
+    for await (const e of this.#kv.list({ prefix: ["pending"] })) {
+      const p = this.#checked(e, pendingPublish);
+      if (p === null) continue;
+      this.#adopt(new PoolSegment(e.key, [new PoolSlot(p, pendingSize(p))], this.#pendingPool));
+      out.push(p);
+    }
+    return out.sort((a, b) => a.id - b.id);
+  }
+
+  /** A stored segment of pending PUBs, loaded: its slots can be released. */
+  #adopt(seg: PoolSegment): void {
+    for (const slot of seg.slots) {
+      slot.segment = seg;
+      this.#pendingSlots.set((slot.value as PendingPublish).id, slot);
+    }
   }
 
   /**
@@ -391,7 +438,10 @@ export class KvStore implements BrokerStore {
       },
     ];
     const releasedId = effects?.releasedId;
-    if (releasedId !== undefined) m.push({ type: "delete", key: ["pending", releasedId] });
+    if (releasedId !== undefined) {
+      const slot = this.#pendingSlots.get(releasedId);
+      if (slot?.segment) m.push({ type: "pool-remove", slot });
+    }
     const receipt = effects?.receipt;
     if (receipt) {
       m.push({ type: "set", key: ["receipt", receipt.sid, receipt.tag], value: receipt });
@@ -692,12 +742,24 @@ function measure(mutations: Mutation[]): OpSize {
   let bytes = 0;
   let keyBytes = 0;
   for (const m of mutations) {
+    if (m.type === "pool-add" || m.type === "pool-remove") {
+      // As the group committer counts them: a new segment's share, or a whole rewrite.
+      const k = m.type === "pool-add" ? 64 : estimateSize(m.slot.segment?.key ?? []);
+      keyBytes += k;
+      bytes += k + (m.type === "pool-add" ? m.slot.size : m.slot.segment?.bytes ?? 0);
+      continue;
+    }
     const k = m.type === "append" ? estimateSize(m.log) + 9 : estimateSize(m.key);
     keyBytes += k;
     bytes += k +
       (m.type === "delete" ? 0 : m.type === "latest" ? m.source.maxSize : estimateSize(m.value));
   }
   return { count: mutations.length, bytes, keyBytes };
+}
+
+/** An upper bound of {@link estimateSize} of a pending PUB, without walking it. */
+function pendingSize(p: PendingPublish): number {
+  return 200 + 2 * (p.topic.length + p.origin.length) + p.payload.byteLength;
 }
 
 function plus(a: OpSize, b: OpSize): OpSize {

@@ -1158,3 +1158,74 @@ Deno.test("KvStore: a damaged compact message quarantines its segment as it was 
     assert.equal(await readRaw(path, ["log", "t", 1]), null);
   });
 });
+
+function pendingPub(id: number, text = `p${id}`): PendingPublish {
+  return {
+    id,
+    topic: "t",
+    payload: encoder.encode(text),
+    format: "text",
+    receivedAt: 1,
+    origin: "publisher 127.0.0.1:1",
+  };
+}
+
+Deno.test("KvStore (file): pending PUBs of one atomic share a key; releases rewrite it, and a reopened store holds exactly the unreleased", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    let store = await KvStore.open(path);
+    try {
+      await Promise.all([1, 2, 3, 4].map((id) => store.savePending(pendingPub(id))));
+      await store.savePending(pendingPub(5)); // an atomic of its own
+      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 2, 3, 4].map((id) => pendingPub(id)));
+      assert.deepEqual(await readRaw(path, ["pend", 5]), [pendingPub(5)]);
+      // Releases of 2 and 5 (one atomic each with its log append).
+      await Promise.all([
+        store.append(message("t", 1, 2), { releasedId: 2 }),
+        store.append(message("t", 2, 5), { releasedId: 5 }),
+      ]);
+      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 3, 4].map((id) => pendingPub(id)));
+      assert.equal(await readRaw(path, ["pend", 5]), null);
+      assert.equal(await store.payloadBytes(), "p1p3p4".length + "p2p5".length);
+    } finally {
+      store.close();
+    }
+    store = await KvStore.open(path);
+    try {
+      assert.deepEqual((await store.loadPending()).map((p) => p.id), [1, 3, 4]);
+      // Released after the restart: the rest of the segment stays until the last goes.
+      await store.append(message("t", 3, 3), { releasedId: 3 });
+      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 4].map((id) => pendingPub(id)));
+      await Promise.all(
+        [1, 4].map((id, i) => store.append(message("t", 4 + i, id), { releasedId: id })),
+      );
+      assert.equal(await readRaw(path, ["pend", 1]), null);
+      assert.deepEqual(await store.loadPending(), []);
+    } finally {
+      store.close();
+    }
+  });
+});
+
+Deno.test("KvStore: a version 4 store's pending PUBs (one key each) load, release and migrate", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    await writeRaw(path, [
+      [["meta", "schema"], 4],
+      [["pending", 7], pendingPub(7)],
+      [["pending", 8], pendingPub(8)],
+    ]);
+    const store = await KvStore.open(path);
+    try {
+      assert.deepEqual((await store.loadPending()).map((p) => p.id), [7, 8]);
+      assert.equal(await store.payloadBytes(), "p7p8".length);
+      await store.append(message("t", 1, 7), { releasedId: 7 });
+      assert.deepEqual((await store.loadPending()).map((p) => p.id), [8]);
+    } finally {
+      store.close();
+    }
+    assert.equal(await readRaw(path, ["pending", 7]), null);
+    assert.deepEqual(await readRaw(path, ["pending", 8]), pendingPub(8));
+    await assertSchemaCurrent(path);
+  });
+});

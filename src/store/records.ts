@@ -130,6 +130,9 @@ export const pendingPublish: z.ZodType<PendingPublish> = z.object({
   origin: z.string(),
 });
 
+/** A segment of pending PUBs (schema 5). */
+export const pendingSegment: z.ZodType<PendingPublish[]> = z.array(pendingPublish);
+
 /** A subscription's durable position. */
 export const subscriptionRecord: z.ZodType<SubscriptionRecord> = z.object({
   subscriber: z.string(),
