@@ -179,6 +179,8 @@ interface Op {
   settle: Settle<void>;
   /** The pool segments its removals rewrite. */
   segments: PoolSegment[] | undefined;
+  /** The sources of its `latest` mutations. */
+  sources: Snapshot[] | undefined;
 }
 
 /**
@@ -254,6 +256,7 @@ export class GroupCommitter {
     let bytes = 0;
     let keyBytes = 0;
     let segments: PoolSegment[] | undefined;
+    let sources: Snapshot[] | undefined;
     for (const m of mutations) {
       const k = m.type === "append"
         ? estimateSize(m.log) + 9
@@ -276,11 +279,19 @@ export class GroupCommitter {
         (segments ??= []).push(m.slot.segment);
         continue;
       }
+      if (m.type === "latest") {
+        // Written once per atomic however many operations carry it: counted by #takeBatch.
+        if (m.source.maxSize > MAX_VALUE_BYTES) {
+          const err = new RangeError(`value too large for one key: ~${m.source.maxSize} bytes`);
+          refuseLater(settle, err);
+          return;
+        }
+        (sources ??= []).push(m.source);
+        continue;
+      }
       // An append may come with its size already estimated (see AppendMutation.size).
       const v = m.type === "append"
         ? (m.size ??= estimateSize(m.value))
-        : m.type === "latest"
-        ? m.source.maxSize
         : m.type === "pool-add"
         ? m.slot.size
         : estimateSize(m.value);
@@ -302,7 +313,7 @@ export class GroupCommitter {
       );
       return;
     }
-    this.#queue.push({ mutations, bytes, keyBytes, settle, segments });
+    this.#queue.push({ mutations, bytes, keyBytes, settle, segments, sources });
     // The first operation of a quiet period starts the loop on a microtask, so that
     // everything submitted in the same turn joins its atomic.
     this.#running ??= Promise.resolve().then(() => this.#run());
@@ -330,22 +341,24 @@ export class GroupCommitter {
     let bytes = 0;
     let keyBytes = 0;
     let n = 0;
-    let rewritten: Set<PoolSegment> | null = null;
+    // A pool segment, or a `latest` source, is written once per atomic, however many of
+    // the atomic's operations name it: its size counts once.
+    let shared: Set<PoolSegment | Snapshot> | null = null;
     for (const op of this.#queue) {
-      // A pool segment is written again once per atomic, however many of its values go.
       let extra = 0;
       if (op.segments) {
-        for (const seg of op.segments) {
-          if (rewritten?.has(seg)) continue;
-          extra += seg.bytes;
-        }
+        for (const seg of op.segments) if (!shared?.has(seg)) extra += seg.bytes;
+      }
+      if (op.sources) {
+        for (const src of op.sources) if (!shared?.has(src)) extra += src.maxSize;
       }
       if (
         n > 0 &&
         (count + op.mutations.length > l.maxMutations || bytes + op.bytes + extra > l.maxBytes ||
           keyBytes + op.keyBytes > l.maxKeyBytes)
       ) break;
-      if (op.segments) { for (const seg of op.segments) (rewritten ??= new Set()).add(seg); }
+      if (op.segments) { for (const seg of op.segments) (shared ??= new Set()).add(seg); }
+      if (op.sources) { for (const src of op.sources) (shared ??= new Set()).add(src); }
       count += op.mutations.length;
       bytes += op.bytes + extra;
       keyBytes += op.keyBytes;

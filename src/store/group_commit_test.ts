@@ -472,3 +472,19 @@ Deno.test("a pool's segments stay under the value limit, and a failed atomic cha
     kv.close();
   }
 });
+
+Deno.test("operations that share a `latest` source count its size once per atomic", async () => {
+  const { kv, gc } = await setup();
+  try {
+    // 60 KB each, as a window's record may be: counted per operation, a hundred of them
+    // would need nine atomics (700 KB each), counted once, one.
+    const source = { maxSize: 60_000, snapshot: () => "record" };
+    await Promise.all(
+      Array.from({ length: 100 }, () => gc.commit([{ type: "latest", key: ["pos"], source }])),
+    );
+    assert.equal(gc.stats.atomics, 1);
+    assert.equal((await kv.get(["pos"])).value, "record");
+  } finally {
+    kv.close();
+  }
+});
