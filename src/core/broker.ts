@@ -303,19 +303,30 @@ export class Broker {
     const q = source.quota;
     if (q) q.count++;
     const id = this.#ids.tryNext();
-    if (id !== undefined) {
-      const pending = this.#pendingOf(id, topic, payload, format, source);
-      this.store.savePendingWith(pending, new Broker.#Accept(this, pending, q, settle));
-      return true;
+    if (id !== undefined) this.#savePending(id, topic, payload, format, source, settle);
+    else {
+      this.#ids.next().then(
+        (id) => this.#savePending(id, topic, payload, format, source, settle),
+        (err) => {
+          if (q) q.count--;
+          settle.reject(err);
+        },
+      );
     }
-    this.#ids.next().then((id) => {
-      const pending = this.#pendingOf(id, topic, payload, format, source);
-      this.store.savePendingWith(pending, new Broker.#Accept(this, pending, q, settle));
-    }, (err) => {
-      if (q) q.count--;
-      settle.reject(err);
-    });
     return true;
+  }
+
+  /** Commits pending PUB `id`; `settle` hears its id once it is stored. */
+  #savePending(
+    id: number,
+    topic: string,
+    payload: Uint8Array,
+    format: PayloadFormat,
+    source: PublishSource,
+    settle: Settle<number>,
+  ): void {
+    const pending = this.#pendingOf(id, topic, payload, format, source);
+    this.store.savePendingWith(pending, new Broker.#Accept(this, pending, source.quota, settle));
   }
 
   /** The checks of a PUB before its topic is known. @throws BrokerError */

@@ -307,8 +307,8 @@ export class Delivery implements Wakeable, PositionSource {
     const flight = this.#flight;
     let n = 0;
     while (n < flight.length && (flight[n] as InFlight).phase === "completed") n++;
-    if (n === 0 && (flight.length > 0 || this.#position === this.#nextSeq)) return false;
-    if (n > 0) flight.splice(0, n);
+    if (n === 0) return false;
+    flight.splice(0, n);
     this.#position = flight.length > 0 ? (flight[0] as InFlight).seq : this.#nextSeq;
     this.topic.trackPosition(this.subscriber, this.#position);
     return true;

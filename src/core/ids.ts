@@ -38,7 +38,7 @@ export class IdAllocator {
     const id = block[0]++;
     if (block[0] === block[1]) this.#blocks.shift();
     if (this.#available() <= LOW_WATER) this.#reserve().catch(() => {});
-    if (id >= this.#issuedEnd) this.#issuedEnd = id + 1;
+    this.#issuedEnd = id + 1; // ids only grow
     return id;
   }
 
@@ -55,15 +55,9 @@ export class IdAllocator {
   /** The next fresh id. */
   async next(): Promise<number> {
     for (;;) {
-      const block = this.#blocks[0];
-      if (block && block[0] < block[1]) {
-        const id = block[0]++;
-        if (block[0] === block[1]) this.#blocks.shift();
-        if (this.#available() <= LOW_WATER) this.#reserve().catch(() => {});
-        if (id >= this.#issuedEnd) this.#issuedEnd = id + 1;
-        return id;
-      }
-      this.#blocks.shift();
+      const id = this.tryNext();
+      if (id !== undefined) return id;
+      this.#blocks.shift(); // an empty block, if any
       await this.#reserve();
     }
   }
