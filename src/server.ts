@@ -210,18 +210,22 @@ export async function startBroker(
     writeBufferBytes: config.writeBufferBytes,
     clients: new Map<string, MqttClient>(),
     port: "mqtt",
+    // TCP and TLS connections were admitted by `limits` when they were accepted.
+    ended(client) {
+      mqttClients.delete(client.link);
+      limits.release(client.link.address);
+    },
   };
-  const mqttHandlers = new Map<PacketLink, Promise<void>>();
+  /** The clients being served, by connection. */
+  const mqttClients = new Map<PacketLink, MqttClient>();
   const mqttSockets = new Set<PacketLink>();
-  const mqttClients = new WeakMap<PacketLink, MqttClient>();
-  // The connection handlers below chain promises rather than await: every suspended
-  // async function is a few hundred bytes for as long as its connection lives.
-  const serveLink = (conn: PacketLink, ctx: MqttContext): Promise<void> => {
+  // No promise or closure per connection here: every one is a few dozen bytes for as long
+  // as its connection lives (ten thousand idle clients). A client's end is told through
+  // its context's `ended`.
+  const serveLink = (conn: PacketLink, ctx: MqttContext): void => {
     const client = new MqttClient(conn, ctx);
     mqttClients.set(conn, client);
-    const handling = client.run().finally(() => mqttHandlers.delete(conn));
-    mqttHandlers.set(conn, handling);
-    return handling;
+    client.run();
   };
   // Keep Alive timeout: a v5 client is told why (DISCONNECT 0x8D) before the close, but
   // only after its CONNACK, v5 [MQTT-3.14.0-1].
@@ -252,14 +256,12 @@ export async function startBroker(
           conn.close(refused);
           return;
         }
-        let served: Promise<void>;
         try {
-          served = serveLink(conn, ctx);
+          serveLink(conn, ctx);
         } catch (err) {
           limits.release(conn.address);
           throw err;
         }
-        return served.finally(() => limits.release(conn.address));
       },
       onHandshakeError(err, remote) {
         log.warning("MQTT TLS handshake with {remote}: {error}", {
@@ -282,7 +284,12 @@ export async function startBroker(
     : undefined;
   if (mqttTls) servers.push(mqttTls);
   if (mqtt) servers.push(mqtt);
-  const wsCtx: MqttContext = { ...mqttCtx, port: "mqtt-ws" };
+  // WebSocket connections are admitted and released by their server.
+  const wsCtx: MqttContext = {
+    ...mqttCtx,
+    port: "mqtt-ws",
+    ended: (client) => mqttClients.delete(client.link),
+  };
   const mqttWs = config.mqttWsPort === 0 ? undefined : new MqttWsServer({
     hostname: config.hostname,
     port: Math.max(0, config.mqttWsPort),
@@ -296,7 +303,7 @@ export async function startBroker(
     onConnection(conn) {
       mqttSockets.add(conn);
       conn.closed.then(() => mqttSockets.delete(conn));
-      return serveLink(conn, wsCtx);
+      serveLink(conn, wsCtx);
     },
     onRefused(remote, reason) {
       log.warning("Refused MQTT WebSocket connection from {remote}: {reason}", { remote, reason });
@@ -352,7 +359,7 @@ export async function startBroker(
       path: config.mqttWsPath,
     });
   }
-  const sys = startSys(broker, config.mqttSysInterval, () => mqttHandlers.size);
+  const sys = startSys(broker, config.mqttSysInterval, () => mqttClients.size);
 
   let stopping: Promise<void> | null = null;
   const stop = async () => {
@@ -360,18 +367,18 @@ export async function startBroker(
     reducer.stop();
     await sys.stop();
     await Promise.all(servers.map((s) => s.close()));
-    for (const c of mqttHandlers.keys()) c.stopReading();
+    for (const c of mqttClients.keys()) c.stopReading();
     // Read no new line, but answer every line already taken: a PUB stored during the
     // stop must get its PUBREC, or its publisher could never release it.
     for (const c of connections.keys()) c.stopReading();
     await settleWithin(
-      [...connections.values(), ...mqttHandlers.values()],
+      [...connections.values(), ...[...mqttClients.values()].map((c) => c.finished)],
       config.shutdownTimeout,
     );
     for (const c of sockets) c.close("broker stopping");
     for (const c of mqttSockets) c.close("broker stopping");
     await Promise.all([...sockets, ...mqttSockets].map((c) => c.closed));
-    await Promise.allSettled(mqttHandlers.values());
+    await Promise.allSettled([...mqttClients.values()].map((c) => c.finished));
     await broker.close();
     const c = dir.store.commitStats;
     dir.close();

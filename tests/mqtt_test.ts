@@ -577,3 +577,56 @@ Deno.test("QoS 0 messages only clean sessions receive are delivered in order wit
   assert.equal(new TextDecoder().decode(again.payload as Uint8Array), "while away");
   assert.equal(again.qos, 0);
 });
+
+Deno.test("an MQTT connection's end frees its per-address slot, also one ended by a takeover", async () => {
+  await using b = await startTestBroker({ mqttPort: -1, maxConnectionsPerAddress: 2 });
+  const first = await RawClient.accepted(b.mqttPort, 4, { clientId: "slot-1" });
+  await using second = await RawClient.accepted(b.mqttPort, 4, { clientId: "slot-2" });
+  // Full: the next one from this address is closed without a CONNACK.
+  await using refused = await RawClient.connect(b.mqttPort, 4);
+  await refused.expectClosed(5000);
+
+  // A DISCONNECT ends the first connection; its slot is free again.
+  await first.send({ cmd: "disconnect" });
+  await first.expectClosed(5000);
+  await first.close();
+  let third: RawClient | undefined;
+  const takers: RawClient[] = [];
+  await waitFor(async () => {
+    try {
+      third = await RawClient.accepted(b.mqttPort, 4, { clientId: "slot-3" });
+      return true;
+    } catch {
+      return false; // the broker has not seen the first one end yet
+    }
+  }, "a connection accepted in the freed slot");
+  await third!.send({ cmd: "pingreq" });
+  await third!.expect("pingresp");
+  await third!.close();
+
+  // A takeover of slot-2's client id in the slot the third one left: the old connection
+  // is closed, and its end (awaited by the takeover) frees its slot for the next one.
+  await waitFor(async () => {
+    try {
+      const taker = await RawClient.accepted(b.mqttPort, 4, { clientId: "slot-2" });
+      takers.push(taker);
+      return true;
+    } catch {
+      return false; // the third one's end not seen yet
+    }
+  }, "the takeover accepted");
+  await second.expectClosed(5000);
+  await waitFor(async () => {
+    try {
+      takers.push(await RawClient.accepted(b.mqttPort, 4, { clientId: "slot-4" }));
+      return true;
+    } catch {
+      return false;
+    }
+  }, "the old slot-2 connection's slot reused");
+  for (const t of takers) {
+    await t.send({ cmd: "pingreq" });
+    await t.expect("pingresp");
+    await t.close();
+  }
+});

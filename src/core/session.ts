@@ -110,6 +110,9 @@ const MAX_TAG = 65_535;
  * no collection it does not need.
  */
 const NO_TAGS: Set<number> = new Set();
+/** The same for the streams and the messages in flight: never added to. */
+const NO_STREAMS = new Map<string, never>();
+const NO_INFLIGHT = new Map<number, never>();
 
 /** The live state of one filter session. Created by the broker's session registry. */
 export class Session {
@@ -123,8 +126,10 @@ export class Session {
   #broker: Broker;
   #output: SessionOutput | null = null;
   #window = 1;
-  #streams = new Map<string, Stream>();
-  #inflight = new Map<number, Inflight>();
+  // Shared empty maps until the session holds a stream or a message in flight (see
+  // NO_STREAMS): most idle connections never do.
+  #streams: Map<string, Stream> = NO_STREAMS;
+  #inflight: Map<number, Inflight> = NO_INFLIGHT;
   #retainedQueue: Outbound[] = [];
   #nextTag = 1;
   #pumpScheduled = false;
@@ -134,7 +139,7 @@ export class Session {
    * goes out in the order it was read (a QoS 0 message never overtakes a QoS 1/2 one
    * read before it on the same topic).
    */
-  #sendChain: Promise<void> = Promise.resolve();
+  #sendChain: Promise<void> | null = null;
   #sendsWaiting = 0;
   #ended = false;
   #broken = false;
@@ -208,6 +213,16 @@ export class Session {
     return this.#receipts ??= new Set();
   }
 
+  #ownStreams(): Map<string, Stream> {
+    if (this.#streams === NO_STREAMS) this.#streams = new Map();
+    return this.#streams;
+  }
+
+  #ownInflight(): Map<number, Inflight> {
+    if (this.#inflight === NO_INFLIGHT) this.#inflight = new Map();
+    return this.#inflight;
+  }
+
   #park(tag: number): void {
     if (this.#parked === NO_TAGS) this.#parked = new Set();
     this.#parked.add(tag);
@@ -260,7 +275,7 @@ export class Session {
           continue;
         }
         stream.outstanding.push(e.seq);
-        this.#inflight.set(e.tag, {
+        this.#ownInflight().set(e.tag, {
           tag: e.tag,
           topic: name,
           seq: e.seq,
@@ -278,7 +293,7 @@ export class Session {
         if (e.phase === "done") continue;
         const m = e.message ?? (await (await this.#broker.topic(e.topic)).read(e.seq));
         if (!m) continue;
-        this.#inflight.set(e.tag, {
+        this.#ownInflight().set(e.tag, {
           tag: e.tag,
           topic: e.message ? null : e.topic,
           seq: e.seq,
@@ -518,7 +533,7 @@ export class Session {
       createdAt,
       wake: () => this.#schedule(),
     };
-    this.#streams.set(topic.topic, s);
+    this.#ownStreams().set(topic.topic, s);
     topic.trackPosition(this.sid, position, this.durable);
     topic.attach(s);
     return s;
@@ -608,16 +623,22 @@ export class Session {
     }
     // After the entries commit, and after any earlier batch still waiting for its own.
     this.#sendsWaiting++;
-    this.#sendChain = this.#sendChain.then(() => stored).then(send, (err) => {
-      // Not stored: nothing was sent, so these are not in flight. The positions stay;
-      // the messages are read again on the next attach.
-      log.warning("Session {sid}: could not store messages in flight: {error}", {
-        sid: this.sid,
-        error: String(err),
-      });
-      this.#broken = true;
-      this.#output?.fail("the session's progress could not be stored");
-    }).finally(() => this.#sendsWaiting--);
+    this.#sendChain = (this.#sendChain ?? Promise.resolve()).then(() => stored).then(
+      send,
+      (err) => {
+        // Not stored: nothing was sent, so these are not in flight. The positions stay;
+        // the messages are read again on the next attach.
+        log.warning("Session {sid}: could not store messages in flight: {error}", {
+          sid: this.sid,
+          error: String(err),
+        });
+        this.#broken = true;
+        this.#output?.fail("the session's progress could not be stored");
+      },
+    ).finally(() => {
+      // The last one lets the chain go: an idle session keeps no promise.
+      if (--this.#sendsWaiting === 0) this.#sendChain = null;
+    });
   }
 
   #sendNew(f: Inflight): void {
@@ -709,7 +730,7 @@ export class Session {
       out,
       stored: !this.durable,
     };
-    this.#inflight.set(f.tag, f);
+    this.#ownInflight().set(f.tag, f);
     return f;
   }
 

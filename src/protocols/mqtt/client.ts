@@ -70,6 +70,11 @@ export interface MqttContext {
   writeBufferBytes: number;
   /** "mqtt" or "mqtt-ws", for dead letters and logs. */
   port: string;
+  /**
+   * Told once a connection of this port has ended (its session detached). One function
+   * for every connection, so that an idle connection keeps no closure or promise for it.
+   */
+  ended?(client: MqttClient): void;
 }
 
 type State = "awaiting-connect" | "connecting" | "connected" | "closing";
@@ -94,7 +99,9 @@ class Close extends Error {
 
 /** Serves one MQTT connection until it ends. */
 export function serveMqtt(link: Link, ctx: MqttContext): Promise<void> {
-  return new MqttClient(link, ctx).run();
+  const client = new MqttClient(link, ctx);
+  client.run();
+  return client.finished;
 }
 
 /** The state of one MQTT connection; its session sends through it. */
@@ -122,7 +129,7 @@ export class MqttClient implements SessionOutput {
   /** Inbound QoS 1/2 PUBLISHes not yet acknowledged. */
   #inboundPending = 0;
   /** Submissions in arrival order: each waits for the one before it. */
-  #submitting: Promise<unknown> = Promise.resolve();
+  #submitting: Promise<unknown> | null = null;
   #submitsWaiting = 0;
   #uncommitted = 0;
   #source: { origin: string; user: string | null } | undefined;
@@ -140,7 +147,9 @@ export class MqttClient implements SessionOutput {
   #lent: Map<number, { group: SharedGroup; groupTag: number; qos: Qos }> | undefined;
   /** `${group}:${groupTag}` → our packet identifier. */
   #lentBy: Map<string, number> | undefined;
-  #finished = Promise.withResolvers<void>();
+  /** Made when someone waits for the end (a takeover, a stop), not per connection. */
+  #finished: PromiseWithResolvers<void> | undefined;
+  #ended = false;
 
   constructor(link: Link, ctx: MqttContext) {
     this.link = link;
@@ -149,7 +158,8 @@ export class MqttClient implements SessionOutput {
 
   /** Resolves once the connection is fully ended (session detached). */
   get finished(): Promise<void> {
-    return this.#finished.promise;
+    if (this.#ended) return Promise.resolve();
+    return (this.#finished ??= Promise.withResolvers<void>()).promise;
   }
 
   /** True from the accepting CONNACK until the connection starts closing. */
@@ -157,21 +167,42 @@ export class MqttClient implements SessionOutput {
     return this.#state === "connected";
   }
 
-  /** Serves the connection until it ends; never rejects (a failure is logged and closes it). */
-  run(): Promise<void> {
-    // Chained, not awaited, and input handed over by callback: an idle connection keeps no
-    // suspended function of ours, and a read costs no async iteration.
-    return this.link.consume((batch) => this.#handle(batch, 0)).then(() => {
-      this.#state = "closing";
-      // Answer what was already accepted before the socket goes.
-      return this.#replies.settled();
-    }).catch((err) => {
+  /**
+   * Serves the connection until it ends (see {@link finished}, and the context's `ended`);
+   * a failure is logged and closes it.
+   */
+  run(): void {
+    // One reaction on the input and nothing else while the connection is idle: no
+    // suspended function of ours, no chain of promises, and a read costs no async
+    // iteration. What follows the end is made when it comes.
+    this.link.consume((batch) => this.#handle(batch, 0)).then(
+      () => this.#finish(null),
+      (err) => this.#finish(err),
+    );
+  }
+
+  async #finish(err: unknown): Promise<void> {
+    if (err !== null) {
       log.error("MQTT connection {id} failed: {error}", {
         id: this.link.id,
         error: err instanceof Error ? err.stack ?? err.message : String(err),
       });
       this.link.close("handler failed");
-    }).then(() => this.#end());
+    }
+    try {
+      // #end answers what was already accepted before the socket goes.
+      await this.#end();
+    } catch (e) {
+      log.error("MQTT connection {id} did not end cleanly: {error}", {
+        id: this.link.id,
+        error: e instanceof Error ? e.stack ?? e.message : String(e),
+      });
+      this.link.close("handler failed");
+    } finally {
+      this.#ended = true;
+      this.#finished?.resolve();
+      this.#ctx.ended?.(this);
+    }
   }
 
   /**
@@ -503,7 +534,7 @@ export class MqttClient implements SessionOutput {
     this.#state = "closing";
     this.link.stopReading();
     this.link.close("session taken over");
-    await this.#finished.promise;
+    await this.finished;
   }
 
   // --- PUBLISH (inbound) -------------------------------------------------------------------
@@ -615,8 +646,12 @@ export class MqttClient implements SessionOutput {
     // before this one (the usual case), else after the one before it.
     if (this.#submitsWaiting > 0 || !this.#ctx.broker.submitNowWith(input, source, reply)) {
       this.#submitsWaiting++;
-      const submitted = this.#submitting.then(() => this.#ctx.broker.submit(input, source));
-      this.#submitting = submitted.catch(() => {}).finally(() => this.#submitsWaiting--);
+      const before = this.#submitting ?? Promise.resolve();
+      const submitted = before.then(() => this.#ctx.broker.submit(input, source));
+      this.#submitting = submitted.catch(() => {}).finally(() => {
+        // The last one lets the chain go: an idle connection keeps no promise.
+        if (--this.#submitsWaiting === 0) this.#submitting = null;
+      });
       submitted.then((s) => s.committed).then((m) => reply.resolve(m), (err) => reply.reject(err));
     }
     // Settled only after this returns, so the count is down when this resolves.
@@ -943,7 +978,6 @@ export class MqttClient implements SessionOutput {
       });
     } finally {
       this.link.close(this.#normalDisconnect ? "client disconnected" : "connection ended");
-      this.#finished.resolve();
     }
   }
 
