@@ -214,11 +214,16 @@ export async function startBroker(
     ended(client) {
       mqttClients.delete(client.link);
       limits.release(client.link.address);
+      forgetWhenClosed(client.link);
     },
   };
   /** The clients being served, by connection. */
   const mqttClients = new Map<PacketLink, MqttClient>();
+  /** Every MQTT connection until its socket has closed: a stop closes and awaits them. */
   const mqttSockets = new Set<PacketLink>();
+  // Asked for only once the connection has ended (or was refused): an idle one keeps no
+  // promise for it.
+  const forgetWhenClosed = (conn: PacketLink) => conn.closed.then(() => mqttSockets.delete(conn));
   // No promise or closure per connection here: every one is a few dozen bytes for as long
   // as its connection lives (ten thousand idle clients). A client's end is told through
   // its context's `ended`.
@@ -246,7 +251,6 @@ export async function startBroker(
       onIdle,
       onConnection(conn) {
         mqttSockets.add(conn);
-        conn.closed.then(() => mqttSockets.delete(conn));
         const refused = limits.admit(conn.address);
         if (refused) {
           log.warning("Refused MQTT connection from {remote}: {reason}", {
@@ -254,12 +258,14 @@ export async function startBroker(
             reason: refused,
           });
           conn.close(refused);
+          forgetWhenClosed(conn);
           return;
         }
         try {
           serveLink(conn, ctx);
         } catch (err) {
           limits.release(conn.address);
+          forgetWhenClosed(conn);
           throw err;
         }
       },
@@ -288,7 +294,10 @@ export async function startBroker(
   const wsCtx: MqttContext = {
     ...mqttCtx,
     port: "mqtt-ws",
-    ended: (client) => mqttClients.delete(client.link),
+    ended(client) {
+      mqttClients.delete(client.link);
+      forgetWhenClosed(client.link);
+    },
   };
   const mqttWs = config.mqttWsPort === 0 ? undefined : new MqttWsServer({
     hostname: config.hostname,
@@ -302,8 +311,12 @@ export async function startBroker(
     limits,
     onConnection(conn) {
       mqttSockets.add(conn);
-      conn.closed.then(() => mqttSockets.delete(conn));
-      serveLink(conn, wsCtx);
+      try {
+        serveLink(conn, wsCtx);
+      } catch (err) {
+        forgetWhenClosed(conn);
+        throw err;
+      }
     },
     onRefused(remote, reason) {
       log.warning("Refused MQTT WebSocket connection from {remote}: {reason}", { remote, reason });

@@ -64,13 +64,13 @@ export abstract class SocketConnection {
   readonly address: string;
   /** True for a TLS connection. */
   readonly tls: boolean;
-  /** Resolves once the socket is closed and no read, write or timer of it is pending. */
-  readonly closed: Promise<void>;
 
   readonly #conn: Deno.TcpConn | Deno.TlsConn;
   readonly #writeBufferBytes: number;
   readonly #closeFlushTimeoutMs: number;
-  readonly #resolveClosed: () => void;
+  /** Made when someone asks for {@link closed}: most connections never are asked. */
+  #closed: PromiseWithResolvers<void> | undefined;
+  #finished = false;
   #readBuffer = new Uint8Array(MIN_READ_BUFFER_BYTES);
 
   #inputStopped = false;
@@ -110,15 +110,18 @@ export abstract class SocketConnection {
     this.#idleTimeoutMs = options.idleTimeoutMs;
     this.remote = addressText(conn.remoteAddr);
     this.address = this.remote.slice(0, this.remote.lastIndexOf(":"));
-    const { promise, resolve } = Promise.withResolvers<void>();
-    this.closed = promise;
-    this.#resolveClosed = resolve;
     if (this.#idleTimeoutMs > 0) this.#armIdleTimer(this.#idleTimeoutMs);
   }
 
   /** True once `close` has begun (or the connection failed); sends are then ignored. */
   get isClosed(): boolean {
     return this.#closing;
+  }
+
+  /** Resolves once the socket is closed and no read, write or timer of it is pending. */
+  get closed(): Promise<void> {
+    if (this.#finished) return Promise.resolve();
+    return (this.#closed ??= Promise.withResolvers<void>()).promise;
   }
 
   /** Why the connection was closed, once it is: the `close` reason or what failed. */
@@ -383,7 +386,8 @@ export abstract class SocketConnection {
     // nothing of this connection outlives `closed`.
     await this.#writing;
     await this.#read?.catch(() => {});
-    this.#resolveClosed();
+    this.#finished = true;
+    this.#closed?.resolve();
   }
 }
 

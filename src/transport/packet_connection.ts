@@ -94,28 +94,30 @@ export class PacketConnection extends SocketConnection implements PacketLink {
     return this.#readBatches();
   }
 
-  consume(handle: (batch: PacketEvent[]) => Promise<void> | void): Promise<void> {
+  consume(
+    handle: (batch: PacketEvent[]) => Promise<void> | void,
+    done: (error: unknown) => void,
+  ): void {
     this.#takeInput();
-    const { promise, resolve, reject } = Promise.withResolvers<void>();
+    const end = (): void => done(null);
     const next = (): void => this.readNext(onChunk);
     const onChunk = (chunk: Uint8Array | null): void => {
-      if (chunk === null || this.inputStopped) return resolve();
+      if (chunk === null || this.inputStopped) return end();
       const items = this.#parse(chunk);
       let waiting: Promise<void> | void = undefined;
       if (items.length > 0) {
         try {
           waiting = handle(items);
         } catch (err) {
-          return reject(err);
+          return done(err);
         }
       }
       // After a malformed or too-large item the input is no longer read.
-      const then = this.#parser.failed ? resolve : next;
-      if (waiting) waiting.then(then, reject);
+      const then = this.#parser.failed ? end : next;
+      if (waiting) waiting.then(then, done);
       else then();
     };
     next();
-    return promise;
   }
 
   get reading(): boolean {

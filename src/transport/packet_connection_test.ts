@@ -506,7 +506,8 @@ test("consume() hands over batches one at a time, waits for the handler's promis
   const h = new Harness({
     onConnection: (conn) => {
       let slowDone = false;
-      const consumed = conn.consume((batch) => {
+      const consumed = Promise.withResolvers<void>();
+      conn.consume((batch) => {
         for (const item of batch) {
           if (item.kind !== "packet") continue;
           const p = item.packet as { cmd: string; topic?: string };
@@ -526,10 +527,13 @@ test("consume() hands over batches one at a time, waits for the handler's promis
             return;
           }
         }
-      });
+      }, (err) => err === null ? consumed.resolve() : consumed.reject(err));
       assert.throws(() => conn.batches(), /already taken/);
-      consumed.then(() => outcome.resolve("ended"), (err) => outcome.resolve(`failed: ${err}`));
-      return consumed.finally(() => conn.close("done"));
+      consumed.promise.then(
+        () => outcome.resolve("ended"),
+        (err) => outcome.resolve(`failed: ${err}`),
+      );
+      return consumed.promise.finally(() => conn.close("done"));
     },
   });
   try {
@@ -555,7 +559,10 @@ test("consume() hands over batches one at a time, waits for the handler's promis
     onConnection: (conn) =>
       conn.consume(() => {
         throw new Error("handler broke");
-      }).catch((err) => failed.resolve(String(err))).finally(() => conn.close("done")),
+      }, (err) => {
+        failed.resolve(String(err));
+        conn.close("done");
+      }),
   });
   try {
     const client = await h2.connect(4);

@@ -64,12 +64,16 @@ export interface PacketLink {
   batches(): AsyncIterableIterator<PacketEvent[]>;
   /**
    * The same batches handed to `handle`, one at a time: the next is read only once the
-   * promise `handle` returns (if any) has resolved. Resolves when the input ends, as
-   * {@link batches} would; rejects with what `handle` threw or rejected with, reading no
-   * more. A handler that wants no more input calls {@link stopReading}. Instead of
-   * {@link batches} or {@link packets}, once: it costs no async iteration per read.
+   * promise `handle` returns (if any) has resolved. `done` is called once, after the
+   * last: with null when the input ends, as {@link batches} would, or with what `handle`
+   * threw or rejected with (no more is read then). A handler that wants no more input
+   * calls {@link stopReading}. Instead of {@link batches} or {@link packets}, once: it
+   * costs no async iteration per read, and no promise while the peer is silent.
    */
-  consume(handle: (batch: PacketEvent[]) => Promise<void> | void): Promise<void>;
+  consume(
+    handle: (batch: PacketEvent[]) => Promise<void> | void,
+    done: (error: unknown) => void,
+  ): void;
   /** False once the input was stopped ({@link stopReading}, a close, a failure). */
   readonly reading: boolean;
   /**

@@ -169,12 +169,18 @@ export class WsPacketConnection implements PacketLink {
   }
 
   /** {@link PacketLink.consume}, over {@link batches} (a WebSocket is not the hot path). */
-  async consume(handle: (batch: PacketEvent[]) => Promise<void> | void): Promise<void> {
-    for await (const batch of this.batches()) {
-      const waiting = handle(batch);
-      if (waiting) await waiting;
-      if (!this.reading) break;
-    }
+  consume(
+    handle: (batch: PacketEvent[]) => Promise<void> | void,
+    done: (error: unknown) => void,
+  ): void {
+    const batches = this.batches();
+    (async () => {
+      for await (const batch of batches) {
+        const waiting = handle(batch);
+        if (waiting) await waiting;
+        if (!this.reading) break;
+      }
+    })().then(() => done(null), done);
   }
 
   /** The input in batches: every item that arrived since the last batch was taken. */

@@ -175,10 +175,7 @@ export class MqttClient implements SessionOutput {
     // One reaction on the input and nothing else while the connection is idle: no
     // suspended function of ours, no chain of promises, and a read costs no async
     // iteration. What follows the end is made when it comes.
-    this.link.consume((batch) => this.#handle(batch, 0)).then(
-      () => this.#finish(null),
-      (err) => this.#finish(err),
-    );
+    this.link.consume((batch) => this.#handle(batch, 0), (err) => this.#finish(err));
   }
 
   async #finish(err: unknown): Promise<void> {
