@@ -143,7 +143,8 @@ export class Session {
   #sendsWaiting = 0;
   #ended = false;
   #broken = false;
-  #filtersFor: (topic: string) => FilterEntry[];
+  /** A group's filters (its members'); a session's own are {@link #ownFilters}. */
+  #filtersFor: ((topic: string) => FilterEntry[]) | undefined;
   #checkAcl: boolean;
   #filterCache: Map<string, { version: number; entries: FilterEntry[] }> | undefined;
   /**
@@ -174,12 +175,14 @@ export class Session {
     this.user = options.user;
     this.expirySec = options.expirySec;
     this.#checkAcl = options.checkAcl ?? true;
-    // A session's own filters; its shared ones are served by their groups.
-    this.#filtersFor = options.filtersFor ??
-      ((topic) =>
-        this.#broker.filterIndex.entriesOf(this.sid).filter((f) =>
-          !parseShare(f.filter) && matches(f.filter, topic)
-        ));
+    this.#filtersFor = options.filtersFor;
+  }
+
+  /** A session's own filters matching `topic`; its shared ones are served by their groups. */
+  #ownFilters(topic: string): FilterEntry[] {
+    return this.#broker.filterIndex.entriesOf(this.sid).filter((f) =>
+      !parseShare(f.filter) && matches(f.filter, topic)
+    );
   }
 
   /** Messages sent and not yet acknowledged. */
@@ -362,7 +365,7 @@ export class Session {
    */
   async dropUnmatched(): Promise<void> {
     for (const [name, s] of [...this.#streams]) {
-      if (this.#filtersFor(name).length > 0) continue;
+      if ((this.#filtersFor?.(name) ?? this.#ownFilters(name)).length > 0) continue;
       this.#streams.delete(name);
       s.topic.detach(s);
       s.topic.untrackPosition(this.sid);
@@ -705,7 +708,7 @@ export class Session {
     const version = this.#broker.filterIndex.version;
     const cached = this.#filterCache?.get(topic);
     if (cached?.version === version) return cached.entries;
-    const entries = this.#filtersFor(topic);
+    const entries = this.#filtersFor?.(topic) ?? this.#ownFilters(topic);
     (this.#filterCache ??= new Map()).set(topic, { version, entries });
     return entries;
   }

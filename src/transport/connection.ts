@@ -41,6 +41,9 @@ const LINGER_MS = 500;
 
 let nextConnectionId = 1;
 
+/** `readNext(TO_SELF)`: the chunk goes to the connection's own `chunkArrived`. */
+export const TO_SELF: unique symbol = Symbol("to self");
+
 /**
  * Socket writes made by every connection of this process, and the bytes they carried:
  * how well output is coalesced (the benchmarks and tests read it).
@@ -75,8 +78,11 @@ export abstract class SocketConnection {
 
   #inputStopped = false;
   #read: Promise<number | null> | undefined;
-  /** Who gets the chunk of the read in progress for {@link readNext}. */
-  #waiting: ((chunk: Uint8Array | null) => void) | undefined;
+  /**
+   * Who gets the chunk of the read in progress for {@link readNext}: a function, or
+   * {@link chunkArrived} (a subclass that reads continuously needs no closure for it).
+   */
+  #waiting: ((chunk: Uint8Array | null) => void) | typeof TO_SELF | undefined;
   #lastInput = performance.now();
   #idleTimeoutMs: number;
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -144,7 +150,7 @@ export abstract class SocketConnection {
     const deliver = this.#waiting;
     if (deliver) {
       this.#waiting = undefined;
-      queueMicrotask(() => deliver(null));
+      queueMicrotask(() => deliver === TO_SELF ? this.chunkArrived(null) : deliver(null));
     }
   }
 
@@ -157,9 +163,10 @@ export abstract class SocketConnection {
    * `closed` must wait for. A callback rather than a promise: no promise per read, and no
    * race with the stop signal.
    */
-  protected readNext(deliver: (chunk: Uint8Array | null) => void): void {
+  protected readNext(deliver: ((chunk: Uint8Array | null) => void) | typeof TO_SELF): void {
     if (this.#inputStopped || this.#closing) {
-      deliver(null);
+      if (deliver === TO_SELF) this.chunkArrived(null);
+      else deliver(null);
       return;
     }
     const read = this.#conn.read(this.#readBuffer);
@@ -172,7 +179,14 @@ export abstract class SocketConnection {
     if (this.#read === read) this.#read = undefined;
     const deliver = this.#waiting;
     this.#waiting = undefined;
-    deliver?.(this.#chunkOf(n)); // none when stopReading already answered
+    // None when stopReading already answered.
+    if (deliver === TO_SELF) this.chunkArrived(this.#chunkOf(n));
+    else deliver?.(this.#chunkOf(n));
+  }
+
+  /** Gets the chunks of `readNext(TO_SELF)`; subclasses that read that way override it. */
+  protected chunkArrived(_chunk: Uint8Array | null): void {
+    throw new Error("readNext(TO_SELF) without chunkArrived");
   }
 
   /** {@link readNext} as a promise; never rejects. */

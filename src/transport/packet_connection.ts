@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type ConnectionOptions, SocketConnection } from "./connection.ts";
+import { type ConnectionOptions, SocketConnection, TO_SELF } from "./connection.ts";
 import {
   ackTemplate,
   createPacketParser,
@@ -16,7 +16,7 @@ import {
   type PacketParser,
   type ProtocolVersion,
 } from "./mqtt_codec.ts";
-import type { PacketLink } from "./packet_link.ts";
+import type { PacketConsumer, PacketLink } from "./packet_link.ts";
 import { SocketServer, type SocketServerOptions } from "./socket_server.ts";
 
 export type { PacketEvent } from "./mqtt_codec.ts";
@@ -56,6 +56,7 @@ export class PacketConnection extends SocketConnection implements PacketLink {
   readonly #parser: PacketParser;
   readonly #onIdle: PacketConnectionOptions["onIdle"];
   #packetsCalled = false;
+  #consumer: PacketConsumer | undefined;
 
   /**
    * Wraps an accepted socket and starts its idle timer; {@link PacketServer} calls this.
@@ -94,30 +95,34 @@ export class PacketConnection extends SocketConnection implements PacketLink {
     return this.#readBatches();
   }
 
-  consume(
-    handle: (batch: PacketEvent[]) => Promise<void> | void,
-    done: (error: unknown) => void,
-  ): void {
+  consume(consumer: PacketConsumer): void {
     this.#takeInput();
-    const end = (): void => done(null);
-    const next = (): void => this.readNext(onChunk);
-    const onChunk = (chunk: Uint8Array | null): void => {
-      if (chunk === null || this.inputStopped) return end();
-      const items = this.#parse(chunk);
-      let waiting: Promise<void> | void = undefined;
-      if (items.length > 0) {
-        try {
-          waiting = handle(items);
-        } catch (err) {
-          return done(err);
-        }
+    this.#consumer = consumer;
+    this.readNext(TO_SELF);
+  }
+
+  /** The chunks of {@link consume}'s reads: no closure per connection or read. */
+  protected override chunkArrived(chunk: Uint8Array | null): void {
+    const consumer = this.#consumer as PacketConsumer;
+    if (chunk === null || this.inputStopped) return consumer.inputEnded(null);
+    const items = this.#parse(chunk);
+    let waiting: Promise<void> | void = undefined;
+    if (items.length > 0) {
+      try {
+        waiting = consumer.packetsArrived(items);
+      } catch (err) {
+        return consumer.inputEnded(err);
       }
-      // After a malformed or too-large item the input is no longer read.
-      const then = this.#parser.failed ? end : next;
-      if (waiting) waiting.then(then, done);
-      else then();
-    };
-    next();
+    }
+    // After a malformed or too-large item the input is no longer read.
+    const failed = this.#parser.failed;
+    if (waiting) {
+      waiting.then(
+        () => failed ? consumer.inputEnded(null) : this.readNext(TO_SELF),
+        (err) => consumer.inputEnded(err),
+      );
+    } else if (failed) consumer.inputEnded(null);
+    else this.readNext(TO_SELF);
   }
 
   get reading(): boolean {

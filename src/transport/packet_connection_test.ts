@@ -507,7 +507,7 @@ test("consume() hands over batches one at a time, waits for the handler's promis
     onConnection: (conn) => {
       let slowDone = false;
       const consumed = Promise.withResolvers<void>();
-      conn.consume((batch) => {
+      const packetsArrived = (batch: PacketEvent[]) => {
         for (const item of batch) {
           if (item.kind !== "packet") continue;
           const p = item.packet as { cmd: string; topic?: string };
@@ -527,7 +527,11 @@ test("consume() hands over batches one at a time, waits for the handler's promis
             return;
           }
         }
-      }, (err) => err === null ? consumed.resolve() : consumed.reject(err));
+      };
+      conn.consume({
+        packetsArrived,
+        inputEnded: (err) => err === null ? consumed.resolve() : consumed.reject(err),
+      });
       assert.throws(() => conn.batches(), /already taken/);
       consumed.promise.then(
         () => outcome.resolve("ended"),
@@ -557,11 +561,14 @@ test("consume() hands over batches one at a time, waits for the handler's promis
   const failed = Promise.withResolvers<string>();
   const h2 = new Harness({
     onConnection: (conn) =>
-      conn.consume(() => {
-        throw new Error("handler broke");
-      }, (err) => {
-        failed.resolve(String(err));
-        conn.close("done");
+      conn.consume({
+        packetsArrived() {
+          throw new Error("handler broke");
+        },
+        inputEnded(err) {
+          failed.resolve(String(err));
+          conn.close("done");
+        },
       }),
   });
   try {

@@ -7,6 +7,14 @@
 
 import type { OutboundPacket, PacketEvent, ProtocolVersion } from "./mqtt_codec.ts";
 
+/** What {@link PacketLink.consume} hands the input to. */
+export interface PacketConsumer {
+  /** The items of one read (or frame), in order; a promise holds the next read back. */
+  packetsArrived(batch: PacketEvent[]): Promise<void> | void;
+  /** Once, after the last batch: null at the end of input, else what went wrong. */
+  inputEnded(error: unknown): void;
+}
+
 /**
  * One client connection seen as MQTT packets in ({@link packets}) and out
  * ({@link send}). Until a CONNECT arrives the connection's idle limit applies (time
@@ -63,17 +71,15 @@ export interface PacketLink {
    */
   batches(): AsyncIterableIterator<PacketEvent[]>;
   /**
-   * The same batches handed to `handle`, one at a time: the next is read only once the
-   * promise `handle` returns (if any) has resolved. `done` is called once, after the
-   * last: with null when the input ends, as {@link batches} would, or with what `handle`
-   * threw or rejected with (no more is read then). A handler that wants no more input
-   * calls {@link stopReading}. Instead of {@link batches} or {@link packets}, once: it
-   * costs no async iteration per read, and no promise while the peer is silent.
+   * The same batches handed to `consumer.packetsArrived`, one at a time: the next is read
+   * only once the promise it returns (if any) has resolved. `consumer.inputEnded` is
+   * called once, after the last: with null when the input ends, as {@link batches}
+   * would, or with what `packetsArrived` threw or rejected with (no more is read then).
+   * A consumer that wants no more input calls {@link stopReading}. Instead of
+   * {@link batches} or {@link packets}, once: it costs no async iteration per read, and
+   * no promise or closure while the peer is silent.
    */
-  consume(
-    handle: (batch: PacketEvent[]) => Promise<void> | void,
-    done: (error: unknown) => void,
-  ): void;
+  consume(consumer: PacketConsumer): void;
   /** False once the input was stopped ({@link stopReading}, a close, a failure). */
   readonly reading: boolean;
   /**

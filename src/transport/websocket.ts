@@ -19,7 +19,7 @@ import {
   type ProtocolVersion,
 } from "./mqtt_codec.ts";
 import type { PacketConnectionOptions } from "./packet_connection.ts";
-import type { PacketLink } from "./packet_link.ts";
+import type { PacketConsumer, PacketLink } from "./packet_link.ts";
 
 /** The WebSocket sub-protocol MQTT registers (v5 [MQTT-6.0.0-3], [MQTT-6.0.0-4]). */
 export const MQTT_SUBPROTOCOL = "mqtt";
@@ -169,18 +169,15 @@ export class WsPacketConnection implements PacketLink {
   }
 
   /** {@link PacketLink.consume}, over {@link batches} (a WebSocket is not the hot path). */
-  consume(
-    handle: (batch: PacketEvent[]) => Promise<void> | void,
-    done: (error: unknown) => void,
-  ): void {
+  consume(consumer: PacketConsumer): void {
     const batches = this.batches();
     (async () => {
       for await (const batch of batches) {
-        const waiting = handle(batch);
+        const waiting = consumer.packetsArrived(batch);
         if (waiting) await waiting;
         if (!this.reading) break;
       }
-    })().then(() => done(null), done);
+    })().then(() => consumer.inputEnded(null), (err) => consumer.inputEnded(err));
   }
 
   /** The input in batches: every item that arrived since the last batch was taken. */

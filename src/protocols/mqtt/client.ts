@@ -30,7 +30,7 @@ import type {
 } from "../../transport/mqtt_codec.ts";
 import type { OutboundPacket } from "../../transport/mqtt_codec.ts";
 import { encodedTopic, encodePacket } from "../../transport/mqtt_codec.ts";
-import type { PacketLink } from "../../transport/packet_link.ts";
+import type { PacketConsumer, PacketLink } from "../../transport/packet_link.ts";
 import { OrderedReplies, Ticket } from "../../ordered_replies.ts";
 import { cachedEncoding, publishHead, publishVariant, shareEncoding } from "./publish_cache.ts";
 import { CONNACK_V4, RC, SUBACK_FAILURE_V4 } from "./reason_codes.ts";
@@ -105,7 +105,7 @@ export function serveMqtt(link: Link, ctx: MqttContext): Promise<void> {
 }
 
 /** The state of one MQTT connection; its session sends through it. */
-export class MqttClient implements SessionOutput {
+export class MqttClient implements SessionOutput, PacketConsumer {
   readonly link: Link;
   #ctx: MqttContext;
   #state: State = "awaiting-connect";
@@ -175,7 +175,17 @@ export class MqttClient implements SessionOutput {
     // One reaction on the input and nothing else while the connection is idle: no
     // suspended function of ours, no chain of promises, and a read costs no async
     // iteration. What follows the end is made when it comes.
-    this.link.consume((batch) => this.#handle(batch, 0), (err) => this.#finish(err));
+    this.link.consume(this);
+  }
+
+  /** {@link PacketConsumer}: the packets of one read. */
+  packetsArrived(batch: PacketEvent[]): Promise<void> | void {
+    return this.#handle(batch, 0);
+  }
+
+  /** {@link PacketConsumer}: the input has ended (`error` null) or failed. */
+  inputEnded(error: unknown): void {
+    this.#finish(error);
   }
 
   async #finish(err: unknown): Promise<void> {
