@@ -119,6 +119,8 @@ export class Delivery implements Wakeable, PositionSource {
    * the earliest message still waiting (the idle-timer pattern).
    */
   #resendTimer: ReturnType<typeof setTimeout> | undefined;
+  /** A save submitted and not yet built into an atomic: later acknowledgements share it. */
+  #queuedSave: Promise<void> | null = null;
   #stopped = false;
 
   constructor(
@@ -314,9 +316,20 @@ export class Delivery implements Wakeable, PositionSource {
     return true;
   }
 
-  /** Stores the subscription's state (see {@link snapshot}). */
+  /**
+   * Stores the subscription's state (see {@link snapshot}). Acknowledgements that come
+   * before the atomic carrying a save is built share that save: it will write their state
+   * too, so the window's acknowledgements of one atomic make one operation, not one each.
+   */
   save(): Promise<void> {
-    return this.#store.savePositionFrom(this.topic.topic, this.subscriber, this);
+    if (this.#queuedSave) return this.#queuedSave;
+    const saving = this.#store.savePositionFrom(this.topic.topic, this.subscriber, this);
+    this.#queuedSave = saving;
+    // Refused without being built into an atomic: the next acknowledgement tries anew.
+    saving.catch(() => {
+      if (this.#queuedSave === saving) this.#queuedSave = null;
+    });
+    return saving;
   }
 
   /** PUBREC: the subscriber has the message. */
@@ -376,6 +389,8 @@ export class Delivery implements Wakeable, PositionSource {
    * than the one an acknowledgement waits for).
    */
   snapshot(): SubscriptionRecord {
+    // The atomic that carries the queued save is being built: later changes need another.
+    this.#queuedSave = null;
     let position = this.#nextSeq;
     const pending: [number, number][] = [];
     const completed: number[] = [];

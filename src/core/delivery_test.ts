@@ -504,3 +504,30 @@ Deno.test("a full window of the largest size stores as one value", async () => {
     assert.equal(rec?.completed?.length, MAX_WINDOW / 2);
   });
 });
+
+Deno.test("a window's acknowledgements made before their atomic is built share one save, and the stored record has them all", async () => {
+  await withDelivery(async ({ publish, deliver, sink, store }) => {
+    const ms = await publish("a", "b", "c", "d");
+    const ids = ms.map((m) => m.id);
+    const d = await deliver({ window: 4 }, SLOW);
+    await store.flush();
+    const before = store.commitStats.operations;
+    // Four PUBRECs in one turn: one operation carries them.
+    const answers = ids.map((id) => d.received(id, sink.accepted));
+    assert.deepEqual(await Promise.all(answers), [null, null, null, null]);
+    assert.equal(store.commitStats.operations - before, 1);
+    let rec = await store.loadSubscription("alice", "t");
+    assert.deepEqual(rec?.pending, ms.map((m) => [m.seq, m.id]));
+    // PUBCOMPs of two turns: the second turn's come after the first's atomic was built,
+    // so they need an operation of their own.
+    const first = [d.completed(ids[1]!, sink.accepted), d.completed(ids[2]!, sink.accepted)];
+    await Promise.resolve(); // the committer starts on a microtask and builds its atomic
+    const second = [d.completed(ids[3]!, sink.accepted)];
+    assert.deepEqual(await Promise.all([...first, ...second]), [null, null, null]);
+    assert.equal(store.commitStats.operations - before, 3);
+    rec = await store.loadSubscription("alice", "t");
+    assert.equal(rec?.position, ms[0]!.seq);
+    assert.deepEqual(rec?.pending, [[ms[0]!.seq, ids[0]]]);
+    assert.deepEqual(rec?.completed, ms.slice(1).map((m) => m.seq));
+  });
+});

@@ -115,7 +115,11 @@ export interface LatestMutation {
 
 /** What a {@link LatestMutation} writes. */
 export interface Snapshot {
-  /** The value to store now. */
+  /**
+   * The value to store now; called once for each atomic that carries the source, as that
+   * atomic is built. Until the call, an operation already submitted for the source will
+   * write every change made since: a source may let later changes wait on it.
+   */
   snapshot(): unknown;
   /** An upper bound of {@link estimateSize} of any snapshot: checked at submission. */
   readonly maxSize: number;
