@@ -211,6 +211,26 @@ export function printComparison(
       rows.push([`${h.label} (${h.unit})`, h.better, ...cells, ...ratios]);
     }
   }
+  // Issue 5's JSON-line target: MessageBroker's CPU per JSON-line QoS 2 delivery (10 → 10)
+  // against each other broker's CPU per MQTT QoS 2 delivery, both measured in this run.
+  const cpu = (name: string, broker: string) =>
+    median(
+      results.filter((r) => r.name === name && r.broker === broker && !failed(r))
+        .map(brokerUsPerMessage),
+    );
+  const jsonl = cpu("pairs", ours!);
+  if (!Number.isNaN(jsonl) && others.length > 0) {
+    const theirs = others.map((b) => cpu("mqtt-qos2", b));
+    if (theirs.some((v) => !Number.isNaN(v))) {
+      rows.push([
+        `JSON-line QoS 2 delivery (${ours}) against MQTT QoS 2 delivery (the others), broker CPU (µs)`,
+        "lower",
+        figure(jsonl),
+        ...theirs.map((v) => Number.isNaN(v) ? "-" : figure(v)),
+        ...theirs.map((v) => Number.isNaN(v) || v === 0 ? "-" : `${(jsonl / v).toFixed(2)}×`),
+      ]);
+    }
+  }
   console.log("");
   printMarkdown(head, rows, 2);
 }
