@@ -148,8 +148,6 @@ export class Topic implements Restartable {
   #subscribers = new Set<Wakeable>();
   /** Durable positions of every subscription to this topic, for retention. */
   #positions = new Map<string, number>();
-  /** Messages of this topic that were not written to the log. */
-  #memoryOnly = new WeakSet<StoredMessage>();
   /** The subscribers among {@link #positions} whose positions are stored. */
   #durable = new Set<string>();
   /** Appends become readable in sequence order, each once it committed (if logged). */
@@ -303,7 +301,6 @@ export class Topic implements Restartable {
       new Topic.#Release(this, m.settle, message, reached, memoryOnly),
     );
     if (memoryOnly) {
-      this.#memoryOnly.add(message);
       release.resolve();
       return;
     }
@@ -385,11 +382,6 @@ export class Topic implements Restartable {
       }
     }
     return reached;
-  }
-
-  /** False for a message this topic kept in memory only (see the module's documentation). */
-  logged(message: StoredMessage): boolean {
-    return !this.#memoryOnly.has(message);
   }
 
   /** True when `subscriber` has a position (durable or tracked) in this topic. */
