@@ -27,16 +27,23 @@ export function encodeBody(
   return { payload: encoder.encode(msgJson), format: "json" };
 }
 
-// One encoding per message, shared by every subscriber it fans out to.
-const cache = new WeakMap<StoredMessage, string>();
+/**
+ * One encoding per message, shared by every subscriber it fans out to: the subscribers
+ * of a message send it at about the same time, so a small table indexed by message id
+ * keeps it long enough. Not a WeakMap: an entry per message there is an ephemeron that
+ * every garbage collection must trace.
+ */
+const CACHE_SLOTS = 1024;
+const cachedFor: (StoredMessage | undefined)[] = new Array(CACHE_SLOTS).fill(undefined);
+const cachedJson: string[] = new Array(CACHE_SLOTS).fill("");
 
 /** The JSON text of a stored message's `msg` value. */
 export function bodyJson(m: StoredMessage): string {
-  let json = cache.get(m);
-  if (json === undefined) {
-    json = toJson(m.payload, m.format);
-    cache.set(m, json);
-  }
+  const slot = m.id % CACHE_SLOTS;
+  if (cachedFor[slot] === m) return cachedJson[slot] as string;
+  const json = toJson(m.payload, m.format);
+  cachedFor[slot] = m;
+  cachedJson[slot] = json;
   return json;
 }
 
