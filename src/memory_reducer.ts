@@ -11,6 +11,14 @@
  * restarts from the current count: another collection needs another crowd, so a broker
  * whose clients come and go in small numbers never pays for one.
  *
+ * The collection frees the JavaScript heap; what the runtime allocated natively for each
+ * socket (Deno's resources, tokio's registrations, read buffers) goes back to the C
+ * allocator, which keeps it: glibc gives its free pages back to the system only at the
+ * top of its heaps. So after the collection the reducer asks glibc to give back all it
+ * can (`malloc_trim`), where the process may load glibc ({@link releaseNativeMemory}).
+ * Measured with 10,000 idle MQTT clients leaving: anonymous RSS +13–30 MiB over the
+ * broker's start without it, 6–8 MiB below the start with it.
+ *
  * @module
  */
 
@@ -96,9 +104,9 @@ export class MemoryReducer {
 let gc: (() => void) | undefined;
 
 /**
- * A full garbage collection. V8 exposes `gc` only with `--expose-gc`; the flag is set
- * here, when first needed, and the function taken from a fresh context, which V8 gives
- * it from then on. No permission is involved.
+ * A full garbage collection, then the C allocator's free memory given back. V8 exposes
+ * `gc` only with `--expose-gc`; the flag is set here, when first needed, and the function
+ * taken from a fresh context, which V8 gives it from then on. No permission is involved.
  */
 function fullCollection(): void {
   if (!gc) {
@@ -106,4 +114,46 @@ function fullCollection(): void {
     gc = vm.runInNewContext("gc") as () => void;
   }
   gc();
+  releaseNativeMemory();
+}
+
+/**
+ * Where glibc is found on the systems the broker is built for (Debian and Ubuntu on
+ * x86-64 and arm64, Fedora and RHEL). The tasks grant `--allow-ffi` for these paths only.
+ */
+export const LIBC_PATHS: readonly string[] = [
+  "/lib/x86_64-linux-gnu/libc.so.6",
+  "/lib/aarch64-linux-gnu/libc.so.6",
+  "/lib64/libc.so.6",
+];
+
+let trim: (() => void) | null | undefined;
+
+/**
+ * Asks glibc to give its free memory back to the system (`malloc_trim(0)`). False, and
+ * nothing done, where that is not possible: not Linux, no glibc at the known paths (musl),
+ * or no `--allow-ffi` for them (asked without a prompt: never granted by one).
+ */
+export function releaseNativeMemory(): boolean {
+  trim ??= openTrim();
+  if (trim === null) return false;
+  trim();
+  return true;
+}
+
+function openTrim(): (() => void) | null {
+  if (Deno.build.os !== "linux") return null;
+  for (const path of LIBC_PATHS) {
+    try {
+      if (Deno.permissions.querySync({ name: "ffi", path }).state !== "granted") continue;
+      const lib = Deno.dlopen(path, {
+        malloc_trim: { parameters: ["usize"], result: "i32" },
+      });
+      return () => void lib.symbols.malloc_trim(0n);
+    } catch {
+      // Not there, or not glibc: the next path.
+    }
+  }
+  log.debug("No glibc to give freed native memory back with; the heap is collected alone");
+  return null;
 }

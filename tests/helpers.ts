@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { type BrokerConfig, configFor } from "../src/config.ts";
+import { LIBC_PATHS } from "../src/memory_reducer.ts";
 import { type RunningBroker, startBroker, type StartOptions } from "../src/server.ts";
 
 const encoder = new TextEncoder();
@@ -321,6 +322,7 @@ export const RUN_MAIN: readonly string[] = [
   "--allow-read",
   "--allow-write",
   "--allow-env=BROKER_*,READABLE_STREAM,DEBUG",
+  `--allow-ffi=${LIBC_PATHS.join(",")}`,
   join(import.meta.dirname ?? ".", "..", "main.ts"),
 ];
 
