@@ -86,7 +86,13 @@ export class LineConnection {
 
   #linesCalled = false;
   #inputStopped = false;
-  readonly #stopInput = Promise.withResolvers<ReadableStreamReadResult<never>>();
+  /**
+   * The reader of the input's line batches while it is read: {@link stopReading} cancels
+   * it, which ends a read in progress at once. (Not a race of each read against a stop
+   * promise: every race leaves a reaction on the stop promise until it settles, one per
+   * read for as long as the connection lives.)
+   */
+  #reader: ReadableStreamDefaultReader<(Uint8Array | LineTooLongError)[]> | undefined;
   #read: Promise<number | null> | undefined;
   #lastInput = performance.now();
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -185,6 +191,7 @@ export class LineConnection {
     const reader = this.#source()
       .pipeThrough(new LineBatchStream({ maxLineBytes: this.#opts.maxLineBytes }))
       .getReader();
+    this.#reader = reader;
     // fatal: a bad line must be reported, not silently turned into U+FFFD.
     const decoder = new TextDecoder("utf-8", { fatal: true });
     try {
@@ -192,7 +199,7 @@ export class LineConnection {
         if (this.#inputStopped) return;
         let result: ReadableStreamReadResult<(Uint8Array | LineTooLongError)[]>;
         try {
-          result = await Promise.race([reader.read(), this.#stopInput.promise]);
+          result = await reader.read();
         } catch {
           return; // a read error (reset, closed by us) just ends the input
         }
@@ -221,6 +228,7 @@ export class LineConnection {
       }
     } finally {
       // Stops further reads but keeps the socket open, so replies can still go out.
+      this.#reader = undefined;
       reader.cancel().catch(() => {});
     }
   }
@@ -231,7 +239,7 @@ export class LineConnection {
    */
   stopReading(): void {
     this.#inputStopped = true;
-    this.#stopInput.resolve({ done: true, value: undefined });
+    this.#reader?.cancel().catch(() => {});
   }
 
   /**
