@@ -229,8 +229,8 @@ export async function startBroker(
   // its context's `ended`.
   const serveLink = (conn: PacketLink, ctx: MqttContext): void => {
     const client = new MqttClient(conn, ctx);
+    client.run(); // its end is told no sooner than a microtask from now
     mqttClients.set(conn, client);
-    client.run();
   };
   // Keep Alive timeout: a v5 client is told why (DISCONNECT 0x8D) before the close, but
   // only after its CONNACK, v5 [MQTT-3.14.0-1].
