@@ -143,7 +143,7 @@ export class Session {
   #sendsWaiting = 0;
   #ended = false;
   #broken = false;
-  /** A group's filters (its members'); a session's own are {@link #ownFilters}. */
+  /** A group's filters (its members'); a session's own are read from the filter index. */
   #filtersFor: ((topic: string) => FilterEntry[]) | undefined;
   #checkAcl: boolean;
   #filterCache: Map<string, { version: number; entries: FilterEntry[] }> | undefined;
@@ -178,8 +178,12 @@ export class Session {
     this.#filtersFor = options.filtersFor;
   }
 
-  /** A session's own filters matching `topic`; its shared ones are served by their groups. */
-  #ownFilters(topic: string): FilterEntry[] {
+  /**
+   * The filters matching `topic`: a group's members', or a session's own (its shared ones
+   * are served by their groups).
+   */
+  #filtersMatching(topic: string): FilterEntry[] {
+    if (this.#filtersFor) return this.#filtersFor(topic);
     return this.#broker.filterIndex.entriesOf(this.sid).filter((f) =>
       !parseShare(f.filter) && matches(f.filter, topic)
     );
@@ -365,7 +369,7 @@ export class Session {
    */
   async dropUnmatched(): Promise<void> {
     for (const [name, s] of [...this.#streams]) {
-      if ((this.#filtersFor?.(name) ?? this.#ownFilters(name)).length > 0) continue;
+      if (this.#filtersMatching(name).length > 0) continue;
       this.#streams.delete(name);
       s.topic.detach(s);
       s.topic.untrackPosition(this.sid);
@@ -708,7 +712,7 @@ export class Session {
     const version = this.#broker.filterIndex.version;
     const cached = this.#filterCache?.get(topic);
     if (cached?.version === version) return cached.entries;
-    const entries = this.#filtersFor?.(topic) ?? this.#ownFilters(topic);
+    const entries = this.#filtersMatching(topic);
     (this.#filterCache ??= new Map()).set(topic, { version, entries });
     return entries;
   }
