@@ -82,6 +82,32 @@ async function limited<T>(limit: number, tasks: (() => Promise<T>)[]): Promise<T
   return results;
 }
 
+/**
+ * With `BENCH_LATENCY_DUMP=DIR`, writes a scenario's latencies in arrival order to
+ * `DIR/<scenario>-<broker>-<wall ms of its start>.txt`, one per line (the first line is the
+ * wall-clock start), and a paced run's send lags (send − due time, in the order sent) to
+ * `….send.txt`, to line bursts of late messages up with a broker's log.
+ */
+async function dumpLatencies(
+  scenario: string,
+  broker: string,
+  startedAt: number,
+  latencies: Latencies,
+  sendLag?: Latencies,
+): Promise<void> {
+  const dir = Deno.env.get("BENCH_LATENCY_DUMP");
+  if (!dir) return;
+  await Deno.mkdir(dir, { recursive: true });
+  const base = `${dir}/${scenario}-${broker.replace(/\W+/g, "_")}-${Math.round(startedAt)}`;
+  const write = (file: string, l: Latencies) =>
+    Deno.writeTextFile(
+      file,
+      [String(startedAt), ...Array.from(l.samples(), (ms) => ms.toFixed(3))].join("\n") + "\n",
+    );
+  await write(`${base}.txt`, latencies);
+  if (sendLag) await write(`${base}.send.txt`, sendLag);
+}
+
 async function runMqttPlan(
   name: string,
   broker: BrokerUnderTest,
@@ -171,6 +197,7 @@ async function runMqttPlan(
     const mem = await memory(broker.pid);
     const sent = pubs.reduce((n, p) => n + p.sent, 0);
     const summary = latencies.summary();
+    await dumpLatencies(name, broker.name, t0, latencies, pacingLag);
     notes.push(...plan.notes?.({ pubs, seconds, pacingLag }) ?? []);
     const c = completeness(streams);
     if (plan.qos === 0) {

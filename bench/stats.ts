@@ -26,6 +26,10 @@ export class Latencies {
     if (this.#n < this.#samples.length) this.#samples[this.#n++] = ms;
     else this.dropped++;
   }
+  /** The samples in the order they were recorded (arrival order), in ms. */
+  samples(): Float64Array {
+    return this.#samples.subarray(0, this.#n);
+  }
   /** p50, p99, p99.9 and the maximum, in ms. */
   summary(): { p50: number; p99: number; p999: number; max: number; count: number } {
     const s = this.#samples.slice(0, this.#n).sort();
