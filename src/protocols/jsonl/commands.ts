@@ -77,28 +77,78 @@ export function decodePublisher(
 }
 
 /**
+ * Where the body of a JSON string that starts at `from` ends (the index of its closing
+ * quote), or -1 when a raw control character or the end of the line comes first. A
+ * backslash and the character after it are passed over unread: {@link hadEscape} says
+ * that one was seen, and JSON.parse then decides whether the escapes are valid.
+ */
+function stringEnd(line: string, from: number): number {
+  hadEscape = false;
+  for (let i = from; i < line.length; i++) {
+    const c = line.charCodeAt(i);
+    if (c === 0x22) return i;
+    if (c < 0x20) return -1;
+    if (c === 0x5c) {
+      hadEscape = true;
+      i++;
+    }
+  }
+  return -1;
+}
+let hadEscape = false;
+
+/** A string body from {@link stringEnd}'s range: unescaped when it had a backslash. */
+function stringBody(line: string, from: number, end: number, escaped: boolean): string {
+  const text = line.slice(from, end);
+  return escaped ? JSON.parse(`"${text}"`) as string : text;
+}
+
+const PUBREC_HEAD = '{"type":"PUBREC","msgId":';
+const PUBCOMP_HEAD = '{"type":"PUBCOMP","msgId":';
+const PUBREL_HEAD = '{"type":"PUBREL","msgId":';
+const TOPIC_KEY = ',"topic":"';
+
+/**
  * An acknowledgement written the way clients that pipeline write it (`{"type":…,
  * "msgId":N}` with an optional `"topic"` after it, no spaces): the bulk of a busy
- * connection's lines. Matched here without JSON.parse, the shape check and the schema;
- * anything else (spaces, another key order, a leading zero) takes the general path,
- * which decides the same.
+ * connection's lines. Read here character by character, without JSON.parse, the shape
+ * check, the schema or a regular expression's match; anything else (spaces, another key
+ * order, a leading zero, more than 15 digits) takes the general path, which decides the
+ * same.
  */
-const ACK =
-  // deno-lint-ignore no-control-regex -- raw control characters are not allowed in JSON strings
-  /^\{"type":"(PUBREC|PUBCOMP|PUBREL)","msgId":([1-9]\d{0,14})(?:,"topic":"((?:[^"\\\x00-\x1f]|\\.)*)")?\}$/;
-
 function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unknown> | null {
-  const m = ACK.exec(line);
-  if (m === null) return null;
-  const type = m[1] as "PUBREC" | "PUBCOMP" | "PUBREL";
+  let type: "PUBREC" | "PUBCOMP" | "PUBREL";
+  let p: number;
+  if (line.startsWith(PUBREC_HEAD)) {
+    type = "PUBREC";
+    p = PUBREC_HEAD.length;
+  } else if (line.startsWith(PUBCOMP_HEAD)) {
+    type = "PUBCOMP";
+    p = PUBCOMP_HEAD.length;
+  } else if (line.startsWith(PUBREL_HEAD)) {
+    type = "PUBREL";
+    p = PUBREL_HEAD.length;
+  } else return null;
   if (!Object.hasOwn(schemas, type)) return null; // the other port's: the general path says so
-  const msgId = Number(m[2]);
-  const text = m[3];
-  if (text === undefined) return { ok: true, command: { type, msgId } };
-  if (type === "PUBREL") return null; // a PUBREL has no topic: the general path drops it
+  let c = line.charCodeAt(p);
+  if (!(c >= 0x31 && c <= 0x39)) return null; // 1-9: no leading zero, no sign
+  let msgId = c - 0x30;
+  const digitsEnd = Math.min(line.length, p + 15);
+  for (p++; p < digitsEnd; p++) {
+    c = line.charCodeAt(p);
+    if (c < 0x30 || c > 0x39) break;
+    msgId = msgId * 10 + (c - 0x30);
+  }
+  if (p === line.length - 1 && line.charCodeAt(p) === 0x7d) {
+    return { ok: true, command: { type, msgId } };
+  }
+  if (type === "PUBREL" || !line.startsWith(TOPIC_KEY, p)) return null; // a PUBREL has no topic
+  const from = p + TOPIC_KEY.length;
+  const end = stringEnd(line, from);
+  if (end !== line.length - 2 || line.charCodeAt(end + 1) !== 0x7d) return null;
   let topic: string;
   try {
-    topic = text.includes("\\") ? JSON.parse(`"${text}"`) as string : text;
+    topic = stringBody(line, from, end, hadEscape);
   } catch {
     return null;
   }
@@ -108,7 +158,8 @@ function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unkn
 /**
  * A PUB of a string written the way publishing clients write it (`{"type":"PUB",
  * "topic":…,"msg":"…"}`, no spaces): a string body can hold neither nesting nor keys, so
- * it needs no shape check; anything else takes the general path.
+ * it needs no shape check; anything else takes the general path. A regular expression
+ * here: its compiled scan of a long body is twice as fast as one in JavaScript.
  */
 const PUB =
   // deno-lint-ignore no-control-regex -- raw control characters are not allowed in JSON strings

@@ -505,7 +505,10 @@ Deno.test("acknowledgements in the compact form decode as the general path decod
   const topicText = fc.oneof(
     fc.string({ maxLength: 12 }).map((t) => JSON.stringify(t).slice(1, -1)),
     anyString.map((t) => JSON.stringify(t).slice(1, -1)),
-    fc.string({ unit: fc.constantFrom("a", "\\", '"', "u", "0", "n", "\t"), maxLength: 8 }),
+    fc.string({
+      unit: fc.constantFrom("a", "\\", '"', "u", "0", "n", "\t", "\x1f", " "),
+      maxLength: 8,
+    }),
   );
   fc.assert(
     fc.property(ackType, msgIdText, fc.option(topicText), (type, id, topic) => {
@@ -520,7 +523,10 @@ Deno.test("PUBs of a string in the compact form decode as the general path decod
   const text = fc.oneof(
     fc.string({ maxLength: 12 }).map((t) => JSON.stringify(t).slice(1, -1)),
     anyString.map((t) => JSON.stringify(t).slice(1, -1)),
-    fc.string({ unit: fc.constantFrom("a", "\\", '"', "u", "0", "n", "\t", "}"), maxLength: 8 }),
+    fc.string({
+      unit: fc.constantFrom("a", "\\", '"', "u", "0", "n", "\t", "\x1f", " ", "}"),
+      maxLength: 8,
+    }),
   );
   fc.assert(
     fc.property(text, text, (topic, msg) => {
