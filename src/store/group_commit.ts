@@ -261,7 +261,10 @@ export class GroupCommitter {
     let keyBytes = 0;
     let segments: PoolSegment[] | undefined;
     let sources: Snapshot[] | undefined;
-    for (const m of mutations) {
+    // Indexed loops here and below: an iterator's result objects are allocated unless
+    // the optimising compiler removes them, and this runs for every operation.
+    for (let i = 0; i < mutations.length; i++) {
+      const m = mutations[i] as Mutation;
       const k = m.type === "append"
         ? estimateSize(m.log) + 9
         : m.type === "pool-add"
@@ -348,7 +351,9 @@ export class GroupCommitter {
     // A pool segment, or a `latest` source, is written once per atomic, however many of
     // the atomic's operations name it: its size counts once.
     let shared: Set<PoolSegment | Snapshot> | null = null;
-    for (const op of this.#queue) {
+    const queue = this.#queue;
+    for (let i = 0; i < queue.length; i++) {
+      const op = queue[i] as Op;
       let extra = 0;
       if (op.segments) {
         for (const seg of op.segments) if (!shared?.has(seg)) extra += seg.bytes;
@@ -379,8 +384,10 @@ export class GroupCommitter {
     let written: Segment[] | null = null;
     let added: Map<Pool, PoolSlot[]> | null = null;
     let removed: Map<PoolSegment, Set<PoolSlot>> | null = null;
-    for (const op of batch) {
-      for (const m of op.mutations) {
+    for (let i = 0; i < batch.length; i++) {
+      const mutations = (batch[i] as Op).mutations;
+      for (let j = 0; j < mutations.length; j++) {
+        const m = mutations[j] as Mutation;
         if (m.type === "pool-add") {
           added ??= new Map();
           const slots = added.get(m.pool);
@@ -549,7 +556,8 @@ function segments(appends: AppendMutation[]): Segment[] {
       firstSeq: first,
       lastSeq: last,
     });
-  for (const a of appends) {
+  for (let i = 0; i < appends.length; i++) {
+    const a = appends[i] as AppendMutation;
     const size = a.size ?? estimateSize(a.value);
     if (values.length > 0 && bytes + size > MAX_VALUE_BYTES) {
       close();
@@ -592,7 +600,8 @@ function logId(log: Deno.KvKey): string {
 function keyId(key: Deno.KvKey): string {
   // Strings and finite numbers only (nearly every key): JSON tells them apart.
   let plain = true;
-  for (const part of key) {
+  for (let i = 0; i < key.length; i++) {
+    const part = key[i];
     if (typeof part !== "string" && (typeof part !== "number" || !Number.isFinite(part))) {
       plain = false;
       break;
@@ -630,7 +639,7 @@ export function estimateSize(value: unknown): number {
       if (value instanceof Uint8Array) return 8 + value.byteLength;
       let n = 4;
       if (Array.isArray(value)) {
-        for (const v of value) n += estimateSize(v);
+        for (let i = 0; i < value.length; i++) n += estimateSize(value[i]);
         return n;
       }
       const o = value as Record<string, unknown>;

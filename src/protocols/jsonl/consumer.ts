@@ -15,7 +15,7 @@ import type { DeliverySink } from "../../core/delivery.ts";
 import { getLogger } from "../../log.ts";
 import type { StoredMessage } from "../../store/store.ts";
 import { errorText } from "../../supervisor.ts";
-import type { LineConnection } from "../../transport/tcp.ts";
+import type { LineConnection, LineEvent } from "../../transport/tcp.ts";
 import { ackLine, type ConsumerCommand, decodeConsumer, pubLine } from "./commands.ts";
 import { commandText, deadLetterInput, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
@@ -151,7 +151,8 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
   conn.send(PLEASE_LOGIN);
   try {
     read: for await (const batch of conn.batches()) {
-      for (const ev of batch) {
+      for (let i = 0; i < batch.length; i++) {
+        const ev = batch[i] as LineEvent;
         if (!conn.reading) break read;
         const line = commandText(ev, ctx, conn, "consumer", session?.subscriber, replyNow);
         if (line === null) continue;

@@ -12,7 +12,7 @@
 import { BrokerError, type PublishSource, type ReleaseResult } from "../../core/broker.ts";
 import { getLogger } from "../../log.ts";
 import { errorText } from "../../supervisor.ts";
-import type { LineConnection } from "../../transport/tcp.ts";
+import type { LineConnection, LineEvent } from "../../transport/tcp.ts";
 import { ackLine, decodePublisher, type PublisherCommand } from "./commands.ts";
 import { commandText, deadLetterInput, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
@@ -61,7 +61,8 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
 
   try {
     read: for await (const batch of conn.batches()) {
-      for (const ev of batch) {
+      for (let i = 0; i < batch.length; i++) {
+        const ev = batch[i] as LineEvent;
         if (!conn.reading) break read;
         const line = commandText(ev, ctx, conn, "publisher", source.user ?? undefined, enqueue);
         if (line === null) continue;
