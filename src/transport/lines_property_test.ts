@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { LineSplitStream, LineTooLongError } from "./lines.ts";
+import { LineBatchStream, LineSplitStream, LineTooLongError } from "./lines.ts";
 
 const LF = 0x0a;
 const CR = 0x0d;
@@ -68,6 +68,30 @@ async function run(
 
 const RUNS = { numRuns: 1500 };
 
+/** Runs the batching splitter over `chunks`: its lines in order, its too-long error. */
+async function runBatches(
+  chunks: Uint8Array[],
+  maxLineBytes: number,
+): Promise<{ lines: number[][]; error: unknown; batches: number }> {
+  const stream = ReadableStream.from(chunks).pipeThrough(new LineBatchStream({ maxLineBytes }));
+  const lines: number[][] = [];
+  let error: unknown = undefined;
+  let batches = 0;
+  for await (const batch of stream) {
+    assert.ok(batch.length > 0, "an empty batch");
+    assert.equal(error, undefined, "a batch after the too-long error");
+    batches++;
+    for (const item of batch) {
+      if (item instanceof LineTooLongError) error = item;
+      else {
+        assert.equal(error, undefined, "a line after the too-long error");
+        lines.push([...item]);
+      }
+    }
+  }
+  return { lines, error, batches };
+}
+
 Deno.test("the splitter yields the reference lines wherever the chunks are cut, or fails exactly when a line is over the cap", async () => {
   await fc.assert(
     fc.asyncProperty(chunked, fc.integer({ min: 0, max: 16 }), async ([b, cuts], max) => {
@@ -89,6 +113,27 @@ Deno.test("the splitter yields the reference lines wherever the chunks are cut, 
         const before = expected.slice(0, firstTooLong);
         assert.ok(lines.length <= before.length, "a line after the long one came out");
         assert.deepEqual(lines, before.slice(0, lines.length));
+      }
+    }),
+    RUNS,
+  );
+});
+
+Deno.test("the batching splitter gives the lines the plain one gives, at most a batch per chunk, and its error after the same lines", async () => {
+  await fc.assert(
+    fc.asyncProperty(chunked, fc.integer({ min: 0, max: 16 }), async ([b, cuts], max) => {
+      const chunks = cut(b, cuts);
+      const expected = referenceLines(b);
+      const firstTooLong = expected.findIndex((l) => l.length > max);
+      const { lines, error, batches } = await runBatches(chunks, max);
+      assert.ok(batches <= chunks.length + 1, `${batches} batches from ${chunks.length} chunks`);
+      if (firstTooLong === -1) {
+        assert.equal(error, undefined);
+        assert.deepEqual(lines, expected);
+      } else {
+        assert.ok(error instanceof LineTooLongError, `expected LineTooLongError, got ${error}`);
+        assert.equal(error.limit, max);
+        assert.deepEqual(lines, expected.slice(0, firstTooLong));
       }
     }),
     RUNS,
