@@ -21,9 +21,10 @@ import {
   Problems,
 } from "./mqtt_load.ts";
 import { MqttSocket } from "./mqtt_wire.ts";
-import { cpuMicros, memory } from "./proc_stats.ts";
+import { cpuMicros, type Memory, memory } from "./proc_stats.ts";
 import {
   brokerUsPerMessage,
+  idleKbPerConnection,
   rateOf,
   type Scenario,
   type ScenarioOptions,
@@ -435,13 +436,30 @@ export const mqttRate: Scenario = {
   },
 };
 
-/** How long `mqtt-idle` gives RSS to settle after the clients leave, at most. */
+/** How long `mqtt-idle` gives RSS to settle, with the clients and after they leave, at most. */
 const IDLE_SETTLE_MS = 8000;
 /**
  * And at least: MessageBroker collects its garbage 2 s after a crowd of connections has
- * left (src/memory_reducer.ts); a broker's RSS may stand still before such a step.
+ * arrived or left (src/memory_reducer.ts); a broker's RSS may stand still before such a
+ * step.
  */
 const IDLE_SETTLE_MIN_MS = 4000;
+
+/**
+ * A broker's memory once its RSS stops falling: polled every 0.5 s from `first`, for
+ * {@link IDLE_SETTLE_MIN_MS} at least and {@link IDLE_SETTLE_MS} at most.
+ */
+async function settledMemory(pid: number, first: Memory): Promise<Memory> {
+  let m = first;
+  for (let waited = 0; waited < IDLE_SETTLE_MS; waited += 500) {
+    await new Promise((r) => setTimeout(r, 500));
+    const next = await memory(pid);
+    const settled = next.rssKb >= m.rssKb - Math.max(256, m.rssKb / 100);
+    m = next;
+    if (settled && waited >= IDLE_SETTLE_MIN_MS) break;
+  }
+  return m;
+}
 
 /** Reads a process's open-file limit (soft) from /proc/PID/limits; undefined if unknown. */
 async function openFileLimit(pid: number | "self"): Promise<number | undefined> {
@@ -464,10 +482,7 @@ export const mqttIdle: Scenario = {
     label: `memory per idle connection (${o.idleConnections})`,
     unit: "KB",
     better: "lower",
-    value: (r) =>
-      r.idle && r.idle.connected > 0
-        ? (r.idle.rssWithKb - r.idle.rssBeforeKb) / r.idle.connected
-        : NaN,
+    value: (r) => r.idle ? idleKbPerConnection(r.idle) : NaN,
   }],
   async run(broker, o) {
     const port = broker.mqttPort;
@@ -518,36 +533,42 @@ export const mqttIdle: Scenario = {
       const connected = sockets.length;
       // Let the broker finish what the connects started (logs, sessions, GC) before reading.
       await new Promise((r) => setTimeout(r, 1000));
-      const withThem = await memory(broker.pid);
+      const withThemSoon = await memory(broker.pid);
       const brokerCpuUs = await cpuMicros(broker.pid) - broker0;
       const generatorCpuUs = await cpuMicros("self") - self0;
+      // The clients held idle: RSS settled, as after they leave (below).
+      const withThem = await settledMemory(broker.pid, withThemSoon);
       await Promise.all(sockets.map((s) => s.disconnect()));
       sockets.length = 0;
-      // RSS after they leave: polled until it stops falling, for IDLE_SETTLE_MIN_MS at least
-      // and IDLE_SETTLE_MS at most.
-      let after = await memory(broker.pid);
-      for (let waited = 0; waited < IDLE_SETTLE_MS; waited += 500) {
-        await new Promise((r) => setTimeout(r, 500));
-        const m = await memory(broker.pid);
-        const settled = m.rssKb >= after.rssKb - Math.max(256, after.rssKb / 100);
-        after = m;
-        if (settled && waited >= IDLE_SETTLE_MIN_MS) break;
-      }
-      const perConn = connected > 0 ? (withThem.rssKb - before.rssKb) / connected : NaN;
+      const after = await settledMemory(broker.pid, await memory(broker.pid));
+      // Per connection as idleKbPerConnection counts it; also 1 s after the last CONNACK.
+      const base = Math.min(before.rssKb, after.rssKb);
+      const perConn = idleKbPerConnection({
+        wanted: n,
+        connected,
+        connectSeconds,
+        rssBeforeKb: before.rssKb,
+        rssWithKb: withThem.rssKb,
+        rssAfterKb: after.rssKb,
+      });
+      const perConnSoon = connected > 0 ? (withThemSoon.rssKb - base) / connected : NaN;
+      const anonBase = Math.min(before.anonKb, after.anonKb);
       const mib = (kb: number) => (kb / 1024).toFixed(1);
       const over = (kb: number) => `${kb >= 0 ? "+" : ""}${mib(kb)} MiB over the start`;
       notes.push(
         `${connected} of ${n} connected in ${connectSeconds.toFixed(2)} s; RSS ${
           mib(before.rssKb)
-        } MiB before → ${mib(withThem.rssKb)} MiB with them (${perConn.toFixed(2)} KB each) → ${
-          mib(after.rssKb)
-        } MiB after they left (${over(after.rssKb - before.rssKb)})`,
+        } MiB before → ${mib(withThemSoon.rssKb)} MiB 1 s after the last CONNACK (${
+          perConnSoon.toFixed(2)
+        } KB each) → ${mib(withThem.rssKb)} MiB settled with them (${
+          perConn.toFixed(2)
+        } KB each) → ${mib(after.rssKb)} MiB after they left (${over(after.rssKb - before.rssKb)})`,
         // The executable's code pages count in RSS once first run (accepting, closing):
         // its anonymous part says what the broker itself kept.
         `anonymous RSS (RssAnon, without file pages): ${mib(before.anonKb)} MiB before → ${
           mib(withThem.anonKb)
-        } MiB with them (${
-          connected > 0 ? ((withThem.anonKb - before.anonKb) / connected).toFixed(2) : "-"
+        } MiB settled with them (${
+          connected > 0 ? ((withThem.anonKb - anonBase) / connected).toFixed(2) : "-"
         } KB each) → ${mib(after.anonKb)} MiB after they left (${
           over(after.anonKb - before.anonKb)
         })`,

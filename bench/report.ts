@@ -7,6 +7,7 @@
  */
 import {
   brokerUsPerMessage,
+  idleKbPerConnection,
   rateOf,
   type Scenario,
   type ScenarioOptions,
@@ -120,9 +121,7 @@ export function printTable(results: ScenarioResult[]): void {
   ];
   const rows = results.map((r) => {
     if (r.idle) {
-      const per = r.idle.connected > 0
-        ? ((r.idle.rssWithKb - r.idle.rssBeforeKb) / r.idle.connected).toFixed(2)
-        : "-";
+      const per = r.idle.connected > 0 ? idleKbPerConnection(r.idle).toFixed(2) : "-";
       return [
         r.name,
         ...(withBroker ? [r.broker] : []),

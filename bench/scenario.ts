@@ -54,10 +54,21 @@ export interface IdleFigures {
   connected: number;
   /** Seconds to open them all. */
   connectSeconds: number;
+  /** RSS before the clients came, with them (settled), and after they left (settled). */
   rssBeforeKb: number;
   rssWithKb: number;
   rssAfterKb: number;
 }
+
+/**
+ * KB of RSS per idle connection: what holding them adds to the broker without them,
+ * before they came or after they left, whichever is lower (a collection may also free
+ * what the broker held before they came).
+ */
+export const idleKbPerConnection = (idle: IdleFigures): number =>
+  idle.connected > 0
+    ? (idle.rssWithKb - Math.min(idle.rssBeforeKb, idle.rssAfterKb)) / idle.connected
+    : NaN;
 
 /** What a scenario measured against one broker. */
 export interface ScenarioResult {

@@ -1,5 +1,5 @@
 /**
- * Gives memory back once a crowd of connections has left.
+ * Gives memory back once a crowd of connections has left, or has arrived.
  *
  * V8 collects garbage when JavaScript allocates. A broker that goes quiet after 10,000
  * clients disconnect has nothing left to allocate, so their connections' objects stay in
@@ -10,6 +10,16 @@
  * connects or leaves for `quietMs`, the reducer runs one full collection. The peak then
  * restarts from the current count: another collection needs another crowd, so a broker
  * whose clients come and go in small numbers never pays for one.
+ *
+ * A crowd arriving leaves memory behind too: the connects' short-lived objects fill the
+ * young generation, V8 grows it to its largest size while so much survives, and some of
+ * that garbage is promoted. Once the connections are in and quiet, none of it is in use,
+ * yet it stays resident: measured with 10,000 idle MQTT clients, 123 MB committed for
+ * 62 MB of objects. So the same collection also runs when the count has risen by
+ * `minPeak` or more since the last one (or since the start) and then nothing connected or
+ * left for `quietMs`: V8 shrinks the young generation in it. A broker that gains its
+ * clients a few at a time pays one collection per `minPeak` of them at most, and only
+ * in a quiet moment.
  *
  * The collection frees the JavaScript heap; what the runtime allocated natively for each
  * socket (Deno's resources, tokio's registrations, read buffers) goes back to the C
@@ -44,6 +54,8 @@ export class MemoryReducer {
   readonly #collect: () => void;
   #peak = 0;
   #count = 0;
+  /** The count at the last collection (0 at the start). */
+  #base = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #stopped = false;
 
@@ -61,7 +73,10 @@ export class MemoryReducer {
       clearTimeout(this.#timer);
       this.#timer = undefined;
     }
-    if (this.#stopped || this.#peak < this.#minPeak || count > this.#peak / 2) return;
+    if (this.#stopped) return;
+    const fell = this.#peak >= this.#minPeak && count <= this.#peak / 2;
+    const rose = count >= this.#base + this.#minPeak;
+    if (!fell && !rose) return;
     this.#timer = setTimeout(() => this.#run(), this.#quietMs);
   }
 
@@ -74,8 +89,9 @@ export class MemoryReducer {
 
   #run(): void {
     this.#timer = undefined;
-    const peak = this.#peak;
+    const from = this.#count >= this.#base + this.#minPeak ? this.#base : this.#peak;
     this.#peak = this.#count;
+    this.#base = this.#count;
     const before = Deno.memoryUsage();
     try {
       this.#collect();
@@ -88,9 +104,9 @@ export class MemoryReducer {
     const after = Deno.memoryUsage();
     const mb = (bytes: number) => (bytes / 1_048_576).toFixed(1);
     log.info(
-      "Connections fell from {peak} to {count}: collected garbage, heap {before} → {after} MiB, RSS {rssBefore} → {rssAfter} MiB",
+      "Connections went from {from} to {count}: collected garbage, heap {before} → {after} MiB, RSS {rssBefore} → {rssAfter} MiB",
       {
-        peak,
+        from,
         count: this.#count,
         before: mb(before.heapUsed),
         after: mb(after.heapUsed),

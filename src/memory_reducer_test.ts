@@ -3,7 +3,7 @@ import { MemoryReducer } from "./memory_reducer.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-Deno.test("one collection once a crowd has halved and things are quiet, none for small numbers", async () => {
+Deno.test("one collection once a crowd has arrived or halved and things are quiet, none for small numbers", async () => {
   let collections = 0;
   const reducer = new MemoryReducer({ minPeak: 100, quietMs: 30, collect: () => collections++ });
   try {
@@ -12,24 +12,41 @@ Deno.test("one collection once a crowd has halved and things are quiet, none for
     await sleep(80);
     assert.equal(collections, 0, "a peak under minPeak collects nothing");
 
-    for (let n = 1; n <= 200; n++) reducer.connections(n);
+    for (let n = 1; n <= 150; n++) reducer.connections(n);
+    await sleep(10);
+    reducer.connections(151); // still arriving: the quiet period starts again
+    await sleep(10);
+    assert.equal(collections, 0, "not while connections are still arriving");
+    await sleep(80);
+    assert.equal(collections, 1, "once quiet after rising by minPeak");
+
+    for (let n = 152; n <= 200; n++) reducer.connections(n);
+    await sleep(80);
+    assert.equal(collections, 1, "49 more since the last collection: nothing");
     for (let n = 199; n >= 101; n--) reducer.connections(n);
     await sleep(80);
-    assert.equal(collections, 0, "above half of the peak: nothing yet");
+    assert.equal(collections, 1, "above half of the peak: nothing yet");
 
     reducer.connections(100);
     reducer.connections(99);
     await sleep(10);
     reducer.connections(98); // still leaving: the quiet period starts again
     await sleep(10);
-    assert.equal(collections, 0, "not while connections are still leaving");
+    assert.equal(collections, 1, "not while connections are still leaving");
     await sleep(80);
-    assert.equal(collections, 1, "once quiet after falling to half of the peak");
+    assert.equal(collections, 2, "once quiet after falling to half of the peak");
 
-    // The peak restarts from 98: falling further is no new crowd.
+    // Peak and base restart from 98: falling further is no new crowd, nor is climbing
+    // back to 197; 198 is 100 more than at the last collection.
     for (let n = 97; n >= 0; n--) reducer.connections(n);
     await sleep(80);
-    assert.equal(collections, 1);
+    assert.equal(collections, 2);
+    for (let n = 1; n <= 197; n++) reducer.connections(n);
+    await sleep(80);
+    assert.equal(collections, 2, "97 fewer, then 99 more than at the last collection");
+    reducer.connections(198);
+    await sleep(80);
+    assert.equal(collections, 3, "100 more than at the last collection");
   } finally {
     reducer.stop();
   }
