@@ -1,5 +1,5 @@
 /**
- * Giving memory back after a crowd has left: the garbage collection frees the JavaScript
+ * Giving memory back after a crowd has arrived or left: the garbage collection frees the JavaScript
  * heap, and glibc's `malloc_trim` the native memory freed into the C allocator (see
  * src/memory_reducer.ts). Each case in a process of its own, with the permissions the
  * tasks grant or without them.
@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { LIBC_PATHS } from "../src/memory_reducer.ts";
+import { ChildBroker, fdLimit, inBatches } from "./helpers.ts";
 
 const PROBE = join(import.meta.dirname ?? ".", "trim_probe.ts");
 const hasGlibc = Deno.build.os === "linux" &&
@@ -51,4 +52,35 @@ Deno.test({
 Deno.test("without --allow-ffi nothing is released", async () => {
   const r = await probe();
   assert.equal(r.released, false);
+});
+
+Deno.test({
+  name:
+    "a broker collects once 1,000 connections have arrived and gone quiet, and again once they have left",
+  // The test's end of each connection, plus its own files.
+  ignore: fdLimit() < 1_300,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "mb-reducer-" });
+    const b = await ChildBroker.start(dir, ["--max-connections-per-address", "2000"]);
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    let conns: Deno.TcpConn[] = [];
+    let output = "";
+    try {
+      conns = await inBatches(
+        1_000,
+        () => Deno.connect({ hostname: "127.0.0.1", port: b.consumerPort }),
+      );
+      // The reducer waits for 2 s without a connection arriving or leaving.
+      await sleep(3_000);
+      for (const c of conns) c.close();
+      conns = [];
+      await sleep(3_000);
+    } finally {
+      for (const c of conns) c.close();
+      output = (await b.stop()).output;
+      await Deno.remove(dir, { recursive: true });
+    }
+    assert.match(output, /Connections went from 0 to 1000: collected garbage/);
+    assert.match(output, /Connections went from 1000 to 0: collected garbage/);
+  },
 });
