@@ -24,6 +24,7 @@ import { MqttSocket } from "./mqtt_wire.ts";
 import { cpuMicros, type Memory, memory } from "./proc_stats.ts";
 import {
   brokerUsPerMessage,
+  type IdleFigures,
   idleKbPerConnection,
   rateOf,
   type Scenario,
@@ -541,18 +542,24 @@ export const mqttIdle: Scenario = {
       await Promise.all(sockets.map((s) => s.disconnect()));
       sockets.length = 0;
       const after = await settledMemory(broker.pid, await memory(broker.pid));
-      // Per connection as idleKbPerConnection counts it; also 1 s after the last CONNACK.
-      const base = Math.min(before.rssKb, after.rssKb);
-      const perConn = idleKbPerConnection({
+      const idle: IdleFigures = {
         wanted: n,
         connected,
         connectSeconds,
         rssBeforeKb: before.rssKb,
         rssWithKb: withThem.rssKb,
         rssAfterKb: after.rssKb,
+      };
+      // Per connection as the headline counts it; also 1 s after the last CONNACK, and for
+      // anonymous RSS.
+      const perConn = idleKbPerConnection(idle);
+      const perConnSoon = idleKbPerConnection({ ...idle, rssWithKb: withThemSoon.rssKb });
+      const perConnAnon = idleKbPerConnection({
+        ...idle,
+        rssBeforeKb: before.anonKb,
+        rssWithKb: withThem.anonKb,
+        rssAfterKb: after.anonKb,
       });
-      const perConnSoon = connected > 0 ? (withThemSoon.rssKb - base) / connected : NaN;
-      const anonBase = Math.min(before.anonKb, after.anonKb);
       const mib = (kb: number) => (kb / 1024).toFixed(1);
       const over = (kb: number) => `${kb >= 0 ? "+" : ""}${mib(kb)} MiB over the start`;
       notes.push(
@@ -567,11 +574,9 @@ export const mqttIdle: Scenario = {
         // its anonymous part says what the broker itself kept.
         `anonymous RSS (RssAnon, without file pages): ${mib(before.anonKb)} MiB before → ${
           mib(withThem.anonKb)
-        } MiB settled with them (${
-          connected > 0 ? ((withThem.anonKb - anonBase) / connected).toFixed(2) : "-"
-        } KB each) → ${mib(after.anonKb)} MiB after they left (${
-          over(after.anonKb - before.anonKb)
-        })`,
+        } MiB settled with them (${connected > 0 ? perConnAnon.toFixed(2) : "-"} KB each) → ${
+          mib(after.anonKb)
+        } MiB after they left (${over(after.anonKb - before.anonKb)})`,
       );
       const missing = n - connected;
       return {
@@ -597,14 +602,7 @@ export const mqttIdle: Scenario = {
           unexpected: 0,
           problems: missing ? [`${missing} of ${n} connections not accepted`] : [],
         },
-        idle: {
-          wanted: n,
-          connected,
-          connectSeconds,
-          rssBeforeKb: before.rssKb,
-          rssWithKb: withThem.rssKb,
-          rssAfterKb: after.rssKb,
-        },
+        idle,
         problems,
         notes,
       };

@@ -6,6 +6,15 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 Deno.test("one collection once a crowd has arrived or halved and things are quiet, none for small numbers", async () => {
   let collections = 0;
   const reducer = new MemoryReducer({ minPeak: 100, quietMs: 30, collect: () => collections++ });
+  /** A change 10 ms after the last one starts the quiet period over: no collection until later. */
+  const quietStartsOver = async (count: number, expected: number, moving: string) => {
+    await sleep(10);
+    reducer.connections(count);
+    await sleep(10);
+    assert.equal(collections, expected, `not while connections are still ${moving}`);
+    await sleep(80);
+    assert.equal(collections, expected + 1, `once quiet after ${moving}`);
+  };
   try {
     for (let n = 1; n <= 99; n++) reducer.connections(n);
     for (let n = 98; n >= 0; n--) reducer.connections(n);
@@ -13,12 +22,7 @@ Deno.test("one collection once a crowd has arrived or halved and things are quie
     assert.equal(collections, 0, "a peak under minPeak collects nothing");
 
     for (let n = 1; n <= 150; n++) reducer.connections(n);
-    await sleep(10);
-    reducer.connections(151); // still arriving: the quiet period starts again
-    await sleep(10);
-    assert.equal(collections, 0, "not while connections are still arriving");
-    await sleep(80);
-    assert.equal(collections, 1, "once quiet after rising by minPeak");
+    await quietStartsOver(151, 0, "arriving"); // risen by minPeak
 
     for (let n = 152; n <= 200; n++) reducer.connections(n);
     await sleep(80);
@@ -29,12 +33,7 @@ Deno.test("one collection once a crowd has arrived or halved and things are quie
 
     reducer.connections(100);
     reducer.connections(99);
-    await sleep(10);
-    reducer.connections(98); // still leaving: the quiet period starts again
-    await sleep(10);
-    assert.equal(collections, 1, "not while connections are still leaving");
-    await sleep(80);
-    assert.equal(collections, 2, "once quiet after falling to half of the peak");
+    await quietStartsOver(98, 1, "leaving"); // fallen to half of the peak
 
     // Peak and base restart from 98: falling further is no new crowd, nor is climbing
     // back to 197; 198 is 100 more than at the last collection.

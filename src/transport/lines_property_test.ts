@@ -68,6 +68,31 @@ async function run(
 
 const RUNS = { numRuns: 1500 };
 
+/**
+ * What a splitter gave against the reference lines and the cap: every line and no error
+ * when none is over the cap; otherwise a LineTooLongError naming the cap after `before`
+ * of the lines that precede the long one (all of them, or a prefix).
+ */
+function assertOutcome(
+  expected: number[][],
+  max: number,
+  lines: number[][],
+  error: unknown,
+  before: "all" | "a prefix",
+): void {
+  const firstTooLong = expected.findIndex((l) => l.length > max);
+  if (firstTooLong === -1) {
+    assert.equal(error, undefined);
+    assert.deepEqual(lines, expected);
+    return;
+  }
+  assert.ok(error instanceof LineTooLongError, `expected LineTooLongError, got ${error}`);
+  assert.equal(error.limit, max);
+  const preceding = expected.slice(0, firstTooLong);
+  assert.ok(lines.length <= preceding.length, "a line after the long one came out");
+  assert.deepEqual(lines, before === "all" ? preceding : preceding.slice(0, lines.length));
+}
+
 /** Runs the batching splitter over `chunks`: its lines in order, its too-long error. */
 async function runBatches(
   chunks: Uint8Array[],
@@ -96,24 +121,14 @@ Deno.test("the splitter yields the reference lines wherever the chunks are cut, 
   await fc.assert(
     fc.asyncProperty(chunked, fc.integer({ min: 0, max: 16 }), async ([b, cuts], max) => {
       const expected = referenceLines(b);
-      const firstTooLong = expected.findIndex((l) => l.length > max);
       const { lines, error } = await run(cut(b, cuts), max);
       for (const line of lines) {
         assert.ok(line.length <= max, `a line of ${line.length} bytes passed the cap ${max}`);
         assert.ok(!line.includes(LF), "a line holds a LF");
       }
-      if (firstTooLong === -1) {
-        assert.equal(error, undefined);
-        assert.deepEqual(lines, expected);
-      } else {
-        assert.ok(error instanceof LineTooLongError, `expected LineTooLongError, got ${error}`);
-        assert.equal(error.limit, max);
-        // Lines queued in the same chunk as the failure may be dropped with the stream's
-        // queue, so what came out is a prefix of the lines before the long one.
-        const before = expected.slice(0, firstTooLong);
-        assert.ok(lines.length <= before.length, "a line after the long one came out");
-        assert.deepEqual(lines, before.slice(0, lines.length));
-      }
+      // Lines queued in the same chunk as the failure may be dropped with the stream's
+      // queue, so what came out is a prefix of the lines before the long one.
+      assertOutcome(expected, max, lines, error, "a prefix");
     }),
     RUNS,
   );
@@ -124,17 +139,9 @@ Deno.test("the batching splitter gives the lines the plain one gives, at most a 
     fc.asyncProperty(chunked, fc.integer({ min: 0, max: 16 }), async ([b, cuts], max) => {
       const chunks = cut(b, cuts);
       const expected = referenceLines(b);
-      const firstTooLong = expected.findIndex((l) => l.length > max);
       const { lines, error, batches } = await runBatches(chunks, max);
       assert.ok(batches <= chunks.length + 1, `${batches} batches from ${chunks.length} chunks`);
-      if (firstTooLong === -1) {
-        assert.equal(error, undefined);
-        assert.deepEqual(lines, expected);
-      } else {
-        assert.ok(error instanceof LineTooLongError, `expected LineTooLongError, got ${error}`);
-        assert.equal(error.limit, max);
-        assert.deepEqual(lines, expected.slice(0, firstTooLong));
-      }
+      assertOutcome(expected, max, lines, error, "all");
     }),
     RUNS,
   );
