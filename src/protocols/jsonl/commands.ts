@@ -79,28 +79,17 @@ export function decodePublisher(
 /**
  * Where the body of a JSON string that starts at `from` ends (the index of its closing
  * quote), or -1 when a raw control character or the end of the line comes first. A
- * backslash and the character after it are passed over unread: {@link hadEscape} says
- * that one was seen, and JSON.parse then decides whether the escapes are valid.
+ * backslash and the character after it are passed over unread: JSON.parse decides later
+ * whether the escapes are valid.
  */
 function stringEnd(line: string, from: number): number {
-  hadEscape = false;
   for (let i = from; i < line.length; i++) {
     const c = line.charCodeAt(i);
     if (c === 0x22) return i;
     if (c < 0x20) return -1;
-    if (c === 0x5c) {
-      hadEscape = true;
-      i++;
-    }
+    if (c === 0x5c) i++;
   }
   return -1;
-}
-let hadEscape = false;
-
-/** A string body from {@link stringEnd}'s range: unescaped when it had a backslash. */
-function stringBody(line: string, from: number, end: number, escaped: boolean): string {
-  const text = line.slice(from, end);
-  return escaped ? JSON.parse(`"${text}"`) as string : text;
 }
 
 const PUBREC_HEAD = '{"type":"PUBREC","msgId":';
@@ -146,11 +135,13 @@ function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unkn
   const from = p + TOPIC_KEY.length;
   const end = stringEnd(line, from);
   if (end !== line.length - 2 || line.charCodeAt(end + 1) !== 0x7d) return null;
-  let topic: string;
-  try {
-    topic = stringBody(line, from, end, hadEscape);
-  } catch {
-    return null;
+  let topic = line.slice(from, end);
+  if (topic.includes("\\")) {
+    try {
+      topic = JSON.parse(`"${topic}"`) as string;
+    } catch {
+      return null;
+    }
   }
   return { ok: true, command: { type, msgId, topic } };
 }
