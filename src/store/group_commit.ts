@@ -428,16 +428,19 @@ export class GroupCommitter {
       }
     }
     const created = added ? poolSegments(added, merged) : null;
+    // Each rewritten segment's remaining slots, kept for after the commit.
+    let kept: Map<PoolSegment, PoolSlot[]> | null = null;
     if (removed) {
+      kept = new Map();
       for (const [seg, gone] of removed) {
         const id = keyId(seg.key);
-        const left: unknown[] = [];
-        for (const s of seg.slots) if (!gone.has(s)) left.push(s.value);
+        const left = seg.slots.filter((s) => !gone.has(s));
+        kept.set(seg, left);
         merged.delete(id);
         merged.set(
           id,
           left.length > 0
-            ? { type: "set", key: seg.key, value: left }
+            ? { type: "set", key: seg.key, value: left.map((s) => s.value) }
             : { type: "delete", key: seg.key },
         );
       }
@@ -473,7 +476,7 @@ export class GroupCommitter {
     if (created) { for (const seg of created) for (const slot of seg.slots) slot.segment = seg; }
     if (removed) {
       for (const [seg, gone] of removed) {
-        seg.slots = seg.slots.filter((s) => !gone.has(s));
+        seg.slots = kept?.get(seg) as PoolSlot[];
         for (const s of gone) {
           seg.bytes -= s.size;
           s.segment = null;
