@@ -392,7 +392,7 @@ export class Delivery implements Wakeable, PositionSource {
     // The atomic that carries the queued save is being built: later changes need another.
     this.#queuedSave = null;
     let position = this.#nextSeq;
-    const pending: [number, number][] = [];
+    const pending: number[] = []; // seq, id, seq, id, …
     const completed: number[] = [];
     let front = true;
     for (const f of this.#flight) {
@@ -403,11 +403,11 @@ export class Delivery implements Wakeable, PositionSource {
       }
       if (front) continue;
       if (done) completed.push(f.seq);
-      else if (f.phase !== "message") pending.push([f.seq, f.id]);
+      else if (f.phase !== "message") pending.push(f.seq, f.id);
     }
     for (const r of this.#resumed) {
       if (r.completed) completed.push(r.seq);
-      else pending.push([r.seq, r.id]);
+      else pending.push(r.seq, r.id);
     }
     const record: SubscriptionRecord = {
       subscriber: this.subscriber,
@@ -417,9 +417,10 @@ export class Delivery implements Wakeable, PositionSource {
       createdAt: this.#createdAt,
     };
     if (this.#window !== 1) record.window = this.#window;
-    if (completed.length === 0 && pending.length <= 1) {
-      const p = pending[0];
-      if (p) record.received = { seq: p[0], id: p[1] };
+    if (completed.length === 0 && pending.length <= 2) {
+      if (pending.length === 2) {
+        record.received = { seq: pending[0] as number, id: pending[1] as number };
+      }
     } else {
       if (pending.length > 0) record.pending = pending;
       if (completed.length > 0) record.completed = completed;
@@ -451,8 +452,10 @@ function resumedOf(r: SubscriptionRecord): Resumed[] {
   if (r.received && r.received.seq >= r.position) {
     out.push({ seq: r.received.seq, id: r.received.id, completed: false });
   }
-  for (const [seq, id] of r.pending ?? []) {
-    if (seq >= r.position) out.push({ seq, id, completed: false });
+  const pending = r.pending ?? [];
+  for (let i = 0; i + 1 < pending.length; i += 2) {
+    const seq = pending[i] as number;
+    if (seq >= r.position) out.push({ seq, id: pending[i + 1] as number, completed: false });
   }
   for (const seq of r.completed ?? []) {
     if (seq >= r.position) out.push({ seq, id: 0, completed: true });

@@ -1,17 +1,17 @@
 /**
  * The broker's store on Deno KV.
  *
- * Key layout (schema version 5; `sid` is a session id, `mqtt:<client id>` or
+ * Key layout (schema version 6; `sid` is a session id, `mqtt:<client id>` or
  * `share:<group>/<filter>`):
  *
  * | key                              | value                | written when                      |
  * |----------------------------------|----------------------|-----------------------------------|
- * | ["meta", "schema"]               | number (5)           | first start; migration from 1-4   |
+ * | ["meta", "schema"]               | number (6)           | first start; migration from 1-5   |
  * | ["meta", "owner"]                | {token, pid, at}     | every start (the fencing token)   |
  * | ["meta", "ids"]                  | number               | a block of ids is reserved        |
  * | ["topic", name]                  | TopicRecord          | topic created, log trimmed        |
  * | ["log", topic, seq]              | CompactMessage[]     | messages released to the topic    |
- * | ["pend", id]                     | PendingPublish[]     | PUBs stored in one atomic (id of the first); rewritten without each one released, deleted when empty |
+ * | ["pend", id]                     | CompactPending[]     | PUBs stored in one atomic (id of the first); rewritten without each one released, deleted when empty |
  * | ["pending", id]                  | PendingPublish       | versions 1–4: one PUB; deleted at its PUBREL |
  * | ["sub", topic, subscriber]       | SubscriptionRecord   | SUB, PUBREC, PUBCOMP; with append |
  * | ["subscriber", subscriber, topic]| number (created at)  | SUB, with append; deleted at UNSUB|
@@ -40,7 +40,10 @@
  * version 4 writes a segment's messages as arrays without field names or topic
  * ({@link CompactMessage}), and a segment of message objects (version 3) reads as
  * before; version 5 keeps pending PUBs many to a key (`["pend", id]`, a pool: see
- * {@link Pool}) and reads the single ones of older versions as pools of one. The number
+ * {@link Pool}) and reads the single ones of older versions as pools of one; version 6
+ * writes pending PUBs as arrays without field names ({@link CompactPending}) and a
+ * subscription's received messages as one flat array (`pending`: seq, id, seq, id, …),
+ * and reads the objects and pairs of version 5 as before. The number
  * still changes so that an older broker, which would take a new
  * value for a damaged one, refuses the store.
  *
@@ -66,9 +69,12 @@ import type { z } from "zod";
 import { getLogger } from "../log.ts";
 import {
   compactMessage,
+  type CompactPending,
+  compactPending,
   filterRecord,
   inflightRecord,
   logSegment,
+  pendingElement,
   pendingPublish,
   pendingSegment,
   receiptRecord,
@@ -97,10 +103,10 @@ import type {
 const log = getLogger("store");
 
 /** The layout version this code writes and reads. */
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 /** Older layouts this code opens, each migrated by rewriting the schema number. */
-const MIGRATES_FROM: readonly number[] = [1, 2, 3, 4];
+const MIGRATES_FROM: readonly number[] = [1, 2, 3, 4, 5];
 
 /** Mutations per operation when a session's keys are deleted. */
 const DELETE_BATCH = 500;
@@ -157,9 +163,9 @@ export class KvStore implements BrokerStore {
    * never handed out twice, so neither is a key); released ones leave it (see Pool).
    */
   readonly #pendingPool: Pool = {
-    newKey: (first) => ["pend", (first.value as PendingPublish).id],
-    removed: (slot) => this.#pendingSlots.delete((slot.value as PendingPublish).id),
-    unadded: (slot) => this.#pendingSlots.delete((slot.value as PendingPublish).id),
+    newKey: (first) => ["pend", (first.value as CompactPending)[0]],
+    removed: (slot) => this.#pendingSlots.delete((slot.value as CompactPending)[0]),
+    unadded: (slot) => this.#pendingSlots.delete((slot.value as CompactPending)[0]),
   };
 
   private constructor(kv: Deno.Kv, fence: Fence) {
@@ -374,27 +380,30 @@ export class KvStore implements BrokerStore {
   }
 
   savePendingWith(p: PendingPublish, settle: Settle<void>): void {
-    // Pending PUBs are a pool: those of one atomic share a key (see PENDING_POOL).
-    const slot = new PoolSlot(p, pendingSize(p));
+    // Pending PUBs are a pool: those of one atomic share a key (see #pendingPool).
+    const slot = new PoolSlot(compactPending(p), pendingSize(p));
     this.#pendingSlots.set(p.id, slot);
     this.#gc.submit([{ type: "pool-add", pool: this.#pendingPool, slot }], settle);
   }
 
   async loadPending(): Promise<PendingPublish[]> {
     const out: PendingPublish[] = [];
-    // Version 5's segments of pending PUBs, then the single ones of older versions (each a
-    // segment of one: releasing it deletes its key).
+    // Segments of pending PUBs (compact since version 6, objects in version 5), then the
+    // single ones of older versions (each a segment of one: releasing it deletes its key).
+    // A segment written again after a release is compact whatever it was.
     for await (const e of this.#kv.list({ prefix: ["pend"] })) {
-      const values = this.#checked(e, pendingSegment);
+      const elements = Array.isArray(e.value) ? e.value.map(pendingElement) : e.value;
+      const values = this.#checked(e, pendingSegment, elements);
       if (values === null || values.length === 0) continue;
-      const slots = values.map((p) => new PoolSlot(p, pendingSize(p)));
+      const slots = values.map((p) => new PoolSlot(compactPending(p), pendingSize(p)));
       this.#adopt(new PoolSegment(e.key, slots, this.#pendingPool));
       out.push(...values);
     }
     for await (const e of this.#kv.list({ prefix: ["pending"] })) {
       const p = this.#checked(e, pendingPublish);
       if (p === null) continue;
-      this.#adopt(new PoolSegment(e.key, [new PoolSlot(p, pendingSize(p))], this.#pendingPool));
+      const slot = new PoolSlot(compactPending(p), pendingSize(p));
+      this.#adopt(new PoolSegment(e.key, [slot], this.#pendingPool));
       out.push(p);
     }
     return out.sort((a, b) => a.id - b.id);
@@ -404,7 +413,7 @@ export class KvStore implements BrokerStore {
   #adopt(seg: PoolSegment): void {
     for (const slot of seg.slots) {
       slot.segment = seg;
-      this.#pendingSlots.set((slot.value as PendingPublish).id, slot);
+      this.#pendingSlots.set((slot.value as CompactPending)[0], slot);
     }
   }
 

@@ -1170,6 +1170,11 @@ function pendingPub(id: number, text = `p${id}`): PendingPublish {
   };
 }
 
+/** {@link pendingPub} as a segment stores it (schema 6: no field names). */
+function compactPub(id: number): unknown[] {
+  return [id, "t", 1, encoder.encode(`p${id}`), 1, "publisher 127.0.0.1:1"];
+}
+
 Deno.test("KvStore (file): pending PUBs of one atomic share a key; releases rewrite it, and a reopened store holds exactly the unreleased", async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, "broker.kv");
@@ -1177,14 +1182,14 @@ Deno.test("KvStore (file): pending PUBs of one atomic share a key; releases rewr
     try {
       await Promise.all([1, 2, 3, 4].map((id) => store.savePending(pendingPub(id))));
       await store.savePending(pendingPub(5)); // an atomic of its own
-      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 2, 3, 4].map((id) => pendingPub(id)));
-      assert.deepEqual(await readRaw(path, ["pend", 5]), [pendingPub(5)]);
+      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 2, 3, 4].map(compactPub));
+      assert.deepEqual(await readRaw(path, ["pend", 5]), [compactPub(5)]);
       // Releases of 2 and 5 (one atomic each with its log append).
       await Promise.all([
         store.append(message("t", 1, 2), { releasedId: 2 }),
         store.append(message("t", 2, 5), { releasedId: 5 }),
       ]);
-      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 3, 4].map((id) => pendingPub(id)));
+      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 3, 4].map(compactPub));
       assert.equal(await readRaw(path, ["pend", 5]), null);
       assert.equal(await store.payloadBytes(), "p1p3p4".length + "p2p5".length);
     } finally {
@@ -1192,10 +1197,10 @@ Deno.test("KvStore (file): pending PUBs of one atomic share a key; releases rewr
     }
     store = await KvStore.open(path);
     try {
-      assert.deepEqual((await store.loadPending()).map((p) => p.id), [1, 3, 4]);
+      assert.deepEqual(await store.loadPending(), [1, 3, 4].map((id) => pendingPub(id)));
       // Released after the restart: the rest of the segment stays until the last goes.
       await store.append(message("t", 3, 3), { releasedId: 3 });
-      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 4].map((id) => pendingPub(id)));
+      assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 4].map(compactPub));
       await Promise.all(
         [1, 4].map((id, i) => store.append(message("t", 4 + i, id), { releasedId: id })),
       );
@@ -1227,5 +1232,58 @@ Deno.test("KvStore: a version 4 store's pending PUBs (one key each) load, releas
     assert.equal(await readRaw(path, ["pending", 7]), null);
     assert.deepEqual(await readRaw(path, ["pending", 8]), pendingPub(8));
     await assertSchemaCurrent(path);
+  });
+});
+
+Deno.test("KvStore: a version 5 store's pending PUB objects and received pairs load, and are written compact from then on", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    const pairs = { ...subscription("alice", "t", 3), window: 4, pending: [[3, 31], [5, 35]] };
+    await writeRaw(path, [
+      [["meta", "schema"], 5],
+      [["pend", 1], [1, 2, 3].map((id) => pendingPub(id))],
+      [["sub", "t", "alice"], pairs],
+      [["subscriber", "alice", "t"], 1],
+    ]);
+    const store = await KvStore.open(path);
+    try {
+      assert.deepEqual(await store.loadPending(), [1, 2, 3].map((id) => pendingPub(id)));
+      assert.equal(await store.payloadBytes(), "p1p2p3".length);
+      assert.deepEqual(await store.loadSubscription("alice", "t"), {
+        ...pairs,
+        pending: [3, 31, 5, 35],
+      });
+      // Releasing 2 writes the segment again, compact, with 1 and 3.
+      await store.append(message("t", 1, 2), { releasedId: 2 });
+    } finally {
+      store.close();
+    }
+    assert.deepEqual(await readRaw(path, ["pend", 1]), [1, 3].map(compactPub));
+    await assertSchemaCurrent(path);
+  });
+});
+
+Deno.test("KvStore: a damaged compact pending PUB or received list quarantines its value as it was stored", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "broker.kv");
+    const badPub = [[1, "t", 1, encoder.encode("p1"), 9, "publisher 127.0.0.1:1"]]; // no format 9
+    const odd = { ...subscription("alice", "t", 3), pending: [3, 31, 5] }; // an id missing
+    await writeRaw(path, [
+      [["meta", "schema"], 6],
+      [["pend", 1], badPub],
+      [["pend", 2], [compactPub(2)]],
+      [["sub", "t", "alice"], odd],
+    ]);
+    const store = await KvStore.open(path);
+    try {
+      assert.deepEqual(await store.loadPending(), [pendingPub(2)]);
+      assert.equal(await store.loadSubscription("alice", "t"), null);
+      await store.flush();
+    } finally {
+      store.close();
+    }
+    assert.deepEqual(await readRaw(path, ["quarantine", "pend", 1]), badPub);
+    assert.deepEqual(await readRaw(path, ["quarantine", "sub", "t", "alice"]), odd);
+    assert.equal(await readRaw(path, ["pend", 1]), null);
   });
 });

@@ -130,8 +130,46 @@ export const pendingPublish: z.ZodType<PendingPublish> = z.object({
   origin: z.string(),
 });
 
-/** A segment of pending PUBs (schema 5). */
+/** A segment of pending PUBs (schema 5 and later; see {@link pendingElement}). */
 export const pendingSegment: z.ZodType<PendingPublish[]> = z.array(pendingPublish);
+
+/**
+ * A pending PUB as a segment holds it since schema version 6: an array without field
+ * names, like a {@link CompactMessage} (the names were most of what V8's serialisation
+ * wrote for a short message, and most of its time). Positions: id, topic, receivedAt,
+ * payload, format (index in {@link COMPACT_FORMATS}), origin.
+ */
+export type CompactPending = [
+  id: number,
+  topic: string,
+  receivedAt: number,
+  payload: Uint8Array,
+  format: number,
+  origin: string,
+];
+
+/** `p` as a segment of pending PUBs stores it (see {@link CompactPending}). */
+export function compactPending(p: PendingPublish): CompactPending {
+  return [p.id, p.topic, p.receivedAt, p.payload, FORMAT_NUMBER[p.format], p.origin];
+}
+
+/**
+ * The pending PUB a segment element stands for: a {@link CompactPending} made back into
+ * an object (checked afterwards with {@link pendingSegment}: a damaged element fails
+ * there), anything else (an object, schema 5) as it is.
+ */
+export function pendingElement(e: unknown): unknown {
+  if (!Array.isArray(e)) return e;
+  return {
+    id: e[0],
+    topic: e[1],
+    payload: e[3],
+    // An element of the wrong length gets no format, so the check refuses it.
+    format: e.length === 6 ? COMPACT_FORMATS[e[4] as number] : undefined,
+    receivedAt: e[2],
+    origin: e[5],
+  };
+}
 
 /** A subscription's durable position. */
 export const subscriptionRecord: z.ZodType<SubscriptionRecord> = z.object({
@@ -141,7 +179,13 @@ export const subscriptionRecord: z.ZodType<SubscriptionRecord> = z.object({
   received: z.object({ seq, id }).nullable(),
   createdAt: z.number(),
   window: z.number().int().min(1).optional(),
-  pending: z.array(z.tuple([seq, id])).optional(),
+  // Schema 6 writes [seq, id, seq, id, …]; earlier versions wrote [seq, id] pairs.
+  pending: z.union([
+    z.array(seq).refine((a) => a.length % 2 === 0 && a.every((v, i) => i % 2 === 0 || v > 0), {
+      message: "not [seq, id] in pairs",
+    }),
+    z.array(z.tuple([seq, id])).transform((pairs) => pairs.flat()),
+  ]).optional(),
   completed: z.array(seq).optional(),
 });
 

@@ -180,7 +180,12 @@ export interface SubscriptionRecord {
   createdAt: number;
   /** Messages past `position` that may be outstanding at once; absent means 1. */
   window?: number;
-  pending?: [seq: number, id: number][];
+  /**
+   * Messages past `position` received (PUBREC committed) and not completed, as
+   * `[seq, id, seq, id, …]` in sequence order: flat, so that storing a window's worth is
+   * one array of numbers rather than an array per message.
+   */
+  pending?: number[];
   completed?: number[];
 }
 
