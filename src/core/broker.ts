@@ -262,6 +262,7 @@ export class Broker {
     payload: Uint8Array,
     format: PayloadFormat,
     source: PublishSource,
+    jsonText?: string,
   ): Promise<number> {
     this.#checkPending(topic, payload, source);
     const t = await this.topic(topic);
@@ -269,7 +270,8 @@ export class Broker {
     const q = source.quota;
     if (q) q.count++; // counted before the await, so concurrent PUBs cannot overshoot
     try {
-      const pending = this.#pendingOf(await this.#ids.next(), topic, payload, format, source);
+      const id = await this.#ids.next();
+      const pending = this.#pendingOf(id, topic, payload, format, source, jsonText);
       await this.store.savePending(pending);
       this.#accepted(pending, q);
       return pending.id;
@@ -282,7 +284,7 @@ export class Broker {
   /**
    * {@link acceptPublish} told through `settle` (never inside this call), taken when the
    * topic is started: false, with nothing done, when the caller must use
-   * {@link acceptPublish}.
+   * {@link acceptPublish}. `jsonText`: see {@link StoredMessage.jsonText}.
    */
   acceptPublishWith(
     topic: string,
@@ -290,6 +292,7 @@ export class Broker {
     format: PayloadFormat,
     source: PublishSource,
     settle: Settle<number>,
+    jsonText?: string,
   ): boolean {
     const t = this.#started.get(topic);
     if (!t) return false;
@@ -303,10 +306,10 @@ export class Broker {
     const q = source.quota;
     if (q) q.count++;
     const id = this.#ids.tryNext();
-    if (id !== undefined) this.#savePending(id, topic, payload, format, source, settle);
+    if (id !== undefined) this.#savePending(id, topic, payload, format, source, settle, jsonText);
     else {
       this.#ids.next().then(
-        (id) => this.#savePending(id, topic, payload, format, source, settle),
+        (id) => this.#savePending(id, topic, payload, format, source, settle, jsonText),
         (err) => {
           if (q) q.count--;
           settle.reject(err);
@@ -324,8 +327,9 @@ export class Broker {
     format: PayloadFormat,
     source: PublishSource,
     settle: Settle<number>,
+    jsonText: string | undefined,
   ): void {
-    const pending = this.#pendingOf(id, topic, payload, format, source);
+    const pending = this.#pendingOf(id, topic, payload, format, source, jsonText);
     this.store.savePendingWith(pending, new Broker.#Accept(this, pending, source.quota, settle));
   }
 
@@ -376,8 +380,18 @@ export class Broker {
     payload: Uint8Array,
     format: PayloadFormat,
     source: PublishSource,
+    jsonText: string | undefined,
   ): PendingPublish {
-    return { id, topic, payload, format, receivedAt: Date.now(), origin: source.origin };
+    // Every pending PUB of this process has the same fields, jsonText included.
+    return {
+      id,
+      topic,
+      payload,
+      format,
+      receivedAt: Date.now(),
+      origin: source.origin,
+      jsonText,
+    };
   }
 
   /** A pending PUB is stored: it may be released from now on. */
@@ -462,7 +476,13 @@ export class Broker {
     }
     input(): AppendInput {
       const p = this.#message;
-      return { id: p.id, payload: p.payload, format: p.format, releasedId: p.id };
+      return {
+        id: p.id,
+        payload: p.payload,
+        format: p.format,
+        releasedId: p.id,
+        jsonText: p.jsonText,
+      };
     }
     /** Settles when this release has (as "released", or failed). */
     done(): Promise<void> {
