@@ -12,7 +12,7 @@
 import { getLogger } from "../log.ts";
 import type { SubscriptionRecord } from "../store/store.ts";
 import type { Broker } from "./broker.ts";
-import { Delivery, type DeliverySink, type Exhausted } from "./delivery.ts";
+import { type AckOutcome, Delivery, type DeliverySink, type Exhausted } from "./delivery.ts";
 import type { Topic } from "./topic.ts";
 
 /** How a session reaches its client: the protocol adapter's delivery methods. */
@@ -142,17 +142,17 @@ export class ConsumerSession {
   }
 
   /** PUBREC from the client. `topic` may be omitted: message ids are broker-wide. */
-  received(topic: string | undefined, id: number, accepted: () => void): Promise<string | null> {
+  received(topic: string | undefined, id: number, out: AckOutcome): void {
     const d = this.#find(topic, id);
-    if (typeof d === "string") return Promise.resolve(d);
-    return d.received(id, accepted);
+    if (typeof d === "string") out.finished(d);
+    else d.receivedWith(id, out);
   }
 
   /** PUBCOMP from the client. */
-  completed(topic: string | undefined, id: number, accepted: () => void): Promise<string | null> {
+  completed(topic: string | undefined, id: number, out: AckOutcome): void {
     const d = this.#find(topic, id);
-    if (typeof d === "string") return Promise.resolve(d);
-    return d.completed(id, accepted);
+    if (typeof d === "string") out.finished(d);
+    else d.completedWith(id, out);
   }
 
   #find(topic: string | undefined, id: number): Delivery | string {

@@ -80,6 +80,24 @@ interface Resumed {
   completed: boolean;
 }
 
+/**
+ * How an acknowledgement ends, told by {@link Delivery.receivedWith} and
+ * {@link Delivery.completedWith}: the callback form of {@link Delivery.received}, one
+ * object per acknowledgement instead of a promise, its reactions and closures.
+ */
+export interface AckOutcome {
+  /** Stored: answer the subscriber now, before anything the delivery sends next. */
+  accepted(): void;
+  /** Done: an error text to answer, or null (accepted already, or the delivery stopped). */
+  finished(error: string | null): void;
+  /** Failed unexpectedly (a bug): the caller's state may be inconsistent. */
+  failed(err: unknown): void;
+}
+
+/** Which acknowledgement an entry of a save's waiting list is. */
+const RECEIVED = 0;
+const COMPLETED = 1;
+
 /** Estimated bytes of a record without its lists, and of one list entry. */
 const RECORD_BYTES = 400;
 const ENTRY_BYTES = 24;
@@ -121,6 +139,11 @@ export class Delivery implements Wakeable, PositionSource {
   #resendTimer: ReturnType<typeof setTimeout> | undefined;
   /** A save submitted and not yet built into an atomic: later acknowledgements share it. */
   #queuedSave: Promise<void> | null = null;
+  /**
+   * The acknowledgements waiting for `#queuedSave`, three entries each (the message, its
+   * outcome, RECEIVED or COMPLETED): one reaction to the save for all of them.
+   */
+  #queuedAcks: unknown[] | null = null;
   #stopped = false;
 
   constructor(
@@ -327,60 +350,126 @@ export class Delivery implements Wakeable, PositionSource {
     this.#queuedSave = saving;
     // Refused without being built into an atomic: the next acknowledgement tries anew.
     saving.catch(() => {
-      if (this.#queuedSave === saving) this.#queuedSave = null;
+      if (this.#queuedSave === saving) {
+        this.#queuedSave = null;
+        this.#queuedAcks = null;
+      }
     });
     return saving;
   }
 
   /** PUBREC: the subscriber has the message. */
-  async received(id: number, accepted: () => void): Promise<string | null> {
-    const f = this.#byId.get(id);
-    if (f?.phase === "release") {
-      // A repeated PUBREC: our release may have been lost, send it again.
-      accepted();
-      this.#send(f);
-      return null;
-    }
-    if (f?.phase !== "message") {
-      return `no message with msgId ${id} is awaiting PUBREC on topic "${this.topic.topic}"`;
-    }
-    f.phase = "receiving"; // the resend timer, if it fires meanwhile, skips it
-    try {
-      await this.save();
-    } catch (err) {
-      f.phase = "message";
-      if (!this.#stopped) this.#arm(f);
-      return `could not store the acknowledgement (${errorMessage(err)}); send PUBREC again`;
-    }
-    f.phase = "release";
-    f.sends = 0;
-    if (this.#stopped) return null;
-    accepted();
-    this.#send(f);
-    return null;
+  received(id: number, accepted: () => void): Promise<string | null> {
+    const { promise, resolve, reject } = Promise.withResolvers<string | null>();
+    this.receivedWith(id, { accepted, finished: resolve, failed: reject });
+    return promise;
   }
 
   /** PUBCOMP: the exchange of the message is complete. */
-  async completed(id: number, accepted: () => void): Promise<string | null> {
+  completed(id: number, accepted: () => void): Promise<string | null> {
+    const { promise, resolve, reject } = Promise.withResolvers<string | null>();
+    this.completedWith(id, { accepted, finished: resolve, failed: reject });
+    return promise;
+  }
+
+  /** {@link received} told through `out`. */
+  receivedWith(id: number, out: AckOutcome): void {
+    const f = this.#byId.get(id);
+    if (f?.phase === "release") {
+      // A repeated PUBREC: our release may have been lost, send it again.
+      out.accepted();
+      this.#send(f);
+      out.finished(null);
+      return;
+    }
+    if (f?.phase !== "message") {
+      out.finished(
+        `no message with msgId ${id} is awaiting PUBREC on topic "${this.topic.topic}"`,
+      );
+      return;
+    }
+    f.phase = "receiving"; // the resend timer, if it fires meanwhile, skips it
+    this.#awaitSave(f, out, RECEIVED);
+  }
+
+  /** {@link completed} told through `out`. */
+  completedWith(id: number, out: AckOutcome): void {
     const f = this.#byId.get(id);
     if (f?.phase !== "release") {
-      return `no message with msgId ${id} is awaiting PUBCOMP on topic "${this.topic.topic}"`;
+      out.finished(
+        `no message with msgId ${id} is awaiting PUBCOMP on topic "${this.topic.topic}"`,
+      );
+      return;
     }
     f.phase = "completing";
-    try {
-      await this.save();
-    } catch (err) {
+    this.#awaitSave(f, out, COMPLETED);
+  }
+
+  /** Joins the acknowledgement to the queued save (one reaction per save, not per ack). */
+  #awaitSave(f: InFlight, out: AckOutcome, kind: number): void {
+    let acks = this.#queuedAcks;
+    if (acks === null) {
+      const saving = this.save();
+      const waiting: unknown[] = [];
+      acks = waiting;
+      this.#queuedAcks = waiting;
+      saving.then(
+        () => this.#saved(waiting, true, null),
+        (err) => this.#saved(waiting, false, err),
+      );
+    }
+    acks.push(f, out, kind);
+  }
+
+  /** The save that `acks` waited for committed (`ok`) or failed with `err`. */
+  #saved(acks: unknown[], ok: boolean, err: unknown): void {
+    for (let i = 0; i < acks.length; i += 3) {
+      const f = acks[i] as InFlight;
+      const out = acks[i + 1] as AckOutcome;
+      try {
+        if (acks[i + 2] === RECEIVED) this.#receivedSaved(f, out, ok, err);
+        else this.#completedSaved(f, out, ok, err);
+      } catch (e) {
+        out.failed(e);
+      }
+    }
+  }
+
+  #receivedSaved(f: InFlight, out: AckOutcome, ok: boolean, err: unknown): void {
+    if (!ok) {
+      f.phase = "message";
+      if (!this.#stopped) this.#arm(f);
+      out.finished(
+        `could not store the acknowledgement (${errorMessage(err)}); send PUBREC again`,
+      );
+      return;
+    }
+    f.phase = "release";
+    f.sends = 0;
+    if (!this.#stopped) {
+      out.accepted();
+      this.#send(f);
+    }
+    out.finished(null);
+  }
+
+  #completedSaved(f: InFlight, out: AckOutcome, ok: boolean, err: unknown): void {
+    if (!ok) {
       f.phase = "release";
       if (!this.#stopped) this.#arm(f);
-      return `could not store the acknowledgement (${errorMessage(err)}); send PUBCOMP again`;
+      out.finished(
+        `could not store the acknowledgement (${errorMessage(err)}); send PUBCOMP again`,
+      );
+      return;
     }
     f.phase = "completed";
-    this.#byId.delete(id);
+    this.#byId.delete(f.id);
     this.#advance();
-    if (this.#stopped) return null;
-    accepted();
-    this.wake();
-    return null;
+    if (!this.#stopped) {
+      out.accepted();
+      this.wake();
+    }
+    out.finished(null);
   }
 
   /**
@@ -391,6 +480,7 @@ export class Delivery implements Wakeable, PositionSource {
   snapshot(): SubscriptionRecord {
     // The atomic that carries the queued save is being built: later changes need another.
     this.#queuedSave = null;
+    this.#queuedAcks = null;
     let position = this.#nextSeq;
     const pending: number[] = []; // seq, id, seq, id, …
     const completed: number[] = [];

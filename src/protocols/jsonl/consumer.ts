@@ -11,7 +11,7 @@
  */
 import { type Broker, BrokerError } from "../../core/broker.ts";
 import type { ConsumerSession } from "../../core/consumer_session.ts";
-import type { DeliverySink } from "../../core/delivery.ts";
+import type { AckOutcome, DeliverySink } from "../../core/delivery.ts";
 import { getLogger } from "../../log.ts";
 import type { StoredMessage } from "../../store/store.ts";
 import { errorText } from "../../supervisor.ts";
@@ -20,7 +20,7 @@ import { ackLine, type ConsumerCommand, decodeConsumer, pubLine } from "./comman
 import { commandText, deadLetterInput, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
 import { bodyJson } from "./payload.ts";
-import { OrderedReplies } from "../../ordered_replies.ts";
+import { OrderedReplies, Ticket } from "../../ordered_replies.ts";
 
 const log = getLogger("consumer");
 
@@ -44,6 +44,44 @@ class JsonlSink implements DeliverySink {
   }
   sendRelease(id: number): void {
     this.#conn.send(ackLine("PUBREL", id));
+  }
+}
+
+/** What the acknowledgement replies of one connection share. */
+interface AckContext {
+  /** Sends a reply line (nothing for null) and resumes reading if it waited for room. */
+  send(line: string | null): void;
+  /** The acknowledgement failed unexpectedly: the session restarts or the connection ends. */
+  fail(command: AckCommand["type"], err: unknown): void;
+}
+
+/**
+ * The reply to one PUBREC or PUBCOMP: its place among the connection's replies, and the
+ * outcome the delivery tells it. One object per acknowledgement, no closures.
+ */
+class AckReply extends Ticket<string | null> implements AckOutcome {
+  readonly #acks: AckContext;
+  readonly #type: AckCommand["type"];
+  constructor(acks: AckContext, type: AckCommand["type"]) {
+    super();
+    this.#acks = acks;
+    this.#type = type;
+  }
+  accepted(): void {
+    this.resolve("OK");
+  }
+  finished(error: string | null): void {
+    // After `accepted` this changes nothing; a stopped delivery answers nothing (null).
+    this.resolve(error === null ? null : `ERROR: ${error}`);
+  }
+  failed(err: unknown): void {
+    this.reject(err);
+  }
+  override send(line: string | null): void {
+    this.#acks.send(line);
+  }
+  override fail(err: unknown): void {
+    this.#acks.fail(this.#type, err);
   }
 }
 
@@ -114,11 +152,13 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
     return true;
   };
 
-  /** PUBREC or PUBCOMP, answered in line order once its commit is done. */
-  const acknowledge = (s: ConsumerSession, c: AckCommand) => {
-    const ticket = replies.ticket<string | null>(send, (err) => {
+  const acks: AckContext = {
+    send,
+    fail: (command, err) => {
       resumeReading();
-      failed(s, c.type, err).then((goOn) => {
+      const s = session;
+      if (!s) return; // acknowledgements come only after the login
+      failed(s, command, err).then((goOn) => {
         if (!goOn) conn.close();
       }, (e) => {
         log.error("Consumer {remote}: restart failed: {error}", {
@@ -127,23 +167,19 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
         });
         conn.close();
       });
-    });
-    let answer: Promise<string | null>;
+    },
+  };
+
+  /** PUBREC or PUBCOMP, answered in line order once its commit is done. */
+  const acknowledge = (s: ConsumerSession, c: AckCommand) => {
+    const reply = replies.enqueue(new AckReply(acks, c.type));
     try {
       ctx.hooks?.beforeCommand?.("consumer", c.type);
-      const accepted = () => ticket.resolve("OK");
-      answer = c.type === "PUBREC"
-        ? s.received(c.topic, c.msgId, accepted)
-        : s.completed(c.topic, c.msgId, accepted);
+      if (c.type === "PUBREC") s.received(c.topic, c.msgId, reply);
+      else s.completed(c.topic, c.msgId, reply);
     } catch (err) {
-      ticket.reject(err);
-      return;
+      reply.reject(err);
     }
-    // After `accepted`, a second resolve changes nothing; a stopped delivery answers
-    // nothing at all (null).
-    answer.then((error) => ticket.resolve(error ? `ERROR: ${error}` : null), (err) => {
-      ticket.reject(err);
-    });
   };
 
   const replyNow = (line: string) => replies.ticket(send).resolve(line);
