@@ -262,7 +262,6 @@ export class Broker {
     payload: Uint8Array,
     format: PayloadFormat,
     source: PublishSource,
-    jsonText?: string,
   ): Promise<number> {
     this.#checkPending(topic, payload, source);
     const t = await this.topic(topic);
@@ -270,8 +269,7 @@ export class Broker {
     const q = source.quota;
     if (q) q.count++; // counted before the await, so concurrent PUBs cannot overshoot
     try {
-      const id = await this.#ids.next();
-      const pending = this.#pendingOf(id, topic, payload, format, source, jsonText);
+      const pending = this.#pendingOf(await this.#ids.next(), topic, payload, format, source);
       await this.store.savePending(pending);
       this.#accepted(pending, q);
       return pending.id;
@@ -284,7 +282,7 @@ export class Broker {
   /**
    * {@link acceptPublish} told through `settle` (never inside this call), taken when the
    * topic is started: false, with nothing done, when the caller must use
-   * {@link acceptPublish}. `jsonText`: see {@link StoredMessage.jsonText}.
+   * {@link acceptPublish}.
    */
   acceptPublishWith(
     topic: string,
@@ -292,7 +290,6 @@ export class Broker {
     format: PayloadFormat,
     source: PublishSource,
     settle: Settle<number>,
-    jsonText?: string,
   ): boolean {
     const t = this.#started.get(topic);
     if (!t) return false;
@@ -306,10 +303,10 @@ export class Broker {
     const q = source.quota;
     if (q) q.count++;
     const id = this.#ids.tryNext();
-    if (id !== undefined) this.#savePending(id, topic, payload, format, source, settle, jsonText);
+    if (id !== undefined) this.#savePending(id, topic, payload, format, source, settle);
     else {
       this.#ids.next().then(
-        (id) => this.#savePending(id, topic, payload, format, source, settle, jsonText),
+        (id) => this.#savePending(id, topic, payload, format, source, settle),
         (err) => {
           if (q) q.count--;
           settle.reject(err);
@@ -327,9 +324,8 @@ export class Broker {
     format: PayloadFormat,
     source: PublishSource,
     settle: Settle<number>,
-    jsonText: string | undefined,
   ): void {
-    const pending = this.#pendingOf(id, topic, payload, format, source, jsonText);
+    const pending = this.#pendingOf(id, topic, payload, format, source);
     this.store.savePendingWith(pending, new Broker.#Accept(this, pending, source.quota, settle));
   }
 
@@ -380,18 +376,8 @@ export class Broker {
     payload: Uint8Array,
     format: PayloadFormat,
     source: PublishSource,
-    jsonText: string | undefined,
   ): PendingPublish {
-    // Every pending PUB of this process has the same fields, jsonText included.
-    return {
-      id,
-      topic,
-      payload,
-      format,
-      receivedAt: Date.now(),
-      origin: source.origin,
-      jsonText,
-    };
+    return { id, topic, payload, format, receivedAt: Date.now(), origin: source.origin };
   }
 
   /** A pending PUB is stored: it may be released from now on. */
@@ -476,13 +462,7 @@ export class Broker {
     }
     input(): AppendInput {
       const p = this.#message;
-      return {
-        id: p.id,
-        payload: p.payload,
-        format: p.format,
-        releasedId: p.id,
-        jsonText: p.jsonText,
-      };
+      return { id: p.id, payload: p.payload, format: p.format, releasedId: p.id };
     }
     /** Settles when this release has (as "released", or failed). */
     done(): Promise<void> {

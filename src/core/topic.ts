@@ -51,8 +51,6 @@ export interface AppendInput {
   props?: MessageProps;
   /** An inbound MQTT QoS 2 receipt to store with the message (its seq is filled in). */
   receipt?: { sid: string; tag: number };
-  /** See {@link StoredMessage.jsonText}. */
-  jsonText?: string;
   /** Publishing this session's will: its record is deleted in the same atomic. */
   willOf?: string;
 }
@@ -284,7 +282,6 @@ export class Topic implements Restartable {
     if (input.from !== undefined) message.from = input.from;
     if (input.expiresAt !== undefined) message.expiresAt = input.expiresAt;
     if (input.props !== undefined) message.props = input.props;
-    if (input.jsonText !== undefined) message.jsonText = input.jsonText;
     const effects: AppendEffects = {};
     if (input.releasedId !== undefined) effects.releasedId = input.releasedId;
     if (input.receipt) {

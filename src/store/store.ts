@@ -31,13 +31,6 @@ export interface StoredMessage {
   expiresAt?: number;
   /** MQTT 5 properties carried through unaltered. */
   props?: MessageProps;
-  /**
-   * The payload as the JSON text a JSON-line consumer is sent, when a JSON-line PUB
-   * brought it: kept with the message in memory so that no delivery decodes the payload
-   * again. Never stored (a log segment holds compact arrays of the stored fields; a message read
-   * back has none, and its text is computed from the payload, the same text).
-   */
-  jsonText?: string;
 }
 
 /** Quality of service: 0 at most once, 1 at least once, 2 exactly once. */
@@ -152,8 +145,6 @@ export interface PendingPublish {
   receivedAt: number;
   /** Who sent it, for logs and dead letters (e.g. "publisher 127.0.0.1:5321"). */
   origin: string;
-  /** Handed on to the released message (see {@link StoredMessage.jsonText}); never stored. */
-  jsonText?: string;
 }
 
 /**

@@ -11,31 +11,20 @@ const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const strict = new TextDecoder("utf-8", { fatal: true });
 
-/** A `msg` value as the store keeps it, and the text a consumer will be sent for it. */
-export interface Body {
-  payload: Uint8Array;
-  format: PayloadFormat;
-  /**
-   * What {@link bodyJson} gives for the stored message, when known without computing it
-   * (see {@link StoredMessage.jsonText}).
-   */
-  jsonText: string | undefined;
-}
-
 /**
  * The stored form of a `msg` value; `msgJson` is its text as received (kept as is for
  * anything but a string, so that numbers and formatting survive exactly).
  */
-export function encodeBody(msg: unknown, msgJson = JSON.stringify(msg)): Body {
+export function encodeBody(
+  msg: unknown,
+  msgJson = JSON.stringify(msg),
+): { payload: Uint8Array; format: PayloadFormat } {
   // A string with a lone surrogate has no UTF-8 form; as JSON text it keeps its escape
   // and goes out unchanged.
   if (typeof msg === "string" && msg.isWellFormed()) {
-    // Without a backslash the text received is exactly JSON.stringify(msg) (nothing in
-    // it needs an escape); with one, the escapes may be written differently.
-    const jsonText = msgJson.includes("\\") ? undefined : msgJson;
-    return { payload: encoder.encode(msg), format: "text", jsonText };
+    return { payload: encoder.encode(msg), format: "text" };
   }
-  return { payload: encoder.encode(msgJson), format: "json", jsonText: msgJson };
+  return { payload: encoder.encode(msgJson), format: "json" };
 }
 
 /**
@@ -50,7 +39,6 @@ const cachedJson: string[] = new Array(CACHE_SLOTS).fill("");
 
 /** The JSON text of a stored message's `msg` value. */
 export function bodyJson(m: StoredMessage): string {
-  if (m.jsonText !== undefined) return m.jsonText;
   const slot = m.id % CACHE_SLOTS;
   if (cachedFor[slot] === m) return cachedJson[slot] as string;
   const json = toJson(m.payload, m.format);

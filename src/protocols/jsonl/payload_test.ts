@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import fc from "fast-check";
 import type { PayloadFormat, StoredMessage } from "../../store/store.ts";
 import { pubLine } from "./commands.ts";
 import { bodyJson, encodeBody } from "./payload.ts";
@@ -68,47 +67,4 @@ Deno.test("a message's JSON is computed once and shared by every subscriber", ()
   assert.equal(first, '"x"');
   // Another message with the same bytes is encoded on its own.
   assert.equal(bodyJson(stored(new TextEncoder().encode("z"), "text")), '"z"');
-});
-
-/** `msg` as a client may write it: plain, with every character escaped, or spaced out. */
-const writtenForms = (msg: unknown): string[] => {
-  const plain = JSON.stringify(msg);
-  const escaped = typeof msg === "string"
-    ? `"${[...msg].map((c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`).join("")}"`
-    : plain;
-  return [plain, escaped, JSON.stringify(msg, null, 1)];
-};
-
-Deno.test("the JSON text kept from a PUB is the text a consumer would be sent for the stored bytes", () => {
-  const anyString = fc.oneof(
-    fc.string({ unit: "binary", maxLength: 30 }),
-    fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((c) => String.fromCharCode(c)) }),
-    fc.string({ unit: fc.constantFrom('"', "\\", "/", "\u2028", "\u007f", "\u0000", "é") }),
-  );
-  let kept = 0;
-  fc.assert(
-    fc.property(fc.oneof(anyString, fc.jsonValue()), (msg) => {
-      for (const msgJson of writtenForms(msg)) {
-        const { payload, format, jsonText } = encodeBody(msg, msgJson);
-        if (jsonText === undefined) continue;
-        kept++;
-        // What a consumer gets once the message is read back from the store (no text kept).
-        assert.equal(jsonText, bodyJson({ ...stored(payload, format), id: 900_000 + kept }));
-      }
-    }),
-    { numRuns: 2000 },
-  );
-  assert.ok(kept > 2000, `text kept for ${kept} forms only`);
-});
-
-Deno.test("a message that carries its JSON text is sent with it, without decoding its payload", () => {
-  const { payload, format, jsonText } = encodeBody({ a: 1 }, '{ "a" : 1 }');
-  assert.equal(jsonText, '{ "a" : 1 }');
-  // Bytes that would decode to something else: the kept text is what goes out.
-  const m = { ...stored(new TextEncoder().encode("[2]"), format), jsonText };
-  assert.equal(bodyJson(m), '{ "a" : 1 }');
-  assert.equal(bodyJson(stored(payload, format)), '{ "a" : 1 }');
-  // A string written with escapes keeps none: the stored bytes decide.
-  assert.equal(encodeBody("é", '"\\u00e9"').jsonText, undefined);
-  assert.equal(encodeBody("é", '"é"').jsonText, '"é"');
 });

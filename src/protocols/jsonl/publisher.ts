@@ -170,14 +170,14 @@ function handle(
       ctx.broker.releasePublishWith(c.msgId, reply);
       return;
     }
-    const { payload, format, jsonText } = encodeBody(c.msg, c.msgJson);
+    const { payload, format } = encodeBody(c.msg, c.msgJson);
     if (payload.byteLength > ctx.maxMessageBytes) {
       throw new BrokerError(
         `message is ${payload.byteLength} bytes, the limit is ${ctx.maxMessageBytes}`,
       );
     }
-    if (!ctx.broker.acceptPublishWith(c.topic, payload, format, source, reply, jsonText)) {
-      ctx.broker.acceptPublish(c.topic, payload, format, source, jsonText).then(
+    if (!ctx.broker.acceptPublishWith(c.topic, payload, format, source, reply)) {
+      ctx.broker.acceptPublish(c.topic, payload, format, source).then(
         (id) => reply.resolve(id),
         (err) => reply.reject(err),
       );
