@@ -30,7 +30,8 @@ const HELP = `deno task bench [flags]        (bench/README.md has the details)
 }
                     (default all; with --vs, mqtt)
   --vs LIST         other brokers, separated by commas: ${Object.keys(OTHER_BROKERS).join(", ")}
-  --rounds N        runs of each scenario per broker, alternating brokers (default 1)
+  --rounds N        runs of each scenario per broker, alternating brokers; each round runs
+                    every scenario (default 1)
   --pin CORE|none   core the brokers are pinned to with taskset (default 0)
   --timeout S       seconds after which a scenario's sockets are closed (default 60)
   --window N        QoS 1/2 messages in flight per publisher (default 100)
@@ -213,13 +214,16 @@ console.log(
   }; ${rounds} round(s)`,
 );
 
-// --- run: for each scenario, each round, each broker in turn (A, B, A, B, ...)
+// --- run: each round runs every scenario, each on every broker in turn (A, B, A, B, ...).
+// Rounds outermost: a figure compared across scenarios (JSON-line against MQTT QoS 2) is
+// then taken within the same minute as the one it is compared with, not minutes apart,
+// when the machine may run at another speed.
 const results: ScenarioResult[] = [];
 const skipped = new Map<string, string>();
 let ourFailure = false;
 const brokerNames = ["MessageBroker", ...others.map(([, b]) => b.name)];
-for (const scenario of chosen) {
-  for (let round = 1; round <= rounds; round++) {
+for (let round = 1; round <= rounds; round++) {
+  for (const scenario of chosen) {
     const contenders: {
       name: string;
       start: () => Promise<BrokerUnderTest>;
