@@ -531,3 +531,59 @@ Deno.test("a window's acknowledgements made before their atomic is built share o
     assert.deepEqual(rec?.completed, ms.slice(1).map((m) => m.seq));
   });
 });
+
+Deno.test("acknowledgements whose shared save fails each answer the error, keep their place, and succeed when sent again", async () => {
+  await withDelivery(async ({ publish, topic, sink, store }) => {
+    const ms = await publish("a", "b", "c");
+    const ids = ms.map((m) => m.id);
+    // The delivery's only store call is the save; this one fails while `failing` is set.
+    let failing = true;
+    const flaky = new Proxy(store, {
+      get(target, name) {
+        if (name !== "savePositionFrom") return Reflect.get(target, name);
+        return (t: string, s: string, source: Delivery) =>
+          failing ? Promise.reject(new Error("disk full")) : target.savePositionFrom(t, s, source);
+      },
+    });
+    const record: SubscriptionRecord = {
+      subscriber: "alice",
+      topic: "t",
+      position: 1,
+      received: null,
+      createdAt: 1,
+      window: 3,
+    };
+    await store.saveSubscription(record);
+    const d = new Delivery(topic, record, flaky, sink, SLOW, () => {});
+    try {
+      d.start();
+      // Three PUBRECs in one turn share one save; it fails, and each hears so.
+      const refused = await Promise.all(ids.map((id) => d.received(id, sink.accepted)));
+      for (const text of refused) {
+        assert.match(text ?? "", /could not store.*disk full.*PUBREC again/);
+      }
+      assert.equal(sink.wire.filter((w) => w === "accepted").length, 0);
+      assert.deepEqual(d.outstanding, ids); // still awaiting PUBREC, nothing released
+      failing = false;
+      assert.deepEqual(await Promise.all(ids.map((id) => d.received(id, sink.accepted))), [
+        null,
+        null,
+        null,
+      ]);
+      assert.deepEqual(sink.wire.slice(-6), ids.flatMap((id) => ["accepted", `release ${id} #1`]));
+      // A failing save of PUBCOMPs leaves the releases in place, to be completed again.
+      failing = true;
+      const notDone = await d.completed(ids[0]!, sink.accepted);
+      assert.match(notDone ?? "", /could not store.*PUBCOMP again/);
+      assert.equal(d.position, ms[0]!.seq);
+      failing = false;
+      assert.equal(await d.completed(ids[0]!, sink.accepted), null);
+      assert.equal(d.position, ms[1]!.seq);
+      const rec = await store.loadSubscription("alice", "t");
+      assert.equal(rec?.position, ms[1]!.seq);
+      assert.deepEqual(rec?.pending, [ms[1]!.seq, ids[1], ms[2]!.seq, ids[2]]);
+    } finally {
+      d.stop();
+    }
+  });
+});
