@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { getLogger } from "../log.ts";
 import { KvStore } from "../store/kv_store.ts";
-import type { StoredMessage, SubscriptionRecord } from "../store/store.ts";
+import type { BrokerStore, StoredMessage, SubscriptionRecord } from "../store/store.ts";
 import { Supervisor } from "../supervisor.ts";
 import {
   Delivery,
@@ -88,8 +88,15 @@ interface Env {
   exhausted: Exhausted[];
   /** Publishes texts to the topic; resolves with the stored messages. */
   publish(...texts: string[]): Promise<StoredMessage[]>;
-  /** A started delivery for `record` (saved first), stopped after the test. */
-  deliver(record?: Partial<SubscriptionRecord>, retry?: RetryOptions): Promise<Delivery>;
+  /**
+   * A started delivery for `record` (saved first), stopped after the test; `via` is the
+   * store the delivery writes through (default: the test's store).
+   */
+  deliver(
+    record?: Partial<SubscriptionRecord>,
+    retry?: RetryOptions,
+    via?: BrokerStore,
+  ): Promise<Delivery>;
 }
 
 async function withDelivery(fn: (env: Env) => Promise<void>): Promise<void> {
@@ -112,7 +119,7 @@ async function withDelivery(fn: (env: Env) => Promise<void>): Promise<void> {
             topic.append({ id: nextId++, payload: encoder.encode(t), format: "text" })
           ),
         ),
-      async deliver(partial = {}, retry = RETRY) {
+      async deliver(partial = {}, retry = RETRY, via: BrokerStore = store) {
         const record: SubscriptionRecord = {
           subscriber: "alice",
           topic: "t",
@@ -122,7 +129,7 @@ async function withDelivery(fn: (env: Env) => Promise<void>): Promise<void> {
           ...partial,
         };
         await store.saveSubscription(record);
-        const d = new Delivery(topic, record, store, sink, retry, (_d, what) => {
+        const d = new Delivery(topic, record, via, sink, retry, (_d, what) => {
           exhausted.push(what);
         });
         deliveries.push(d);
@@ -533,7 +540,7 @@ Deno.test("a window's acknowledgements made before their atomic is built share o
 });
 
 Deno.test("acknowledgements whose shared save fails each answer the error, keep their place, and succeed when sent again", async () => {
-  await withDelivery(async ({ publish, topic, sink, store }) => {
+  await withDelivery(async ({ publish, deliver, sink, store }) => {
     const ms = await publish("a", "b", "c");
     const ids = ms.map((m) => m.id);
     // The delivery's only store call is the save; this one fails while `failing` is set.
@@ -545,45 +552,31 @@ Deno.test("acknowledgements whose shared save fails each answer the error, keep 
           failing ? Promise.reject(new Error("disk full")) : target.savePositionFrom(t, s, source);
       },
     });
-    const record: SubscriptionRecord = {
-      subscriber: "alice",
-      topic: "t",
-      position: 1,
-      received: null,
-      createdAt: 1,
-      window: 3,
-    };
-    await store.saveSubscription(record);
-    const d = new Delivery(topic, record, flaky, sink, SLOW, () => {});
-    try {
-      d.start();
-      // Three PUBRECs in one turn share one save; it fails, and each hears so.
-      const refused = await Promise.all(ids.map((id) => d.received(id, sink.accepted)));
-      for (const text of refused) {
-        assert.match(text ?? "", /could not store.*disk full.*PUBREC again/);
-      }
-      assert.equal(sink.wire.filter((w) => w === "accepted").length, 0);
-      assert.deepEqual(d.outstanding, ids); // still awaiting PUBREC, nothing released
-      failing = false;
-      assert.deepEqual(await Promise.all(ids.map((id) => d.received(id, sink.accepted))), [
-        null,
-        null,
-        null,
-      ]);
-      assert.deepEqual(sink.wire.slice(-6), ids.flatMap((id) => ["accepted", `release ${id} #1`]));
-      // A failing save of PUBCOMPs leaves the releases in place, to be completed again.
-      failing = true;
-      const notDone = await d.completed(ids[0]!, sink.accepted);
-      assert.match(notDone ?? "", /could not store.*PUBCOMP again/);
-      assert.equal(d.position, ms[0]!.seq);
-      failing = false;
-      assert.equal(await d.completed(ids[0]!, sink.accepted), null);
-      assert.equal(d.position, ms[1]!.seq);
-      const rec = await store.loadSubscription("alice", "t");
-      assert.equal(rec?.position, ms[1]!.seq);
-      assert.deepEqual(rec?.pending, [ms[1]!.seq, ids[1], ms[2]!.seq, ids[2]]);
-    } finally {
-      d.stop();
+    const d = await deliver({ window: 3 }, SLOW, flaky);
+    // Three PUBRECs in one turn share one save; it fails, and each hears so.
+    const refused = await Promise.all(ids.map((id) => d.received(id, sink.accepted)));
+    for (const text of refused) {
+      assert.match(text ?? "", /could not store.*disk full.*PUBREC again/);
     }
+    assert.equal(sink.wire.filter((w) => w === "accepted").length, 0);
+    assert.deepEqual(d.outstanding, ids); // still awaiting PUBREC, nothing released
+    failing = false;
+    assert.deepEqual(await Promise.all(ids.map((id) => d.received(id, sink.accepted))), [
+      null,
+      null,
+      null,
+    ]);
+    assert.deepEqual(sink.wire.slice(-6), ids.flatMap((id) => ["accepted", `release ${id} #1`]));
+    // A failing save of PUBCOMPs leaves the releases in place, to be completed again.
+    failing = true;
+    const notDone = await d.completed(ids[0]!, sink.accepted);
+    assert.match(notDone ?? "", /could not store.*PUBCOMP again/);
+    assert.equal(d.position, ms[0]!.seq);
+    failing = false;
+    assert.equal(await d.completed(ids[0]!, sink.accepted), null);
+    assert.equal(d.position, ms[1]!.seq);
+    const rec = await store.loadSubscription("alice", "t");
+    assert.equal(rec?.position, ms[1]!.seq);
+    assert.deepEqual(rec?.pending, [ms[1]!.seq, ids[1], ms[2]!.seq, ids[2]]);
   });
 });
