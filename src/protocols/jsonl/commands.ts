@@ -77,65 +77,40 @@ export function decodePublisher(
 }
 
 /**
- * Where the body of a JSON string that starts at `from` ends (the index of its closing
- * quote), or -1 when a raw control character or the end of the line comes first. A
- * backslash and the character after it are passed over unread: JSON.parse decides later
- * whether the escapes are valid.
+ * The compact form of an acknowledgement: `{"type":…,"msgId":N}` with an optional
+ * `"topic"` after the id, no spaces, an id of 1 to 15 digits without a leading zero. Its
+ * compiled match is several times cheaper than comparing the line's head with each
+ * type's prefix (`startsWith` costs about a tenth of a microsecond a call here).
  */
-function stringEnd(line: string, from: number): number {
-  for (let i = from; i < line.length; i++) {
-    const c = line.charCodeAt(i);
-    if (c === 0x22) return i;
-    if (c < 0x20) return -1;
-    if (c === 0x5c) i++;
-  }
-  return -1;
-}
+const ACK =
+  // deno-lint-ignore no-control-regex -- raw control characters are not allowed in JSON strings
+  /^\{"type":"PUB(?:REC|COMP|REL)","msgId":[1-9][0-9]{0,14}(?:,"topic":"(?:[^"\\\x00-\x1f]|\\.)*")?\}$/;
 
-const PUBREC_HEAD = '{"type":"PUBREC","msgId":';
-const PUBCOMP_HEAD = '{"type":"PUBCOMP","msgId":';
-const PUBREL_HEAD = '{"type":"PUBREL","msgId":';
-const TOPIC_KEY = ',"topic":"';
+/** Where the digits of the id start: after `{"type":"`, the type, and `","msgId":`. */
+const ID_AT = { PUBREC: 25, PUBCOMP: 26, PUBREL: 25 } as const;
 
 /**
- * An acknowledgement written the way clients that pipeline write it (`{"type":…,
- * "msgId":N}` with an optional `"topic"` after it, no spaces): the bulk of a busy
- * connection's lines. Read here character by character, without JSON.parse, the shape
- * check, the schema or a regular expression's match; anything else (spaces, another key
- * order, a leading zero, more than 15 digits) takes the general path, which decides the
- * same.
+ * An acknowledgement written the way clients that pipeline write it ({@link ACK}): the
+ * bulk of a busy connection's lines, decoded without JSON.parse, the shape check or the
+ * schema; anything else takes the general path, which decides the same.
  */
 function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unknown> | null {
-  let type: "PUBREC" | "PUBCOMP" | "PUBREL";
-  let p: number;
-  if (line.startsWith(PUBREC_HEAD)) {
-    type = "PUBREC";
-    p = PUBREC_HEAD.length;
-  } else if (line.startsWith(PUBCOMP_HEAD)) {
-    type = "PUBCOMP";
-    p = PUBCOMP_HEAD.length;
-  } else if (line.startsWith(PUBREL_HEAD)) {
-    type = "PUBREL";
-    p = PUBREL_HEAD.length;
-  } else return null;
+  if (!ACK.test(line)) return null;
+  // `{"type":"PUB` is 12 characters; the 13th and 15th tell the three types apart.
+  const type = line.charCodeAt(12) === 0x43
+    ? "PUBCOMP"
+    : line.charCodeAt(14) === 0x43
+    ? "PUBREC"
+    : "PUBREL";
   if (!Object.hasOwn(schemas, type)) return null; // the other port's: the general path says so
-  let c = line.charCodeAt(p);
-  if (!(c >= 0x31 && c <= 0x39)) return null; // 1-9: no leading zero, no sign
-  let msgId = c - 0x30;
-  const digitsEnd = Math.min(line.length, p + 15);
-  for (p++; p < digitsEnd; p++) {
-    c = line.charCodeAt(p);
-    if (c < 0x30 || c > 0x39) break;
+  let p = ID_AT[type];
+  let msgId = 0;
+  for (let c = line.charCodeAt(p); c >= 0x30 && c <= 0x39; c = line.charCodeAt(++p)) {
     msgId = msgId * 10 + (c - 0x30);
   }
-  if (p === line.length - 1 && line.charCodeAt(p) === 0x7d) {
-    return { ok: true, command: { type, msgId } };
-  }
-  if (type === "PUBREL" || !line.startsWith(TOPIC_KEY, p)) return null; // a PUBREL has no topic
-  const from = p + TOPIC_KEY.length;
-  const end = stringEnd(line, from);
-  if (end !== line.length - 2 || line.charCodeAt(end + 1) !== 0x7d) return null;
-  let topic = line.slice(from, end);
+  if (p === line.length - 1) return { ok: true, command: { type, msgId } };
+  if (type === "PUBREL") return null; // a PUBREL has no topic: the general path says so
+  let topic = line.slice(p + TOPIC_KEY_LENGTH, line.length - 2);
   if (topic.includes("\\")) {
     try {
       topic = JSON.parse(`"${topic}"`) as string;
@@ -145,6 +120,9 @@ function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unkn
   }
   return { ok: true, command: { type, msgId, topic } };
 }
+
+/** `,"topic":"`. */
+const TOPIC_KEY_LENGTH = 10;
 
 /**
  * A PUB of a string written the way publishing clients write it (`{"type":"PUB",
@@ -180,7 +158,14 @@ function decode(
   otherPort: Record<string, z.ZodType>,
   otherName: string,
 ): Decoded<unknown> {
-  const fast = line.startsWith('{"type":"PUB",') ? fastPub(line, schemas) : fastAck(line, schemas);
+  // `{"type":"PUB` then `"` for a PUB, `R` or `C` for an acknowledgement: both fast paths
+  // check the whole line, this only picks which one to try.
+  const c = line.length > 20 ? line.charCodeAt(12) : 0;
+  const fast = c === 0x22
+    ? fastPub(line, schemas)
+    : c === 0x52 || c === 0x43
+    ? fastAck(line, schemas)
+    : null;
   if (fast !== null) return fast;
   let value: unknown;
   try {
