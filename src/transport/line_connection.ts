@@ -6,16 +6,25 @@
  */
 
 import { addressText, errorText, withTimeout, writeStats } from "./connection.ts";
-import { LineBatchStream, LineTooLongError } from "./lines.ts";
+import { type LineBatch, LineBatchStream } from "./lines.ts";
 
 /** One item of {@link LineConnection.lines}. */
 export type LineEvent =
   /** A complete input line, decoded as UTF-8, without its `\n` or `\r\n`. */
   | { kind: "line"; text: string }
+  /** A line the connection's recognizer ({@link LineConnection.recognize}) read as `value`. */
+  | { kind: "recognized"; value: object }
   /** A line that is not valid UTF-8; the connection goes on with the next line. */
   | { kind: "invalid-utf8"; byteLength: number }
   /** A line passed `maxLineBytes`; always the last item, input is no longer read. */
   | { kind: "too-long"; limit: number };
+
+/**
+ * Reads the line `bytes[start..end)` (without its terminator) straight from the input's
+ * bytes: what it stands for, or null to have it decoded as text. See
+ * {@link LineConnection.recognize}.
+ */
+export type LineRecognizer = (bytes: Uint8Array, start: number, end: number) => object | null;
 
 /** Limits of one connection; {@link LineServer} passes its options on. */
 export interface LineConnectionOptions {
@@ -92,7 +101,8 @@ export class LineConnection {
    * promise: every race leaves a reaction on the stop promise until it settles, one per
    * read for as long as the connection lives.)
    */
-  #reader: ReadableStreamDefaultReader<(Uint8Array | LineTooLongError)[]> | undefined;
+  #reader: ReadableStreamDefaultReader<LineBatch> | undefined;
+  #recognizer: LineRecognizer | null = null;
   #read: Promise<number | null> | undefined;
   #lastInput = performance.now();
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -173,6 +183,16 @@ export class LineConnection {
     return this.#readBatches();
   }
 
+  /**
+   * From the next read on, offers each line that lies wholly in one read to `recognizer`
+   * before decoding it: a line it reads comes out as a `recognized` event, without being
+   * decoded as text. For the bulk of a busy connection's lines, which a protocol can read
+   * from their bytes for less than their decoding costs; null turns it off.
+   */
+  recognize(recognizer: LineRecognizer | null): void {
+    this.#recognizer = recognizer;
+  }
+
   /** False once {@link stopReading} was called: lines not yet handled are left. */
   get reading(): boolean {
     return !this.#inputStopped;
@@ -197,7 +217,7 @@ export class LineConnection {
     try {
       for (;;) {
         if (this.#inputStopped) return;
-        let result: ReadableStreamReadResult<(Uint8Array | LineTooLongError)[]>;
+        let result: ReadableStreamReadResult<LineBatch>;
         try {
           result = await reader.read();
         } catch {
@@ -205,24 +225,9 @@ export class LineConnection {
         }
         if (result.done) return;
         this.#lastInput = performance.now();
-        const events: LineEvent[] = [];
-        let tooLong = false;
-        const items = result.value;
-        // The lines that lie in one read chunk, one after the other, decoded at once.
-        const from = decodeRun(items, decoder, events);
-        for (let i = from; i < items.length; i++) {
-          const item = items[i] as Uint8Array | LineTooLongError;
-          if (item instanceof LineTooLongError) {
-            events.push({ kind: "too-long", limit: item.limit });
-            tooLong = true;
-            break;
-          }
-          try {
-            events.push({ kind: "line", text: decoder.decode(item) });
-          } catch {
-            events.push({ kind: "invalid-utf8", byteLength: item.length });
-          }
-        }
+        const batch = result.value;
+        const events = batchEvents(batch, decoder, this.#recognizer);
+        const tooLong = batch.tooLong !== null;
         yield events;
         if (tooLong) return;
       }
@@ -412,56 +417,78 @@ export class LineConnection {
 const LINGER_MS = 500;
 
 /**
- * Decodes with one call the lines of `items` that lie one after the other in the same
- * read chunk (all but a first line joined from several chunks, and a final too-long
- * mark), pushing them to `events`; returns how many items it took. Takes none when the
- * run is not valid UTF-8 (then each line is decoded alone, to tell which one is bad).
+ * The events of one batch, in order. The lines `recognizer` does not read are decoded
+ * with one call when they are plain ASCII (a busy connection's usual case); otherwise
+ * each alone, so that a line that is not valid UTF-8 is told apart from the others.
  */
-function decodeRun(
-  items: (Uint8Array | LineTooLongError)[],
+function batchEvents(
+  batch: LineBatch,
+  decoder: TextDecoder,
+  recognizer: LineRecognizer | null,
+): LineEvent[] {
+  const events: LineEvent[] = [];
+  if (batch.head !== null) events.push(decodeLine(decoder, batch.head));
+  const { chunk, spans } = batch;
+  if (spans.length > 0) {
+    // Events of the lines left to decode are filled in below; their spans' indexes here.
+    let left: number[] | null = null;
+    for (let i = 0; i < spans.length; i += 2) {
+      const value = recognizer === null
+        ? null
+        : recognizer(chunk, spans[i] as number, spans[i + 1] as number);
+      if (value !== null) {
+        events.push({ kind: "recognized", value });
+      } else {
+        (left ??= []).push(i, events.length);
+        events.push(NOT_YET);
+      }
+    }
+    if (left !== null) decodeSpans(chunk, spans, left, decoder, events);
+  }
+  if (batch.tooLong !== null) events.push({ kind: "too-long", limit: batch.tooLong.limit });
+  return events;
+}
+
+/** The place of an event not decoded yet. */
+const NOT_YET: LineEvent = { kind: "line", text: "" };
+
+/**
+ * Decodes the lines of `chunk` that `left` names (pairs of a span's index in `spans` and
+ * its event's index in `events`) into their events.
+ */
+function decodeSpans(
+  chunk: Uint8Array,
+  spans: number[],
+  left: number[],
   decoder: TextDecoder,
   events: LineEvent[],
-): number {
-  let first = 0;
-  // A first line joined from several chunks has a buffer of its own.
-  if (items.length > 1 && items[0] instanceof Uint8Array && items[1] instanceof Uint8Array) {
-    if ((items[0] as Uint8Array).buffer !== (items[1] as Uint8Array).buffer) first = 1;
-  }
-  let last = items.length - 1;
-  if (items[last] instanceof LineTooLongError) last--;
-  if (last - first < 1) return 0;
-  const head = items[first] as Uint8Array;
-  const tail = items[last] as Uint8Array;
-  if (head.buffer !== tail.buffer) return 0;
-  const region = new Uint8Array(
-    head.buffer,
-    head.byteOffset,
-    tail.byteOffset + tail.length - head.byteOffset,
-  );
-  let text: string;
-  try {
-    text = decoder.decode(region);
-  } catch {
-    return 0;
-  }
-  if (first === 1) {
+): void {
+  const from = spans[left[0] as number] as number;
+  const to = spans[(left[left.length - 2] as number) + 1] as number;
+  let text: string | null = null;
+  if (left.length > 2) {
     try {
-      events.push({ kind: "line", text: decoder.decode(items[0] as Uint8Array) });
+      text = decoder.decode(chunk.subarray(from, to));
     } catch {
-      events.push({ kind: "invalid-utf8", byteLength: (items[0] as Uint8Array).length });
+      text = null; // some line is not UTF-8: each alone says which
     }
+    // As many characters as bytes only when every byte is ASCII: offsets then carry over.
+    if (text !== null && text.length !== to - from) text = null;
   }
-  // Each line of the run ends with "\n", maybe after one "\r" its item leaves out.
-  let start = 0;
-  for (let i = first; i <= last; i++) {
-    if (i === last) {
-      events.push({ kind: "line", text: text.slice(start) });
-      break;
-    }
-    const nl = text.indexOf("\n", start);
-    const end = nl > start && text.charCodeAt(nl - 1) === 0x0d ? nl - 1 : nl;
-    events.push({ kind: "line", text: text.slice(start, end) });
-    start = nl + 1;
+  for (let k = 0; k < left.length; k += 2) {
+    const i = left[k] as number;
+    const start = spans[i] as number;
+    const end = spans[i + 1] as number;
+    events[left[k + 1] as number] = text !== null
+      ? { kind: "line", text: text.slice(start - from, end - from) }
+      : decodeLine(decoder, chunk.subarray(start, end));
   }
-  return last + 1;
+}
+
+function decodeLine(decoder: TextDecoder, line: Uint8Array): LineEvent {
+  try {
+    return { kind: "line", text: decoder.decode(line) };
+  } catch {
+    return { kind: "invalid-utf8", byteLength: line.length };
+  }
 }

@@ -88,22 +88,62 @@ export class LineSplitStream extends TransformStream<Uint8Array, Uint8Array> {
 }
 
 /**
- * {@link LineSplitStream} that emits, per input chunk, one array of the lines it
- * completed (none when it completed no line): a busy connection pays the stream's
- * per-chunk costs once per read instead of once per line. A line over `maxLineBytes`
- * ends the output with a {@link LineTooLongError} as the last item of the last batch,
- * after the lines before it, and the stream closes.
+ * The lines one input chunk completed, as {@link LineBatchStream} emits them: a line
+ * begun in earlier chunks (joined into an array of its own), then the lines that lie
+ * wholly in the chunk, as offsets into it rather than a view each, then the error of a
+ * line that passed the cap.
+ */
+export class LineBatch {
+  /** The input chunk the {@link spans} point into. */
+  readonly chunk: Uint8Array;
+  /** A line that began in earlier chunks and ended in this one (or at the input's end). */
+  head: Uint8Array | null = null;
+  /**
+   * The other lines, in order: for each, its start offset in {@link chunk} and its end
+   * (exclusive, before the `\r` of a `\r\n`).
+   */
+  readonly spans: number[] = [];
+  /** Set when a line passed the cap: it follows every line here, and nothing follows it. */
+  tooLong: LineTooLongError | null = null;
+
+  /** An empty batch of `chunk`. */
+  constructor(chunk: Uint8Array) {
+    this.chunk = chunk;
+  }
+
+  /** True when the batch holds no line and no error. */
+  get empty(): boolean {
+    return this.head === null && this.spans.length === 0 && this.tooLong === null;
+  }
+
+  /** Every line as a view (the head as its own array), then the error if any. */
+  items(): (Uint8Array | LineTooLongError)[] {
+    const out: (Uint8Array | LineTooLongError)[] = [];
+    if (this.head !== null) out.push(this.head);
+    for (let i = 0; i < this.spans.length; i += 2) {
+      out.push(this.chunk.subarray(this.spans[i], this.spans[i + 1]));
+    }
+    if (this.tooLong !== null) out.push(this.tooLong);
+    return out;
+  }
+}
+
+/**
+ * {@link LineSplitStream} that emits, per input chunk, one {@link LineBatch} of the lines
+ * it completed (none when it completed no line): a busy connection pays the stream's
+ * per-chunk costs once per read instead of once per line, and no object per line. A line
+ * over `maxLineBytes` ends the output with the batch's `tooLong`, after the lines before
+ * it, and the stream closes.
  *
  * @example
  * ```ts
  * const batches = ReadableStream.from([new TextEncoder().encode("a\nb\nc")])
  *   .pipeThrough(new LineBatchStream({ maxLineBytes: 1024 }));
- * for await (const batch of batches) console.log(batch.length);
+ * for await (const batch of batches) console.log(batch.items().length);
  * // 2 (a, b), then 1 (c, at the end of the input)
  * ```
  */
-export class LineBatchStream
-  extends TransformStream<Uint8Array, (Uint8Array | LineTooLongError)[]> {
+export class LineBatchStream extends TransformStream<Uint8Array, LineBatch> {
   /**
    * Builds a batching splitter that ends at lines over `options.maxLineBytes`.
    *
@@ -116,23 +156,22 @@ export class LineBatchStream
     super({
       transform: (chunk, controller) => {
         if (ended) return;
-        const batch: (Uint8Array | LineTooLongError)[] = [];
-        const collect = { enqueue: (line: Uint8Array) => batch.push(line) };
+        const batch = new LineBatch(chunk);
         try {
-          splitter.push(chunk, collect);
+          splitter.collect(chunk, batch);
         } catch (err) {
           if (!(err instanceof LineTooLongError)) throw err;
-          batch.push(err);
+          batch.tooLong = err;
           ended = true;
         }
-        if (batch.length > 0) controller.enqueue(batch);
+        if (!batch.empty) controller.enqueue(batch);
         if (ended) controller.terminate();
       },
       flush: (controller) => {
         if (ended) return;
-        const batch: Uint8Array[] = [];
-        splitter.end({ enqueue: (line: Uint8Array) => batch.push(line) });
-        if (batch.length > 0) controller.enqueue(batch);
+        const batch = new LineBatch(new Uint8Array(0));
+        splitter.end({ enqueue: (line: Uint8Array) => batch.head = line });
+        if (!batch.empty) controller.enqueue(batch);
       },
     });
   }
@@ -177,6 +216,43 @@ class Splitter {
       const piece = chunk.subarray(start, nl);
       this.#check(piece);
       out.enqueue(stripCr(this.#take(piece)));
+      start = nl + 1;
+    }
+  }
+
+  /**
+   * {@link push} for a {@link LineBatch}: a line that began in earlier chunks becomes its
+   * head, the lines wholly in `chunk` its spans.
+   */
+  collect(chunk: Uint8Array, batch: LineBatch): void {
+    let start = 0;
+    if (chunk.length === 0) return;
+    if (this.#parts.length > 0) {
+      const nl = chunk.indexOf(LF);
+      const piece = chunk.subarray(0, nl === -1 ? chunk.length : nl);
+      this.#check(piece);
+      if (nl === -1) {
+        this.#parts.push(piece);
+        this.#partsBytes += piece.length;
+        return;
+      }
+      batch.head = stripCr(this.#take(piece));
+      start = nl + 1;
+    }
+    const spans = batch.spans;
+    while (start < chunk.length) {
+      const nl = chunk.indexOf(LF, start);
+      if (nl === -1) {
+        const rest = chunk.subarray(start);
+        this.#check(rest);
+        this.#parts.push(rest);
+        this.#partsBytes += rest.length;
+        return;
+      }
+      const end = nl > start && chunk[nl - 1] === CR ? nl - 1 : nl;
+      // Within one chunk nothing is pending: the line's length alone decides.
+      if (end - start > this.#max) this.#check(chunk.subarray(start, nl));
+      spans.push(start, end);
       start = nl + 1;
     }
   }

@@ -103,10 +103,11 @@ async function runBatches(
   let error: unknown = undefined;
   let batches = 0;
   for await (const batch of stream) {
-    assert.ok(batch.length > 0, "an empty batch");
+    const items = batch.items();
+    assert.ok(items.length > 0, "an empty batch");
     assert.equal(error, undefined, "a batch after the too-long error");
     batches++;
-    for (const item of batch) {
+    for (const item of items) {
       if (item instanceof LineTooLongError) error = item;
       else {
         assert.equal(error, undefined, "a line after the too-long error");

@@ -136,7 +136,9 @@ async function batches(chunks: string[], maxLineBytes = 1024): Promise<string[][
     .pipeThrough(new LineBatchStream({ maxLineBytes }));
   const out: string[][] = [];
   for await (const batch of stream) {
-    out.push(batch.map((l) => l instanceof LineTooLongError ? `!${l.limit}` : decoder.decode(l)));
+    out.push(
+      batch.items().map((l) => l instanceof LineTooLongError ? `!${l.limit}` : decoder.decode(l)),
+    );
   }
   return out;
 }

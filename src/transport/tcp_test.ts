@@ -20,7 +20,7 @@ async function echo(conn: LineConnection): Promise<void> {
   for await (const item of conn.lines()) {
     if (item.kind === "line") conn.send(item.text.toUpperCase());
     else if (item.kind === "invalid-utf8") conn.send(`INVALID ${item.byteLength}`);
-    else conn.send(`TOO LONG ${item.limit}`);
+    else if (item.kind === "too-long") conn.send(`TOO LONG ${item.limit}`);
   }
   conn.close("input ended");
 }

@@ -121,8 +121,150 @@ function fastAck(line: string, schemas: Record<string, z.ZodType>): Decoded<unkn
   return { ok: true, command: { type, msgId, topic } };
 }
 
-/** `,"topic":"`. */
-const TOPIC_KEY_LENGTH = 10;
+const TOPIC_KEY = ',"topic":"';
+const TOPIC_KEY_LENGTH = TOPIC_KEY.length;
+
+/** The ASCII bytes of `text`. */
+function ascii(text: string): Uint8Array {
+  return Uint8Array.from(text, (c) => c.charCodeAt(0));
+}
+
+/** `{"type":"PUB`: every compact acknowledgement starts so. */
+const HEAD_BYTES = ascii('{"type":"PUB');
+/** What follows {@link HEAD_BYTES} up to the id's digits, per type. */
+const REC_BYTES = ascii('REC","msgId":');
+const COMP_BYTES = ascii('COMP","msgId":');
+const REL_BYTES = ascii('REL","msgId":');
+const TOPIC_KEY_BYTES = ascii(TOPIC_KEY);
+/** `{"type":"PUBREL","msgId":1}`: the shortest acknowledgement. */
+const SHORTEST_ACK = 27;
+/** Longer topics are left to the text path (their text is built from an argument list). */
+const MAX_READ_TOPIC = 256;
+
+/** What follows {@link HEAD_BYTES} in a compact PUB, up to the topic's text. */
+const PUB_TOPIC_BYTES = ascii('","topic":"');
+/** What follows the topic's text in a compact PUB, up to the body's. */
+const PUB_MSG_BYTES = ascii('","msg":"');
+
+/**
+ * A PUB of a string read from its bytes ({@link CommandReader}): the body as the UTF-8
+ * it arrived in, which is also how it is stored (format "text"), so it is never text.
+ */
+export interface PubBytes {
+  type: "PUB";
+  topic: string;
+  payload: Uint8Array;
+}
+
+/**
+ * Reads the compact acknowledgements of one port ({@link ACK}), and on the publisher
+ * port the compact PUBs of a string ({@link PUB}), straight from a connection's input
+ * bytes, so that they are never decoded as text: the same command {@link decodeConsumer}
+ * or {@link decodePublisher} gives for the line (a PUB as {@link PubBytes}), or null for
+ * any line it leaves to them (another command, another form, a topic or body that is not
+ * printable ASCII or has an escape, the other port's acknowledgement). One per
+ * connection: it keeps the last topic it read, whose text the next line usually repeats.
+ */
+export class CommandReader {
+  readonly #received: boolean;
+  readonly #released: boolean;
+  #topicBytes = new Uint8Array(0);
+  #topic = "";
+
+  /** A reader of the consumer's PUBREC and PUBCOMP, or of the publisher's PUBREL. */
+  constructor(port: "consumer" | "publisher") {
+    this.#received = port === "consumer";
+    this.#released = port === "publisher";
+  }
+
+  /** The command that `b[start..end)` holds, or null: see {@link CommandReader}. */
+  read(
+    b: Uint8Array,
+    start: number,
+    end: number,
+  ): ConsumerCommand | PublisherCommand | PubBytes | null {
+    if (end - start < SHORTEST_ACK) return null;
+    for (let i = 0; i < HEAD_BYTES.length; i++) {
+      if (b[start + i] !== HEAD_BYTES[i]) return null;
+    }
+    let p = start + HEAD_BYTES.length;
+    let type: "PUBREC" | "PUBCOMP" | "PUBREL";
+    let rest: Uint8Array;
+    if (b[p] === 0x22) return this.#released ? this.#pub(b, p, end) : null;
+    if (b[p] === 0x43) { // C
+      type = "PUBCOMP";
+      rest = COMP_BYTES;
+    } else if (b[p + 2] === 0x43) { // REC
+      type = "PUBREC";
+      rest = REC_BYTES;
+    } else {
+      type = "PUBREL";
+      rest = REL_BYTES;
+    }
+    if (type === "PUBREL" ? !this.#released : !this.#received) return null;
+    for (let i = 0; i < rest.length; i++) {
+      if (b[p + i] !== rest[i]) return null;
+    }
+    p += rest.length;
+    let c = b[p] as number;
+    if (!(c >= 0x31 && c <= 0x39)) return null; // 1-9: no leading zero, no sign
+    let msgId = c - 0x30;
+    const digitsEnd = Math.min(end, p + 15);
+    for (p++; p < digitsEnd; p++) {
+      c = b[p] as number;
+      if (c < 0x30 || c > 0x39) break;
+      msgId = msgId * 10 + (c - 0x30);
+    }
+    if (p === end - 1 && b[p] === 0x7d) return { type, msgId };
+    if (type === "PUBREL") return null; // a PUBREL has no topic: the text path says so
+    const from = p + TOPIC_KEY_BYTES.length;
+    const to = end - 2;
+    if (from > to || b[to] !== 0x22 || b[to + 1] !== 0x7d) return null;
+    for (let i = 0; i < TOPIC_KEY_BYTES.length; i++) {
+      if (b[p + i] !== TOPIC_KEY_BYTES[i]) return null;
+    }
+    const topic = this.#topicOf(b, from, to);
+    return topic === null ? null : { type, msgId, topic };
+  }
+
+  /** The PUB whose line ends at `end`, read from `p`, just after `{"type":"PUB`. */
+  #pub(b: Uint8Array, p: number, end: number): PubBytes | null {
+    for (let i = 0; i < PUB_TOPIC_BYTES.length; i++) {
+      if (b[p + i] !== PUB_TOPIC_BYTES[i]) return null;
+    }
+    const from = p + PUB_TOPIC_BYTES.length;
+    const quote = b.indexOf(0x22, from);
+    if (quote === -1 || quote + PUB_MSG_BYTES.length > end - 2) return null;
+    for (let i = 1; i < PUB_MSG_BYTES.length; i++) {
+      if (b[quote + i] !== PUB_MSG_BYTES[i]) return null;
+    }
+    const body = quote + PUB_MSG_BYTES.length;
+    const to = end - 2;
+    if (b[to] !== 0x22 || b[to + 1] !== 0x7d) return null;
+    for (let i = body; i < to; i++) {
+      const c = b[i] as number;
+      if (c < 0x20 || c >= 0x80 || c === 0x22 || c === 0x5c) return null;
+    }
+    const topic = this.#topicOf(b, from, quote);
+    return topic === null ? null : { type: "PUB", topic, payload: b.slice(body, to) };
+  }
+
+  /** `b[from..to)` as text when it is all printable ASCII other than `"` and `\`. */
+  #topicOf(b: Uint8Array, from: number, to: number): string | null {
+    if (to - from > MAX_READ_TOPIC) return null;
+    const known = this.#topicBytes;
+    let same = known.length === to - from;
+    for (let i = from; i < to; i++) {
+      const c = b[i] as number;
+      if (c < 0x20 || c >= 0x80 || c === 0x22 || c === 0x5c) return null;
+      if (same && known[i - from] !== c) same = false;
+    }
+    if (same) return this.#topic;
+    this.#topicBytes = b.slice(from, to);
+    this.#topic = String.fromCharCode(...this.#topicBytes);
+    return this.#topic;
+  }
+}
 
 /**
  * A PUB of a string written the way publishing clients write it (`{"type":"PUB",

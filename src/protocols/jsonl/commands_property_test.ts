@@ -7,12 +7,14 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
+  CommandReader,
   type ConsumerCommand,
   decodeConsumer,
   type Decoded,
   decodePublisher,
   type PublisherCommand,
 } from "./commands.ts";
+import { encodeBody } from "./payload.ts";
 import { prng } from "../../../tests/prng.ts";
 
 const CONSUMER_TYPES = ["SUB", "UNSUB", "PUBREC", "PUBCOMP"] as const;
@@ -535,4 +537,115 @@ Deno.test("PUBs of a string in the compact form decode as the general path decod
     }),
     RUNS,
   );
+});
+
+Deno.test("a command read from its bytes is the command its text decodes to, or left to the text", () => {
+  const ackType = fc.constantFrom("PUBREC", "PUBCOMP", "PUBREL", "PUB", "PUBRE", "PUBCOMPX");
+  const msgIdText = fc.oneof(
+    fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }).map(String),
+    fc.constantFrom("0", "01", "999999999999999", "9999999999999999", "1e3", "-1", "1.0", ""),
+  );
+  const topicText = fc.oneof(
+    fc.constantFrom("t", "topic-1", "topic-2", ""),
+    fc.string({ maxLength: 12 }).map((t) => JSON.stringify(t).slice(1, -1)),
+    anyString.map((t) => JSON.stringify(t).slice(1, -1)),
+  );
+  const ack = fc.tuple(ackType, msgIdText, fc.option(topicText)).map(([type, id, topic]) =>
+    `{"type":"${type}","msgId":${id}${topic === null ? "" : `,"topic":"${topic}"`}}`
+  );
+  const pub = fc.tuple(topicText, fc.oneof(topicText, fc.constantFrom("hello", '\\"', "é", "}")))
+    .map(([topic, msg]) => `{"type":"PUB","topic":"${topic}","msg":"${msg}"}`);
+  const line = fc.oneof(ack, pub);
+  // A line, or the same with one character changed or cut off: near misses.
+  const nearLine = fc.tuple(line, fc.nat(), fc.constantFrom("", "x", "}", '"', "\\", " ", "é"))
+    .map(([l, at, c]) =>
+      c === ""
+        ? l.slice(0, at % (l.length + 1))
+        : l.slice(0, at % l.length) + c + l.slice(at % l.length + 1)
+    );
+  const encoder = new TextEncoder();
+  fc.assert(
+    fc.property(fc.array(fc.oneof(line, nearLine), { minLength: 1, maxLength: 8 }), (lines) => {
+      // The lines of one read, one after the other, each between two bytes it must not see.
+      const readers = {
+        consumer: new CommandReader("consumer"),
+        publisher: new CommandReader("publisher"),
+      };
+      const bytes = lines.map((l) => encoder.encode(l));
+      const chunk = new Uint8Array(bytes.reduce((n, b) => n + b.length + 2, 1));
+      chunk.fill(0x7d);
+      let at = 1;
+      for (let i = 0; i < lines.length; i++) {
+        const b = bytes[i] as Uint8Array;
+        chunk.set(b, at);
+        for (const port of ["consumer", "publisher"] as const) {
+          const read = readers[port].read(chunk, at, at + b.length);
+          if (read === null) continue;
+          const decoded = (port === "consumer" ? decodeConsumer : decodePublisher)(
+            lines[i] as string,
+          );
+          assert.ok(decoded.ok, `${port} read ${lines[i]}, which its text refuses`);
+          if ("payload" in read) {
+            const c = decoded.command as Extract<PublisherCommand, { type: "PUB" }>;
+            assert.equal(read.topic, c.topic);
+            assert.deepEqual(
+              read.payload,
+              encodeBody(c.msg, c.msgJson).payload,
+              lines[i] as string,
+            );
+            assert.equal(encodeBody(c.msg, c.msgJson).format, "text");
+          } else assert.deepEqual(read, decoded.command, lines[i] as string);
+        }
+        at += b.length + 2;
+      }
+    }),
+    RUNS,
+  );
+});
+
+Deno.test("the acknowledgements and PUBs clients send are read from their bytes, topic text kept between them", () => {
+  const encoder = new TextEncoder();
+  const consumer = new CommandReader("consumer");
+  const publisher = new CommandReader("publisher");
+  const read = (r: CommandReader, line: string) => {
+    const b = encoder.encode(` ${line} `); // offsets, not the whole array
+    return r.read(b, 1, b.length - 1);
+  };
+  const first = read(consumer, '{"type":"PUBREC","msgId":12,"topic":"orders"}');
+  assert.deepEqual(first, { type: "PUBREC", msgId: 12, topic: "orders" });
+  const again = read(consumer, '{"type":"PUBREC","msgId":13,"topic":"orders"}');
+  assert.deepEqual(again, { type: "PUBREC", msgId: 13, topic: "orders" });
+  assert.deepEqual(read(consumer, '{"type":"PUBREC","msgId":14,"topic":"orderz"}'), {
+    type: "PUBREC",
+    msgId: 14,
+    topic: "orderz",
+  });
+  assert.deepEqual(read(consumer, '{"type":"PUBREC","msgId":15,"topic":"xrderz"}'), {
+    type: "PUBREC",
+    msgId: 15,
+    topic: "xrderz",
+  });
+  assert.deepEqual(read(consumer, '{"type":"PUBCOMP","msgId":999999999999999}'), {
+    type: "PUBCOMP",
+    msgId: 999999999999999,
+  });
+  assert.deepEqual(read(publisher, '{"type":"PUBREL","msgId":7}'), { type: "PUBREL", msgId: 7 });
+  assert.deepEqual(read(publisher, '{"type":"PUB","topic":"orders","msg":"n° 1"}'), null);
+  assert.deepEqual(read(publisher, '{"type":"PUB","topic":"orders","msg":"no 1"}'), {
+    type: "PUB",
+    topic: "orders",
+    payload: encoder.encode("no 1"),
+  });
+  assert.equal(read(consumer, '{"type":"PUB","topic":"orders","msg":"no 1"}'), null);
+  assert.equal(read(publisher, '{"type":"PUB","topic":"orders","msg":"a\\"b"}'), null);
+  assert.equal(read(publisher, '{"type":"PUB","topic":"orders","msg":{"a":1}}'), null);
+  // Left to the text path: the other port's, escapes, non-ASCII, another form.
+  assert.equal(read(consumer, '{"type":"PUBREL","msgId":7}'), null);
+  assert.equal(read(publisher, '{"type":"PUBREC","msgId":7}'), null);
+  assert.equal(read(consumer, '{"type":"PUBREC","msgId":7,"topic":"a\\u0041"}'), null);
+  assert.equal(read(consumer, '{"type":"PUBREC","msgId":7,"topic":"é"}'), null);
+  assert.equal(read(consumer, '{"type": "PUBREC","msgId":7}'), null);
+  assert.equal(read(consumer, '{"type":"PUBREC","msgId":07}'), null);
+  assert.equal(read(consumer, '{"type":"PUBREC","msgId":1234567890123456}'), null);
+  assert.equal(read(publisher, '{"type":"PUBREL","msgId":7,"topic":"t"}'), null);
 });

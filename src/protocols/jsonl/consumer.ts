@@ -16,7 +16,13 @@ import { getLogger } from "../../log.ts";
 import type { StoredMessage } from "../../store/store.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection, LineEvent } from "../../transport/tcp.ts";
-import { ackLine, type ConsumerCommand, decodeConsumer, pubLine } from "./commands.ts";
+import {
+  ackLine,
+  CommandReader,
+  type ConsumerCommand,
+  decodeConsumer,
+  pubLine,
+} from "./commands.ts";
 import { commandText, deadLetterInput, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
 import { bodyJson } from "./payload.ts";
@@ -190,6 +196,14 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
       for (let i = 0; i < batch.length; i++) {
         const ev = batch[i] as LineEvent;
         if (!conn.reading) break read;
+        if (ev.kind === "recognized") {
+          // Only once logged in (see below): an acknowledgement read from its bytes.
+          acknowledge(session as ConsumerSession, ev.value as AckCommand);
+          if (replies.pending >= MAX_OUTSTANDING) {
+            await new Promise<void>((resolve) => drained = resolve);
+          }
+          continue;
+        }
         const line = commandText(ev, ctx, conn, "consumer", session?.subscriber, replyNow);
         if (line === null) continue;
         if (typeof line !== "string") {
@@ -209,6 +223,8 @@ export async function serveConsumer(conn: LineConnection, ctx: JsonlContext): Pr
               break read;
             }
             conn.send(LOGGED_IN);
+            const acks = new CommandReader("consumer");
+            conn.recognize((bytes, start, end) => acks.read(bytes, start, end));
             log.info("Consumer {user} logged in from {remote}", {
               user: name,
               remote: conn.remote,

@@ -74,7 +74,7 @@ export function tooLongLine(limit: number): string {
  * too long (the caller answers it, after the replies before it, and closes).
  */
 export function commandText(
-  ev: LineEvent,
+  ev: Exclude<LineEvent, { kind: "recognized" }>,
   ctx: JsonlContext,
   conn: LineConnection,
   port: "consumer" | "publisher",

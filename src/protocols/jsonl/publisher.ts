@@ -13,7 +13,13 @@ import { BrokerError, type PublishSource, type ReleaseResult } from "../../core/
 import { getLogger } from "../../log.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection, LineEvent } from "../../transport/tcp.ts";
-import { ackLine, decodePublisher, type PublisherCommand } from "./commands.ts";
+import {
+  ackLine,
+  CommandReader,
+  decodePublisher,
+  type PubBytes,
+  type PublisherCommand,
+} from "./commands.ts";
 import { commandText, deadLetterInput, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
 import { OrderedReplies, Ticket } from "../../ordered_replies.ts";
@@ -58,12 +64,25 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
     },
   };
   const enqueue = (line: string) => replies.enqueue(new Reply(out, null)).resolve(line);
+  // PUBs and PUBRELs read from their bytes, once no login is awaited (lines before it
+  // need their text).
+  const reader = new CommandReader("publisher");
+  const readCommands = () => conn.recognize((bytes, start, end) => reader.read(bytes, start, end));
+  if (!gate) readCommands();
 
   try {
     read: for await (const batch of conn.batches()) {
       for (let i = 0; i < batch.length; i++) {
         const ev = batch[i] as LineEvent;
         if (!conn.reading) break read;
+        if (ev.kind === "recognized") {
+          const c = ev.value as PublisherCommand | PubBytes;
+          handle(c, ctx, source, replies.enqueue(new Reply(out, c)));
+          if (replies.pending >= MAX_OUTSTANDING) {
+            await new Promise<void>((resolve) => drained = resolve);
+          }
+          continue;
+        }
         const line = commandText(ev, ctx, conn, "publisher", source.user ?? undefined, enqueue);
         if (line === null) continue;
         if (typeof line !== "string") {
@@ -78,6 +97,7 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
           if (step.kind === "in") {
             source.user = step.user;
             conn.send(LOGGED_IN);
+            readCommands();
             log.info("Publisher {user} logged in from {remote}", {
               user: step.user,
               remote: conn.remote,
@@ -116,9 +136,9 @@ interface ReplyOutput {
  */
 class Reply extends Ticket<number | ReleaseResult | string> {
   readonly #out: ReplyOutput;
-  readonly #command: PublisherCommand | null;
+  readonly #command: PublisherCommand | PubBytes | null;
 
-  constructor(out: ReplyOutput, command: PublisherCommand | null) {
+  constructor(out: ReplyOutput, command: PublisherCommand | PubBytes | null) {
     super();
     this.#out = out;
     this.#command = command;
@@ -159,7 +179,7 @@ class Reply extends Ticket<number | ReleaseResult | string> {
 
 /** Starts the work of a command; `reply` is settled with its outcome. */
 function handle(
-  c: PublisherCommand,
+  c: PublisherCommand | PubBytes,
   ctx: JsonlContext,
   source: PublishSource,
   reply: Reply,
@@ -170,7 +190,9 @@ function handle(
       ctx.broker.releasePublishWith(c.msgId, reply);
       return;
     }
-    const { payload, format } = encodeBody(c.msg, c.msgJson);
+    const { payload, format } = "payload" in c
+      ? { payload: c.payload, format: "text" as const }
+      : encodeBody(c.msg, c.msgJson);
     if (payload.byteLength > ctx.maxMessageBytes) {
       throw new BrokerError(
         `message is ${payload.byteLength} bytes, the limit is ${ctx.maxMessageBytes}`,
