@@ -295,7 +295,7 @@ export class Delivery implements Wakeable, PositionSource {
   }
 
   #arm(f: InFlight): void {
-    f.dueAt = performance.now() + this.#retry.retryIntervalMs;
+    f.dueAt = sendClock() + this.#retry.retryIntervalMs;
     this.#resendTimer ??= setTimeout(() => this.#onTimeout(), this.#retry.retryIntervalMs);
   }
 
@@ -551,6 +551,26 @@ function resumedOf(r: SubscriptionRecord): Resumed[] {
     if (seq >= r.position) out.push({ seq, id: 0, completed: true });
   }
   return out.sort((a, b) => a.seq - b.seq);
+}
+
+/** {@link sendClock}'s reading for the job under way; -1 once the job has ended. */
+let jobNow = -1;
+const endJob = () => {
+  jobNow = -1;
+};
+
+/**
+ * `performance.now()` as read at the first call in the current job (the synchronous run
+ * until the microtask queue moves on): a window's sends, made in one burst, share one
+ * reading instead of costing a clock read (~0.15 µs) each. A due time that is early by
+ * the job's own length is nothing next to a retry interval.
+ */
+function sendClock(): number {
+  if (jobNow < 0) {
+    jobNow = performance.now();
+    queueMicrotask(endJob);
+  }
+  return jobNow;
 }
 
 function errorMessage(err: unknown): string {
