@@ -89,9 +89,12 @@ export class PoolSegment {
   slots: PoolSlot[];
   /** The estimated size of its value. */
   bytes: number;
+  /** The estimated size of its key. */
+  readonly keySize: number;
 
   constructor(key: Deno.KvKey, slots: PoolSlot[], pool?: Pool) {
     this.key = key;
+    this.keySize = estimateSize(key);
     this.pool = pool;
     this.slots = slots;
     let bytes = 4;
@@ -140,6 +143,8 @@ export interface AppendMutation {
    * {@link GroupCommitter.commit} when absent.
    */
   size?: number;
+  /** Estimated size of `log` ({@link estimateSize}); computed when absent. */
+  logSize?: number;
 }
 
 /** Deno KV's per-atomic limits (measured on Deno 2.9.6), with headroom. */
@@ -266,11 +271,11 @@ export class GroupCommitter {
     for (let i = 0; i < mutations.length; i++) {
       const m = mutations[i] as Mutation;
       const k = m.type === "append"
-        ? estimateSize(m.log) + 9
+        ? (m.logSize ?? estimateSize(m.log)) + 9
         : m.type === "pool-add"
         ? POOL_KEY_BYTES
         : m.type === "pool-remove"
-        ? estimateSize(m.slot.segment?.key ?? [])
+        ? m.slot.segment?.keySize ?? 0
         : estimateSize(m.key);
       keyBytes += k;
       if (m.type === "delete") {

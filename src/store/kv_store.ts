@@ -137,6 +137,12 @@ const TRIM_BATCH = 100;
 /** Pause between two of retention's atomics, so that the messages' commits run between. */
 const TRIM_PAUSE_MS = 2;
 
+/** A topic's log key prefix, and its estimated size, made once per topic. */
+interface LogKey {
+  key: Deno.KvKey;
+  size: number;
+}
+
 /**
  * {@link BrokerStore} on a Deno KV database.
  *
@@ -155,7 +161,7 @@ export class KvStore implements BrokerStore {
   /** Per topic, the log segments this process wrote (see SegmentIndex). */
   #segments = new Map<string, SegmentIndex>();
   /** Per topic, its log's key (frozen): one array for all its appends. */
-  #logKeys = new Map<string, Deno.KvKey>();
+  #logKeys = new Map<string, LogKey>();
   /** Pending PUBs by id, and where each is stored. */
   #pendingSlots = new Map<number, PoolSlot>();
   /**
@@ -437,13 +443,15 @@ export class KvStore implements BrokerStore {
     settle: Settle<void>,
   ): void {
     // No head record: the log's last entry is the topic's floor (see TopicRecord).
+    const log = this.#logKey(message.topic);
     const m: Mutation[] = [
       {
         type: "append",
-        log: this.#logKey(message.topic),
+        log: log.key,
         seq: message.seq,
         value: compactMessage(message),
         size: messageSize(message),
+        logSize: log.size,
       },
     ];
     const releasedId = effects?.releasedId;
@@ -480,14 +488,15 @@ export class KvStore implements BrokerStore {
     await this.#gc.commit(m);
   }
 
-  #logKey(topic: string): Deno.KvKey {
-    let key = this.#logKeys.get(topic);
-    if (key === undefined) {
+  #logKey(topic: string): LogKey {
+    let log = this.#logKeys.get(topic);
+    if (log === undefined) {
       if (this.#logKeys.size >= LOG_KEYS_KEPT) this.#logKeys.clear();
-      key = Object.freeze(["log", topic]);
-      this.#logKeys.set(topic, key);
+      const key = Object.freeze(["log", topic]);
+      log = { key, size: estimateSize(key) };
+      this.#logKeys.set(topic, log);
     }
-    return key;
+    return log;
   }
 
   saveSubscription(r: SubscriptionRecord): Promise<void> {
@@ -753,7 +762,7 @@ function measure(mutations: Mutation[]): OpSize {
   for (const m of mutations) {
     if (m.type === "pool-add" || m.type === "pool-remove") {
       // As the group committer counts them: a new segment's share, or a whole rewrite.
-      const k = m.type === "pool-add" ? 64 : estimateSize(m.slot.segment?.key ?? []);
+      const k = m.type === "pool-add" ? 64 : m.slot.segment?.keySize ?? 0;
       keyBytes += k;
       bytes += k + (m.type === "pool-add" ? m.slot.size : m.slot.segment?.bytes ?? 0);
       continue;
