@@ -26,6 +26,15 @@ export type LineEvent =
  */
 export type LineRecognizer = (bytes: Uint8Array, start: number, end: number) => object | null;
 
+/**
+ * Writes one output line's bytes (without its terminator) into `buf` from `at`, within
+ * the length given with it; returns where the line ends. See
+ * {@link LineConnection.sendWritten}.
+ */
+export interface LineWriter {
+  writeLine(buf: Uint8Array, at: number): number;
+}
+
 /** Limits of one connection; {@link LineServer} passes its options on. */
 export interface LineConnectionOptions {
   /** Longest input line in bytes; bounds what a peer can make us buffer. */
@@ -53,6 +62,16 @@ export interface LineConnectionOptions {
 const MIN_READ_BUFFER_BYTES = 1024;
 const MAX_READ_BUFFER_BYTES = 64 * 1024;
 const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
+
+/**
+ * Output buffers: a connection's first queued line takes one of at least this size (or
+ * the line's), doubled as lines are added before the write; the buffer of a finished
+ * write is reused by the next lines unless it grew past the largest kept.
+ */
+const MIN_OUTPUT_BUFFER_BYTES = 4096;
+const MAX_SPARE_BYTES = 256 * 1024;
+/** Lines up to this many characters are copied into the output character by character. */
+const SHORT_LINE = 64;
 
 let nextConnectionId = 1;
 
@@ -107,16 +126,20 @@ export class LineConnection {
   #lastInput = performance.now();
   #idleTimer: ReturnType<typeof setTimeout> | undefined;
 
-  /** Lines not yet encoded, each written with "\r\n" after it. */
-  #queue: string[] = [];
   /**
-   * What a slow peer makes us hold: the queued lines' length in UTF-16 code units (the
-   * bytes they will take when all ASCII, up to three times fewer otherwise) plus the
-   * bytes of the write under way.
+   * Lines queued and not yet handed to a write, as the bytes that will be written: each
+   * line encoded once, as it is sent, followed by "\r\n". Null when nothing is queued.
    */
+  #out: Uint8Array | null = null;
+  #outLength = 0;
+  /**
+   * The buffer of the last finished write, taken by the next lines while the connection
+   * is busy; let go, like {@link #out}, once nothing is left to write, so that an idle
+   * connection holds no output buffer.
+   */
+  #spare: Uint8Array | null = null;
+  /** What a slow peer makes us hold: the queued bytes plus those of the write under way. */
   #unwrittenBytes = 0;
-  /** The queued lines' part of `#unwrittenBytes`. */
-  #queuedSize = 0;
   #writing: Promise<void> | undefined;
 
   #closing = false;
@@ -289,10 +312,73 @@ export class LineConnection {
    */
   send(line: string): void {
     if (this.#closing) return;
-    // Encoded at the write, all queued lines at once: one encoding per write, not per line.
-    this.#queue.push(line);
-    const size = line.length + 2;
-    this.#queuedSize += size;
+    const n = line.length;
+    let buf: Uint8Array;
+    let at: number;
+    if (n <= SHORT_LINE) {
+      // Short lines (acknowledgements, OK) copied a character at a time while ASCII: cheaper
+      // than an encoder call each.
+      buf = this.#room(n * 3 + 2);
+      at = this.#outLength;
+      let i = 0;
+      for (; i < n; i++) {
+        const c = line.charCodeAt(i);
+        if (c >= 0x80) break;
+        buf[at + i] = c;
+      }
+      at = i === n ? at + n : at + this.#encoder.encodeInto(line, buf.subarray(at)).written;
+    } else {
+      const bytes = this.#encoder.encode(line);
+      buf = this.#room(bytes.length + 2);
+      at = this.#outLength;
+      buf.set(bytes, at);
+      at += bytes.length;
+    }
+    this.#queued(buf, at);
+  }
+
+  /**
+   * Queues the line `writer` writes straight into the output (then "\r\n"), at most
+   * `maxBytes` long: for a protocol that builds its busiest lines from bytes it already
+   * holds (a stored payload), so they are never text. Like {@link send} otherwise.
+   *
+   * @returns the line's length in bytes (0 once the connection is closed: not written)
+   */
+  sendWritten(writer: LineWriter, maxBytes: number): number {
+    if (this.#closing) return 0;
+    const buf = this.#room(maxBytes + 2);
+    const start = this.#outLength;
+    const end = writer.writeLine(buf, start);
+    this.#queued(buf, end);
+    return end - start;
+  }
+
+  /** The output buffer, with room for `n` more bytes after what is queued. */
+  #room(n: number): Uint8Array {
+    const out = this.#out;
+    if (out === null) {
+      const spare = this.#spare;
+      this.#spare = null;
+      const buf = spare !== null && spare.length >= n
+        ? spare
+        : new Uint8Array(Math.max(MIN_OUTPUT_BUFFER_BYTES, n));
+      this.#out = buf;
+      this.#outLength = 0;
+      return buf;
+    }
+    if (this.#outLength + n <= out.length) return out;
+    const bigger = new Uint8Array(Math.max(out.length * 2, this.#outLength + n));
+    bigger.set(out.subarray(0, this.#outLength));
+    this.#out = bigger;
+    return bigger;
+  }
+
+  /** A line was written into `buf` (the output buffer) up to `end`: ends it and queues it. */
+  #queued(buf: Uint8Array, end: number): void {
+    buf[end] = 0x0d;
+    buf[end + 1] = 0x0a;
+    const size = end + 2 - this.#outLength;
+    this.#outLength = end + 2;
     this.#unwrittenBytes += size;
     // The bound is on backlog: one line bigger than the buffer may still go out when
     // nothing else is waiting (a message may be larger than the buffer setting).
@@ -321,25 +407,25 @@ export class LineConnection {
     try {
       // Let the rest of this turn queue its lines too, so they leave in one write.
       await Promise.resolve();
-      while (this.#queue.length > 0) {
-        const lines = this.#queue;
-        this.#queue = [];
-        lines.push(""); // the last line's "\r\n"
-        const batch = this.#encoder.encode(lines.join("\r\n"));
-        this.#unwrittenBytes += batch.length - this.#queuedSize;
-        this.#queuedSize = 0;
+      while (this.#outLength > 0) {
+        const batch = this.#out as Uint8Array;
+        const length = this.#outLength;
+        this.#out = null;
+        this.#outLength = 0;
         let written = 0;
-        while (written < batch.length) {
+        while (written < length) {
           writeStats.writes++;
-          written += await this.#conn.write(batch.subarray(written));
+          written += await this.#conn.write(batch.subarray(written, length));
         }
-        writeStats.bytes += batch.length;
-        this.#unwrittenBytes -= batch.length;
+        writeStats.bytes += length;
+        this.#unwrittenBytes -= length;
+        if (batch.length <= MAX_SPARE_BYTES) this.#spare = batch;
       }
     } catch (err) {
       if (!this.#closing) this.#shutdown(`write failed: ${errorText(err)}`, { flush: false });
     } finally {
       this.#writing = undefined;
+      this.#spare = null;
     }
   }
 
@@ -370,8 +456,14 @@ export class LineConnection {
     this.#closeReason = reason;
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
-    if (!flush) this.#queue = [];
+    if (!flush) this.#dropOutput();
     void this.#finish(flush);
+  }
+
+  /** Forgets the lines not yet handed to a write. */
+  #dropOutput(): void {
+    this.#out = null;
+    this.#outLength = 0;
   }
 
   /** Half-closes (FIN) and reads input until the peer closes too. */
@@ -394,7 +486,7 @@ export class LineConnection {
 
   async #finish(flush: boolean): Promise<void> {
     if (flush && this.#writing) await withTimeout(this.#writing, this.#opts.closeFlushTimeoutMs);
-    this.#queue = [];
+    this.#dropOutput();
     if (flush && !this.#writing) await withTimeout(this.#linger(), LINGER_MS);
     try {
       this.#conn.close();

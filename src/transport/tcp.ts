@@ -11,7 +11,12 @@ import { LineConnection, type LineConnectionOptions } from "./line_connection.ts
 import { closeQuietly, completeHandshake, type TlsPem } from "./tls.ts";
 
 export { LineConnection } from "./line_connection.ts";
-export type { LineConnectionOptions, LineEvent, LineRecognizer } from "./line_connection.ts";
+export type {
+  LineConnectionOptions,
+  LineEvent,
+  LineRecognizer,
+  LineWriter,
+} from "./line_connection.ts";
 export type { TlsPem } from "./tls.ts";
 
 /** Options of {@link LineServer}. */

@@ -376,3 +376,108 @@ export function ackLine(type: "PUBREC" | "PUBCOMP" | "PUBREL", id: number): stri
 export function pubLine(msgJson: string, id: number, topicName: string): string {
   return `{"msg":${msgJson},"msgId":${id},"topic":${JSON.stringify(topicName)},"type":"PUB"}`;
 }
+
+const ACK_LINE_ID = ascii('{"msgId":');
+const ACK_LINE_TYPE = {
+  PUBREC: ascii(',"type":"PUBREC"}'),
+  PUBCOMP: ascii(',"type":"PUBCOMP"}'),
+  PUBREL: ascii(',"type":"PUBREL"}'),
+} as const;
+
+/**
+ * Writes {@link ackLine} straight as bytes (an acknowledgement built as text would be a
+ * rope of pieces, flattened again to be encoded). One per connection: set {@link type}
+ * and {@link id}, then hand it to the connection, which calls {@link writeLine} at once.
+ */
+export class AckLineWriter {
+  /** The most bytes a line takes: `{"msgId":` 16 digits `,"type":"PUBCOMP"}`. */
+  static readonly MAX_BYTES = 48;
+  type: "PUBREC" | "PUBCOMP" | "PUBREL" = "PUBREC";
+  id = 0;
+
+  writeLine(buf: Uint8Array, at: number): number {
+    buf.set(ACK_LINE_ID, at);
+    at = writeDigits(buf, at + ACK_LINE_ID.length, this.id);
+    const tail = ACK_LINE_TYPE[this.type];
+    buf.set(tail, at);
+    return at + tail.length;
+  }
+}
+
+const PUB_LINE_MSG = ascii('{"msg":"');
+const PUB_LINE_ID = ascii('","msgId":');
+const PUB_LINE_TOPIC = ascii(',"topic":');
+const PUB_LINE_END = ascii(',"type":"PUB"}');
+
+/**
+ * Writes {@link pubLine} for a body that is plain text (see {@link plainBody}) straight
+ * from its bytes: the same line, never built as text. One per connection: set
+ * {@link body}, {@link id} and the topic, then hand it to the connection, which calls
+ * {@link writeLine} at once.
+ */
+export class PubLineWriter {
+  body: Uint8Array = new Uint8Array(0);
+  id = 0;
+  #topic = "";
+  #topicJson: Uint8Array = ascii('""');
+
+  /** The topic of the next line; its JSON text is made once per change of topic. */
+  setTopic(topic: string): void {
+    if (topic === this.#topic) return;
+    this.#topic = topic;
+    this.#topicJson = new TextEncoder().encode(JSON.stringify(topic));
+  }
+
+  /** The most bytes the next line takes. */
+  get maxBytes(): number {
+    return this.body.length + this.#topicJson.length + 64;
+  }
+
+  writeLine(buf: Uint8Array, at: number): number {
+    buf.set(PUB_LINE_MSG, at);
+    at += PUB_LINE_MSG.length;
+    buf.set(this.body, at);
+    at += this.body.length;
+    buf.set(PUB_LINE_ID, at);
+    at += PUB_LINE_ID.length;
+    at = writeDigits(buf, at, this.id);
+    buf.set(PUB_LINE_TOPIC, at);
+    at += PUB_LINE_TOPIC.length;
+    buf.set(this.#topicJson, at);
+    at += this.#topicJson.length;
+    buf.set(PUB_LINE_END, at);
+    return at + PUB_LINE_END.length;
+  }
+}
+
+/** Writes the decimal digits of `n` (a non-negative safe integer) from `at`; returns the end. */
+function writeDigits(buf: Uint8Array, at: number, n: number): number {
+  let digits = 1;
+  for (let x = n; x >= 10; x = Math.floor(x / 10)) digits++;
+  let x = n;
+  let i = at + digits - 1;
+  // Above 2^31 in floating point; below it in 32-bit integers, which is cheaper.
+  for (; x > 0x7fffffff; i--) {
+    buf[i] = 0x30 + (x % 10);
+    x = Math.floor(x / 10);
+  }
+  let small = x | 0;
+  for (; i >= at; i--) {
+    const q = (small / 10) | 0;
+    buf[i] = 0x30 + (small - q * 10);
+    small = q;
+  }
+  return at + digits;
+}
+
+/**
+ * True when `payload` (a "text" body) is printable ASCII without `"` or `\\`: its JSON
+ * string is the same bytes between quotes, which {@link PubLineWriter} writes.
+ */
+export function plainBody(payload: Uint8Array): boolean {
+  for (let i = 0; i < payload.length; i++) {
+    const c = payload[i] as number;
+    if (c < 0x20 || c >= 0x80 || c === 0x22 || c === 0x5c) return false;
+  }
+  return true;
+}

@@ -7,11 +7,16 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import {
+  ackLine,
+  AckLineWriter,
   CommandReader,
   type ConsumerCommand,
   decodeConsumer,
   type Decoded,
   decodePublisher,
+  plainBody,
+  pubLine,
+  PubLineWriter,
   type PublisherCommand,
 } from "./commands.ts";
 import { encodeBody } from "./payload.ts";
@@ -648,4 +653,62 @@ Deno.test("the acknowledgements and PUBs clients send are read from their bytes,
   assert.equal(read(consumer, '{"type":"PUBREC","msgId":07}'), null);
   assert.equal(read(consumer, '{"type":"PUBREC","msgId":1234567890123456}'), null);
   assert.equal(read(publisher, '{"type":"PUBREL","msgId":7,"topic":"t"}'), null);
+});
+
+Deno.test("a delivery line written from a plain body's bytes is the line built as text", () => {
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  const writer = new PubLineWriter();
+  const printable = fc.string({
+    unit: fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)),
+    maxLength: 120,
+  });
+  const id = fc.oneof(
+    fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+    fc.constantFrom(1, 9, 10, 99, 100, 1_000_000, Number.MAX_SAFE_INTEGER),
+  );
+  fc.assert(
+    fc.property(
+      fc.oneof(printable, anyString),
+      id,
+      fc.oneof(anyString, printable),
+      (body, n, topic) => {
+        const payload = encoder.encode(body);
+        const plain = plainBody(payload);
+        // Plain: printable ASCII without a quote or a backslash, the bytes JSON keeps as they are.
+        assert.equal(plain, /^[\x20-\x7e]*$/.test(body) && !/["\\]/.test(body), body);
+        if (!plain) return;
+        writer.body = payload;
+        writer.id = n;
+        writer.setTopic(topic);
+        const buf = new Uint8Array(writer.maxBytes + 3).fill(0x21);
+        const end = writer.writeLine(buf, 1);
+        assert.ok(end <= 1 + writer.maxBytes);
+        assert.equal(decoder.decode(buf.subarray(1, end)), pubLine(JSON.stringify(body), n, topic));
+      },
+    ),
+    RUNS,
+  );
+});
+
+Deno.test("an acknowledgement line written as bytes is the line built as text", () => {
+  const writer = new AckLineWriter();
+  const decoder = new TextDecoder();
+  fc.assert(
+    fc.property(
+      fc.constantFrom("PUBREC", "PUBCOMP", "PUBREL"),
+      fc.oneof(
+        fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+        fc.constantFrom(1, 9, 10, 99, 100, Number.MAX_SAFE_INTEGER),
+      ),
+      (type, id) => {
+        writer.type = type;
+        writer.id = id;
+        const buf = new Uint8Array(AckLineWriter.MAX_BYTES + 2);
+        const end = writer.writeLine(buf, 2);
+        assert.equal(decoder.decode(buf.subarray(2, end)), ackLine(type, id));
+      },
+    ),
+    RUNS,
+  );
 });

@@ -17,11 +17,13 @@ import type { StoredMessage } from "../../store/store.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection, LineEvent } from "../../transport/tcp.ts";
 import {
-  ackLine,
+  AckLineWriter,
   CommandReader,
   type ConsumerCommand,
   decodeConsumer,
+  plainBody,
   pubLine,
+  PubLineWriter,
 } from "./commands.ts";
 import { commandText, deadLetterInput, type JsonlContext, tooLongLine } from "./context.ts";
 import { LOGGED_IN, LoginGate, PLEASE_LOGIN } from "./login.ts";
@@ -34,6 +36,8 @@ const log = getLogger("consumer");
 const MAX_FAILURES = 5;
 const FAILURE_WINDOW_MS = 10_000;
 
+const NO_BODY = new Uint8Array(0);
+
 /** Puts deliveries on the wire as the seed's JSON lines. */
 class JsonlSink implements DeliverySink {
   #conn: LineConnection;
@@ -42,14 +46,29 @@ class JsonlSink implements DeliverySink {
     this.#conn = conn;
     this.#metrics = metrics;
   }
+  #pubLine = new PubLineWriter();
   sendMessage(m: StoredMessage): void {
-    const line = pubLine(bodyJson(m), m.id, m.topic);
     this.#metrics.messagesSent++;
+    if (m.format === "text" && plainBody(m.payload)) {
+      // Written from the stored bytes: no text made for the body or the line.
+      const w = this.#pubLine;
+      w.body = m.payload;
+      w.id = m.id;
+      w.setTopic(m.topic);
+      this.#metrics.bytesSent += this.#conn.sendWritten(w, w.maxBytes);
+      w.body = NO_BODY;
+      return;
+    }
+    const line = pubLine(bodyJson(m), m.id, m.topic);
     this.#metrics.bytesSent += line.length;
     this.#conn.send(line);
   }
+  #ackLine = new AckLineWriter();
   sendRelease(id: number): void {
-    this.#conn.send(ackLine("PUBREL", id));
+    const w = this.#ackLine;
+    w.type = "PUBREL";
+    w.id = id;
+    this.#conn.sendWritten(w, AckLineWriter.MAX_BYTES);
   }
 }
 

@@ -14,7 +14,7 @@ import { getLogger } from "../../log.ts";
 import { errorText } from "../../supervisor.ts";
 import type { LineConnection, LineEvent } from "../../transport/tcp.ts";
 import {
-  ackLine,
+  AckLineWriter,
   CommandReader,
   decodePublisher,
   type PubBytes,
@@ -53,14 +53,24 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
     });
   });
   let drained: (() => void) | null = null;
+  const resumeReading = () => {
+    if (drained && replies.pending < MAX_OUTSTANDING) {
+      drained();
+      drained = null;
+    }
+  };
+  const ack = new AckLineWriter();
   const out: ReplyOutput = {
     conn,
     send(line: string) {
       conn.send(line);
-      if (drained && replies.pending < MAX_OUTSTANDING) {
-        drained();
-        drained = null;
-      }
+      resumeReading();
+    },
+    sendAck(type: "PUBREC" | "PUBCOMP", id: number) {
+      ack.type = type;
+      ack.id = id;
+      conn.sendWritten(ack, AckLineWriter.MAX_BYTES);
+      resumeReading();
     },
   };
   const enqueue = (line: string) => replies.enqueue(new Reply(out, null)).resolve(line);
@@ -128,6 +138,8 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
 interface ReplyOutput {
   conn: LineConnection;
   send(line: string): void;
+  /** The acknowledgement line `{"msgId":id,"type":type}`, written as bytes. */
+  sendAck(type: "PUBREC" | "PUBCOMP", id: number): void;
 }
 
 /**
@@ -146,13 +158,9 @@ class Reply extends Ticket<number | ReleaseResult | string> {
 
   override send(value: number | ReleaseResult | string): void {
     const c = this.#command;
-    this.#out.send(
-      c === null
-        ? value as string
-        : c.type === "PUB"
-        ? ackLine("PUBREC", value as number)
-        : ackLine("PUBCOMP", c.msgId),
-    );
+    if (c === null) this.#out.send(value as string);
+    else if (c.type === "PUB") this.#out.sendAck("PUBREC", value as number);
+    else this.#out.sendAck("PUBCOMP", c.msgId);
   }
 
   override fail(err: unknown): void {
