@@ -207,10 +207,7 @@ class Splitter {
     while (start < chunk.length) {
       const nl = chunk.indexOf(LF, start);
       if (nl === -1) {
-        const rest = chunk.subarray(start);
-        this.#check(rest);
-        this.#parts.push(rest);
-        this.#partsBytes += rest.length;
+        this.#hold(chunk.subarray(start));
         return;
       }
       const piece = chunk.subarray(start, nl);
@@ -229,13 +226,12 @@ class Splitter {
     if (chunk.length === 0) return;
     if (this.#parts.length > 0) {
       const nl = chunk.indexOf(LF);
-      const piece = chunk.subarray(0, nl === -1 ? chunk.length : nl);
-      this.#check(piece);
       if (nl === -1) {
-        this.#parts.push(piece);
-        this.#partsBytes += piece.length;
+        this.#hold(chunk);
         return;
       }
+      const piece = chunk.subarray(0, nl);
+      this.#check(piece);
       batch.head = stripCr(this.#take(piece));
       start = nl + 1;
     }
@@ -243,10 +239,7 @@ class Splitter {
     while (start < chunk.length) {
       const nl = chunk.indexOf(LF, start);
       if (nl === -1) {
-        const rest = chunk.subarray(start);
-        this.#check(rest);
-        this.#parts.push(rest);
-        this.#partsBytes += rest.length;
+        this.#hold(chunk.subarray(start));
         return;
       }
       const end = nl > start && chunk[nl - 1] === CR ? nl - 1 : nl;
@@ -255,6 +248,13 @@ class Splitter {
       spans.push(start, end);
       start = nl + 1;
     }
+  }
+
+  /** Keeps `piece`, the beginning of a line that a later chunk ends. */
+  #hold(piece: Uint8Array): void {
+    this.#check(piece);
+    this.#parts.push(piece);
+    this.#partsBytes += piece.length;
   }
 
   end(out: LineSink): void {
