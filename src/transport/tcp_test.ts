@@ -210,6 +210,87 @@ test("the lines of one read decode as each line alone: CRs, empty lines, bad UTF
   assert.deepEqual(events, expected);
 });
 
+test("a recognizer reads the lines that lie in one read from their bytes; the others still decode, in order", async () => {
+  // Lines "R<digits>" are read by the recognizer (when wholly inside one read); every other
+  // line, and any "R" line joined from two reads, comes out as text.
+  const random = prng(11);
+  const rand = (n: number) => Math.floor(random() * n);
+  const lines: string[] = [];
+  for (let i = 0; i < 400; i++) lines.push(rand(2) === 0 ? `R${rand(100_000)}` : `text ${i} é`);
+  const stream = encoder.encode(lines.map((l) => l + (rand(2) ? "\r\n" : "\n")).join(""));
+  const events: LineEvent[] = [];
+  const h = new Harness({
+    async onConnection(conn) {
+      conn.recognize((bytes, start, end) => {
+        if (bytes[start] !== 0x52) return null;
+        let n = 0;
+        for (let i = start + 1; i < end; i++) n = n * 10 + (bytes[i] as number) - 0x30;
+        return { n };
+      });
+      for await (const item of conn.lines()) events.push(item);
+      conn.close();
+    },
+  });
+  try {
+    const client = await h.connect();
+    for (let from = 0; from < stream.length;) {
+      const to = Math.min(stream.length, from + 1 + rand(300));
+      await client.write(stream.subarray(from, to));
+      await delay(1);
+      from = to;
+    }
+    client.close();
+    await (await h.firstConnection()).closed;
+  } finally {
+    await h.cleanup();
+  }
+  assert.equal(events.length, lines.length);
+  let recognized = 0;
+  events.forEach((ev, i) => {
+    const line = lines[i] as string;
+    if (ev.kind === "recognized") {
+      recognized++;
+      assert.deepEqual(ev.value, { n: Number(line.slice(1)) }, line);
+    } else assert.deepEqual(ev, { kind: "line", text: line });
+  });
+  assert.ok(recognized > 100, `only ${recognized} lines recognized`);
+});
+
+test("sendWritten() puts a writer's bytes on the wire as a line, in order with send()", async () => {
+  const writer = {
+    n: 0,
+    writeLine(buf: Uint8Array, at: number): number {
+      const text = encoder.encode(`written ${this.n}`);
+      buf.set(text, at);
+      return at + text.length;
+    },
+  };
+  const h = new Harness({
+    async onConnection(conn) {
+      for await (const item of conn.lines()) {
+        if (item.kind !== "line") continue;
+        // Many lines in one turn, so they share the output buffer (and outgrow its first size).
+        for (let i = 0; i < 500; i++) {
+          conn.send(`sent ${i} ${item.text}`);
+          writer.n = i;
+          assert.equal(conn.sendWritten(writer, 32), `written ${i}`.length);
+        }
+      }
+      conn.close();
+    },
+  });
+  try {
+    const client = await h.connect();
+    await client.write("go\n");
+    for (let i = 0; i < 500; i++) {
+      assert.equal(await client.readLine(), `sent ${i} go`);
+      assert.equal(await client.readLine(), `written ${i}`);
+    }
+  } finally {
+    await h.cleanup();
+  }
+});
+
 test("a line over maxLineBytes ends lines() with a too-long item, replies still go out", async () => {
   const events: LineEvent[] = [];
   const h = new Harness({
