@@ -70,6 +70,15 @@ const DEFAULT_CLOSE_FLUSH_TIMEOUT_MS = 1000;
  */
 const MIN_OUTPUT_BUFFER_BYTES = 4096;
 const MAX_SPARE_BYTES = 256 * 1024;
+
+/**
+ * Output buffers that connections let go when they had nothing left to write, taken by
+ * the next connection that starts writing: a busy server reuses a few buffers instead of
+ * allocating (and growing) one per burst, and an idle connection holds none. Only the
+ * bytes a connection writes into one are ever sent.
+ */
+const freeOutputBuffers: Uint8Array[] = [];
+const FREE_OUTPUT_BUFFERS = 16;
 /** Lines up to this many characters are copied into the output character by character. */
 const SHORT_LINE = 64;
 
@@ -134,8 +143,8 @@ export class LineConnection {
   #outLength = 0;
   /**
    * The buffer of the last finished write, taken by the next lines while the connection
-   * is busy; let go, like {@link #out}, once nothing is left to write, so that an idle
-   * connection holds no output buffer.
+   * is busy; handed to the shared free list once nothing is left to write, so that an
+   * idle connection holds no output buffer.
    */
   #spare: Uint8Array | null = null;
   /** What a slow peer makes us hold: the queued bytes plus those of the write under way. */
@@ -357,11 +366,10 @@ export class LineConnection {
   #room(n: number): Uint8Array {
     const out = this.#out;
     if (out === null) {
-      const spare = this.#spare;
+      let spare = this.#spare ?? freeOutputBuffers.pop() ?? null;
       this.#spare = null;
-      const buf = spare !== null && spare.length >= n
-        ? spare
-        : new Uint8Array(Math.max(MIN_OUTPUT_BUFFER_BYTES, n));
+      if (spare !== null && spare.length < n) spare = null;
+      const buf = spare ?? new Uint8Array(Math.max(MIN_OUTPUT_BUFFER_BYTES, n));
       this.#out = buf;
       this.#outLength = 0;
       return buf;
@@ -425,7 +433,11 @@ export class LineConnection {
       if (!this.#closing) this.#shutdown(`write failed: ${errorText(err)}`, { flush: false });
     } finally {
       this.#writing = undefined;
+      const spare = this.#spare;
       this.#spare = null;
+      if (spare !== null && freeOutputBuffers.length < FREE_OUTPUT_BUFFERS) {
+        freeOutputBuffers.push(spare);
+      }
     }
   }
 

@@ -241,10 +241,7 @@ export class CommandReader {
     const body = quote + PUB_MSG_BYTES.length;
     const to = end - 2;
     if (b[to] !== 0x22 || b[to + 1] !== 0x7d) return null;
-    for (let i = body; i < to; i++) {
-      const c = b[i] as number;
-      if (c < 0x20 || c >= 0x80 || c === 0x22 || c === 0x5c) return null;
-    }
+    if (!plainRange(b, body, to)) return null;
     const topic = this.#topicOf(b, from, quote);
     return topic === null ? null : { type: "PUB", topic, payload: b.slice(body, to) };
   }
@@ -471,13 +468,21 @@ function writeDigits(buf: Uint8Array, at: number, n: number): number {
 }
 
 /**
- * True when `payload` (a "text" body) is printable ASCII without `"` or `\\`: its JSON
+ * True when `payload` (a "text" body) is printable ASCII without `"` or `\`: its JSON
  * string is the same bytes between quotes, which {@link PubLineWriter} writes.
  */
 export function plainBody(payload: Uint8Array): boolean {
-  for (let i = 0; i < payload.length; i++) {
-    const c = payload[i] as number;
-    if (c < 0x20 || c >= 0x80 || c === 0x22 || c === 0x5c) return false;
+  return plainRange(payload, 0, payload.length);
+}
+
+/** 1 for each byte a JSON string holds as it is: printable ASCII but `"` and `\`. */
+const PLAIN = new Uint8Array(256);
+for (let c = 0x20; c < 0x80; c++) PLAIN[c] = c === 0x22 || c === 0x5c ? 0 : 1;
+
+/** True when every byte of `b[from..to)` is plain ({@link PLAIN}): one table read a byte. */
+function plainRange(b: Uint8Array, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) {
+    if (PLAIN[b[i] as number] === 0) return false;
   }
   return true;
 }
