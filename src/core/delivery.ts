@@ -100,6 +100,8 @@ const COMPLETED = 1;
 
 /** Estimated bytes of a record without its lists, and of one list entry. */
 const RECORD_BYTES = 400;
+/** Entries that left the front of a window before the array is compacted (see `#advance`). */
+const COMPACT_AFTER = 64;
 const ENTRY_BYTES = 24;
 
 /**
@@ -118,8 +120,13 @@ export class Delivery implements Wakeable, PositionSource {
   #retry: RetryOptions;
   #onExhausted: (d: Delivery, what: Exhausted) => void;
   #window: number;
-  /** Messages from the position up to `#nextSeq`, in sequence order. */
-  #flight: InFlight[] = [];
+  /**
+   * Messages from the position up to `#nextSeq`, in sequence order, from `#head` on: the
+   * entries before it have left the window (null), and are dropped in one go now and then
+   * instead of shifting the array at every completion.
+   */
+  #flight: (InFlight | null)[] = [];
+  #head = 0;
   /** The entries of `#flight` that await an acknowledgement, by message id. */
   #byId = new Map<number, InFlight>();
   /** Acknowledged before the restart this delivery resumed from, in sequence order. */
@@ -179,7 +186,12 @@ export class Delivery implements Wakeable, PositionSource {
 
   /** The ids of the messages that await an acknowledgement, in sequence order. */
   get outstanding(): number[] {
-    return this.#flight.filter((f) => f.phase !== "completed").map((f) => f.id);
+    const ids: number[] = [];
+    for (let i = this.#head; i < this.#flight.length; i++) {
+      const f = this.#flight[i] as InFlight;
+      if (f.phase !== "completed") ids.push(f.id);
+    }
+    return ids;
   }
 
   /** Whether message `id` awaits an acknowledgement from the subscriber. */
@@ -202,6 +214,11 @@ export class Delivery implements Wakeable, PositionSource {
     this.wake();
   }
 
+  /** Messages in the window (sent, or completed behind one that is not). */
+  get #inFlight(): number {
+    return this.#flight.length - this.#head;
+  }
+
   /** Called by the topic when a message became readable. */
   wake(): void {
     if (this.#stopped) return;
@@ -209,7 +226,7 @@ export class Delivery implements Wakeable, PositionSource {
       this.#wakeAgain = true;
       return;
     }
-    while (this.#flight.length < this.#window && !this.#stopped) {
+    while (this.#inFlight < this.#window && !this.#stopped) {
       const next = this.topic.readCached(this.#nextSeq);
       if (next === null) {
         this.#passResumed(Infinity);
@@ -219,7 +236,7 @@ export class Delivery implements Wakeable, PositionSource {
         // Behind the topic's memory: one store read for the room left in the window.
         this.#reading = true;
         this.#wakeAgain = false;
-        this.topic.readPage(this.#nextSeq, this.#window - this.#flight.length).then((ms) => {
+        this.topic.readPage(this.#nextSeq, this.#window - this.#inFlight).then((ms) => {
           this.#reading = false;
           for (const m of ms) this.#admit(m);
           if (ms.length === 0) this.#passResumed(Infinity);
@@ -304,7 +321,8 @@ export class Delivery implements Wakeable, PositionSource {
     if (this.#stopped) return;
     const now = performance.now();
     let earliest = Infinity;
-    for (const f of this.#flight) {
+    for (let i = this.#head; i < this.#flight.length; i++) {
+      const f = this.#flight[i] as InFlight;
       // A commit is under way (or the exchange ended): the next send sets the time again.
       if (f.phase !== "message" && f.phase !== "release") continue;
       if (f.dueAt > now) {
@@ -330,13 +348,23 @@ export class Delivery implements Wakeable, PositionSource {
    */
   #advance(): boolean {
     const flight = this.#flight;
-    let n = 0;
-    while (n < flight.length && (flight[n] as InFlight).phase === "completed") n++;
-    if (n === 0) return false;
-    // One at a time from the front: V8 moves the array's start instead of copying the
-    // rest of the window, and allocates no array of the removed (as `splice` would).
-    for (let i = 0; i < n; i++) flight.shift();
-    this.#position = flight.length > 0 ? (flight[0] as InFlight).seq : this.#nextSeq;
+    let head = this.#head;
+    while (head < flight.length && (flight[head] as InFlight).phase === "completed") {
+      flight[head++] = null;
+    }
+    if (head === this.#head) return false;
+    // Not `shift()` per completion: it took 3 % of the JSON-line broker's main thread in a
+    // profile (V8 does not always move an array's start in place); an index costs nothing.
+    if (head === flight.length) {
+      flight.length = 0;
+      head = 0;
+    } else if (head >= COMPACT_AFTER && head * 2 >= flight.length) {
+      flight.copyWithin(0, head);
+      flight.length -= head;
+      head = 0;
+    }
+    this.#head = head;
+    this.#position = head < flight.length ? (flight[head] as InFlight).seq : this.#nextSeq;
     this.topic.trackPosition(this.subscriber, this.#position);
     return true;
   }
@@ -487,7 +515,8 @@ export class Delivery implements Wakeable, PositionSource {
     const pending: number[] = []; // seq, id, seq, id, …
     const completed: number[] = [];
     let front = true;
-    for (const f of this.#flight) {
+    for (let i = this.#head; i < this.#flight.length; i++) {
+      const f = this.#flight[i] as InFlight;
       const done = f.phase === "completed" || f.phase === "completing";
       if (front && !done) {
         front = false;
@@ -522,7 +551,7 @@ export class Delivery implements Wakeable, PositionSource {
 
   /** An upper bound of the snapshot's estimated size. */
   get maxSize(): number {
-    const entries = Math.max(this.#window, this.#flight.length) + this.#resumed.length;
+    const entries = Math.max(this.#window, this.#inFlight) + this.#resumed.length;
     return RECORD_BYTES + 2 * (this.subscriber.length + this.topic.topic.length) +
       entries * ENTRY_BYTES;
   }

@@ -1,3 +1,4 @@
+import { prng } from "../../tests/prng.ts";
 import assert from "node:assert/strict";
 import { getLogger } from "../log.ts";
 import { KvStore } from "../store/kv_store.ts";
@@ -404,6 +405,38 @@ Deno.test("a window's acknowledgements in any order: the position waits for the 
     assert.equal(rec?.completed, undefined);
     // A repeated PUBCOMP of a completed message is refused, as with a window of one.
     assert.match((await d.completed(b, sink.accepted)) ?? "", /awaiting PUBCOMP/);
+  });
+});
+
+Deno.test("a window of 100 through 400 messages acknowledged out of order: each sent once, the position always the oldest not completed", async () => {
+  await withDelivery(async ({ publish, deliver, sink, store }) => {
+    const ms = await publish(...Array.from({ length: 400 }, (_, i) => `m${i}`));
+    const d = await deliver({ window: 100 }, SLOW);
+    await sink.count(100);
+    const random = prng(5);
+    const done = new Set<number>();
+    // Complete a random message of the window at a time (PUBREC, then PUBCOMP), so that the
+    // front of the window lags and moves by many at once, over and over.
+    while (done.size < ms.length) {
+      const open = d.outstanding;
+      assert.ok(open.length > 0 && open.length <= 100, `${open.length} outstanding`);
+      const id = open[Math.floor(random() * Math.min(open.length, 30))] as number;
+      assert.equal(await d.received(id, sink.accepted), null);
+      assert.equal(await d.completed(id, sink.accepted), null);
+      done.add(id);
+      const oldest = ms.find((m) => !done.has(m.id));
+      assert.equal(d.position, oldest ? oldest.seq : ms[ms.length - 1]!.seq + 1);
+      // The window holds the 100 messages from the position on, minus the completed; those
+      // past the topic's memory come once the store has read them.
+      const expected = ms.filter((m) => m.seq >= d.position && m.seq < d.position + 100)
+        .filter((m) => !done.has(m.id)).map((m) => m.id).join();
+      for (let t = 0; t < 200 && d.outstanding.join() !== expected; t++) await delay(1);
+      assert.equal(d.outstanding.join(), expected);
+    }
+    const sent = sink.sent.filter((s) => s.kind === "message").map((s) => s.id);
+    assert.deepEqual(sent, ms.map((m) => m.id), "every message sent once, in order");
+    const rec = await store.loadSubscription("alice", "t");
+    assert.equal(rec?.position, ms[ms.length - 1]!.seq + 1);
   });
 });
 
