@@ -129,6 +129,14 @@ function ascii(text: string): Uint8Array {
   return Uint8Array.from(text, (c) => c.charCodeAt(0));
 }
 
+/** True when `b` holds `expected` from `at` on (from `expected[skip]`, if given). */
+function bytesAt(b: Uint8Array, at: number, expected: Uint8Array, skip = 0): boolean {
+  for (let i = skip; i < expected.length; i++) {
+    if (b[at + i] !== expected[i]) return false;
+  }
+  return true;
+}
+
 /** `{"type":"PUB`: every compact acknowledgement starts so. */
 const HEAD_BYTES = ascii('{"type":"PUB');
 /** What follows {@link HEAD_BYTES} up to the id's digits, per type. */
@@ -171,7 +179,7 @@ export class CommandReader {
   #topicBytes = new Uint8Array(0);
   #topic = "";
 
-  /** A reader of the consumer's PUBREC and PUBCOMP, or of the publisher's PUBREL. */
+  /** A reader of the consumer's PUBREC and PUBCOMP, or of the publisher's PUB and PUBREL. */
   constructor(port: "consumer" | "publisher") {
     this.#received = port === "consumer";
     this.#released = port === "publisher";
@@ -183,10 +191,7 @@ export class CommandReader {
     start: number,
     end: number,
   ): ConsumerCommand | PublisherCommand | PubBytes | null {
-    if (end - start < SHORTEST_ACK) return null;
-    for (let i = 0; i < HEAD_BYTES.length; i++) {
-      if (b[start + i] !== HEAD_BYTES[i]) return null;
-    }
+    if (end - start < SHORTEST_ACK || !bytesAt(b, start, HEAD_BYTES)) return null;
     let p = start + HEAD_BYTES.length;
     let type: "PUBREC" | "PUBCOMP" | "PUBREL";
     let rest: Uint8Array;
@@ -202,9 +207,7 @@ export class CommandReader {
       rest = REL_BYTES;
     }
     if (type === "PUBREL" ? !this.#released : !this.#received) return null;
-    for (let i = 0; i < rest.length; i++) {
-      if (b[p + i] !== rest[i]) return null;
-    }
+    if (!bytesAt(b, p, rest)) return null;
     p += rest.length;
     let c = b[p] as number;
     if (!(c >= 0x31 && c <= 0x39)) return null; // 1-9: no leading zero, no sign
@@ -220,24 +223,18 @@ export class CommandReader {
     const from = p + TOPIC_KEY_BYTES.length;
     const to = end - 2;
     if (from > to || b[to] !== 0x22 || b[to + 1] !== 0x7d) return null;
-    for (let i = 0; i < TOPIC_KEY_BYTES.length; i++) {
-      if (b[p + i] !== TOPIC_KEY_BYTES[i]) return null;
-    }
+    if (!bytesAt(b, p, TOPIC_KEY_BYTES)) return null;
     const topic = this.#topicOf(b, from, to);
     return topic === null ? null : { type, msgId, topic };
   }
 
   /** The PUB whose line ends at `end`, read from `p`, just after `{"type":"PUB`. */
   #pub(b: Uint8Array, p: number, end: number): PubBytes | null {
-    for (let i = 0; i < PUB_TOPIC_BYTES.length; i++) {
-      if (b[p + i] !== PUB_TOPIC_BYTES[i]) return null;
-    }
+    if (!bytesAt(b, p, PUB_TOPIC_BYTES)) return null;
     const from = p + PUB_TOPIC_BYTES.length;
     const quote = b.indexOf(0x22, from);
     if (quote === -1 || quote + PUB_MSG_BYTES.length > end - 2) return null;
-    for (let i = 1; i < PUB_MSG_BYTES.length; i++) {
-      if (b[quote + i] !== PUB_MSG_BYTES[i]) return null;
-    }
+    if (!bytesAt(b, quote, PUB_MSG_BYTES, 1)) return null; // its first byte is `quote`
     const body = quote + PUB_MSG_BYTES.length;
     const to = end - 2;
     if (b[to] !== 0x22 || b[to + 1] !== 0x7d) return null;
@@ -253,7 +250,7 @@ export class CommandReader {
     let same = known.length === to - from;
     for (let i = from; i < to; i++) {
       const c = b[i] as number;
-      if (c < 0x20 || c >= 0x80 || c === 0x22 || c === 0x5c) return null;
+      if (PLAIN[c] === 0) return null;
       if (same && known[i - from] !== c) same = false;
     }
     if (same) return this.#topic;
@@ -383,61 +380,77 @@ const ACK_LINE_TYPE = {
 
 /**
  * Writes {@link ackLine} straight as bytes (an acknowledgement built as text would be a
- * rope of pieces, flattened again to be encoded). One per connection: set {@link type}
- * and {@link id}, then hand it to the connection, which calls {@link writeLine} at once.
+ * rope of pieces, flattened again to be encoded). One per connection: set the line with
+ * {@link of}, then hand it to the connection, which calls {@link writeLine} at once.
  */
 export class AckLineWriter {
   /** The most bytes a line takes: `{"msgId":` 16 digits `,"type":"PUBCOMP"}`. */
   static readonly MAX_BYTES = 48;
-  type: "PUBREC" | "PUBCOMP" | "PUBREL" = "PUBREC";
-  id = 0;
+  #type: "PUBREC" | "PUBCOMP" | "PUBREL" = "PUBREC";
+  #id = 0;
+
+  /** This writer, set to write `{"msgId":id,"type":type}` next. */
+  of(type: "PUBREC" | "PUBCOMP" | "PUBREL", id: number): this {
+    this.#type = type;
+    this.#id = id;
+    return this;
+  }
 
   writeLine(buf: Uint8Array, at: number): number {
     buf.set(ACK_LINE_ID, at);
-    at = writeDigits(buf, at + ACK_LINE_ID.length, this.id);
-    const tail = ACK_LINE_TYPE[this.type];
+    at = writeDigits(buf, at + ACK_LINE_ID.length, this.#id);
+    const tail = ACK_LINE_TYPE[this.#type];
     buf.set(tail, at);
     return at + tail.length;
   }
 }
 
 const PUB_LINE_MSG = ascii('{"msg":"');
+const NO_BODY = new Uint8Array(0);
 const PUB_LINE_ID = ascii('","msgId":');
 const PUB_LINE_TOPIC = ascii(',"topic":');
 const PUB_LINE_END = ascii(',"type":"PUB"}');
 
 /**
  * Writes {@link pubLine} for a body that is plain text (see {@link plainBody}) straight
- * from its bytes: the same line, never built as text. One per connection: set
- * {@link body}, {@link id} and the topic, then hand it to the connection, which calls
- * {@link writeLine} at once.
+ * from its bytes: the same line, never built as text. One per connection: set the line
+ * with {@link of}, then hand it to the connection, which calls {@link writeLine} at once.
  */
 export class PubLineWriter {
-  body: Uint8Array = new Uint8Array(0);
-  id = 0;
+  #body: Uint8Array = NO_BODY;
+  #id = 0;
   #topic = "";
   #topicJson: Uint8Array = ascii('""');
 
-  /** The topic of the next line; its JSON text is made once per change of topic. */
-  setTopic(topic: string): void {
-    if (topic === this.#topic) return;
-    this.#topic = topic;
-    this.#topicJson = new TextEncoder().encode(JSON.stringify(topic));
+  /**
+   * This writer, set to write the line of `body` (plain text), `id` and `topic` next; the
+   * topic's JSON text is made once per change of topic.
+   */
+  of(body: Uint8Array, id: number, topic: string): this {
+    this.#body = body;
+    this.#id = id;
+    if (topic !== this.#topic) {
+      this.#topic = topic;
+      this.#topicJson = new TextEncoder().encode(JSON.stringify(topic));
+    }
+    return this;
   }
 
   /** The most bytes the next line takes. */
   get maxBytes(): number {
-    return this.body.length + this.#topicJson.length + 64;
+    return this.#body.length + this.#topicJson.length + 64;
   }
 
+  /** Writes the line, then lets its body go (the writer outlives the message). */
   writeLine(buf: Uint8Array, at: number): number {
     buf.set(PUB_LINE_MSG, at);
     at += PUB_LINE_MSG.length;
-    buf.set(this.body, at);
-    at += this.body.length;
+    buf.set(this.#body, at);
+    at += this.#body.length;
+    this.#body = NO_BODY;
     buf.set(PUB_LINE_ID, at);
     at += PUB_LINE_ID.length;
-    at = writeDigits(buf, at, this.id);
+    at = writeDigits(buf, at, this.#id);
     buf.set(PUB_LINE_TOPIC, at);
     at += PUB_LINE_TOPIC.length;
     buf.set(this.#topicJson, at);

@@ -678,12 +678,10 @@ Deno.test("a delivery line written from a plain body's bytes is the line built a
         // Plain: printable ASCII without a quote or a backslash, the bytes JSON keeps as they are.
         assert.equal(plain, /^[\x20-\x7e]*$/.test(body) && !/["\\]/.test(body), body);
         if (!plain) return;
-        writer.body = payload;
-        writer.id = n;
-        writer.setTopic(topic);
-        const buf = new Uint8Array(writer.maxBytes + 3).fill(0x21);
+        const max = writer.of(payload, n, topic).maxBytes;
+        const buf = new Uint8Array(max + 3).fill(0x21);
         const end = writer.writeLine(buf, 1);
-        assert.ok(end <= 1 + writer.maxBytes);
+        assert.ok(end <= 1 + max);
         assert.equal(decoder.decode(buf.subarray(1, end)), pubLine(JSON.stringify(body), n, topic));
       },
     ),
@@ -702,8 +700,7 @@ Deno.test("an acknowledgement line written as bytes is the line built as text", 
         fc.constantFrom(1, 9, 10, 99, 100, Number.MAX_SAFE_INTEGER),
       ),
       (type, id) => {
-        writer.type = type;
-        writer.id = id;
+        writer.of(type, id);
         const buf = new Uint8Array(AckLineWriter.MAX_BYTES + 2);
         const end = writer.writeLine(buf, 2);
         assert.equal(decoder.decode(buf.subarray(2, end)), ackLine(type, id));

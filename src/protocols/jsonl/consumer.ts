@@ -36,39 +36,30 @@ const log = getLogger("consumer");
 const MAX_FAILURES = 5;
 const FAILURE_WINDOW_MS = 10_000;
 
-const NO_BODY = new Uint8Array(0);
-
 /** Puts deliveries on the wire as the seed's JSON lines. */
 class JsonlSink implements DeliverySink {
   #conn: LineConnection;
   #metrics: Broker["metrics"];
+  #pubLine = new PubLineWriter();
+  #ackLine = new AckLineWriter();
   constructor(conn: LineConnection, metrics: Broker["metrics"]) {
     this.#conn = conn;
     this.#metrics = metrics;
   }
-  #pubLine = new PubLineWriter();
   sendMessage(m: StoredMessage): void {
     this.#metrics.messagesSent++;
     if (m.format === "text" && plainBody(m.payload)) {
       // Written from the stored bytes: no text made for the body or the line.
-      const w = this.#pubLine;
-      w.body = m.payload;
-      w.id = m.id;
-      w.setTopic(m.topic);
+      const w = this.#pubLine.of(m.payload, m.id, m.topic);
       this.#metrics.bytesSent += this.#conn.sendWritten(w, w.maxBytes);
-      w.body = NO_BODY;
       return;
     }
     const line = pubLine(bodyJson(m), m.id, m.topic);
     this.#metrics.bytesSent += line.length;
     this.#conn.send(line);
   }
-  #ackLine = new AckLineWriter();
   sendRelease(id: number): void {
-    const w = this.#ackLine;
-    w.type = "PUBREL";
-    w.id = id;
-    this.#conn.sendWritten(w, AckLineWriter.MAX_BYTES);
+    this.#conn.sendWritten(this.#ackLine.of("PUBREL", id), AckLineWriter.MAX_BYTES);
   }
 }
 

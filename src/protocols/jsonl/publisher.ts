@@ -67,9 +67,7 @@ export async function servePublisher(conn: LineConnection, ctx: JsonlContext): P
       resumeReading();
     },
     sendAck(type: "PUBREC" | "PUBCOMP", id: number) {
-      ack.type = type;
-      ack.id = id;
-      conn.sendWritten(ack, AckLineWriter.MAX_BYTES);
+      conn.sendWritten(ack.of(type, id), AckLineWriter.MAX_BYTES);
       resumeReading();
     },
   };
