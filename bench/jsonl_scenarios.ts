@@ -9,7 +9,7 @@
 import type { BrokerUnderTest } from "./broker_process.ts";
 import { consume, type Consumer, Problems, publish, type PublisherPlan } from "./jsonl_load.ts";
 import { LineSocket } from "./line_socket.ts";
-import { cpuMicros, memory } from "./proc_stats.ts";
+import { collectGeneratorGarbage, cpuMicros, memory } from "./proc_stats.ts";
 import {
   brokerUsPerMessage,
   rateOf,
@@ -91,6 +91,7 @@ async function runPlan(
     );
     sockets.push(...pubSockets);
 
+    collectGeneratorGarbage();
     const broker0 = await cpuMicros(pid);
     const self0 = await cpuMicros("self");
     const t0 = performance.now();

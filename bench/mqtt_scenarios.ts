@@ -21,7 +21,7 @@ import {
   Problems,
 } from "./mqtt_load.ts";
 import { MqttSocket } from "./mqtt_wire.ts";
-import { cpuMicros, type Memory, memory } from "./proc_stats.ts";
+import { collectGeneratorGarbage, cpuMicros, type Memory, memory } from "./proc_stats.ts";
 import {
   brokerUsPerMessage,
   type IdleFigures,
@@ -135,6 +135,7 @@ async function runMqttPlan(
   }, o.timeout * 1000);
   try {
     if (o.warmup > 0) await warmUp(broker, name, plan.qos, o.warmup, o.window);
+    collectGeneratorGarbage();
     const idle = await memory(broker.pid);
     const streams = plan.subscribers.map((s) =>
       new Stream(`${s.clientId} on ${s.topic}`, perTopic.get(s.topic) ?? 0)

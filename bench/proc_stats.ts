@@ -73,3 +73,18 @@ export async function memory(pid: number | "self"): Promise<Memory> {
   };
   return { rssKb: field("VmRSS"), peakKb: field("VmHWM"), anonKb: field("RssAnon") };
 }
+
+/**
+ * Runs a full garbage collection of the load generator's heap, when V8 exposes one
+ * (`--v8-flags=--expose-gc`, which `deno task bench` passes): called after a warm-up and
+ * before a measured run, so that a collection of what earlier runs left (the generator's
+ * old generation reaches V8's limit every few runs) does not fall inside the measured
+ * window and hold the generator's sends and reads there. Every broker gets the same.
+ * Returns whether it ran.
+ */
+export function collectGeneratorGarbage(): boolean {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (typeof gc !== "function") return false;
+  gc();
+  return true;
+}
