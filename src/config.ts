@@ -57,6 +57,8 @@ export const brokerConfigSchema = z.object({
   // Bounds the memory one slow reader can pin before it is disconnected.
   writeBufferBytes: integer(1024, 1_073_741_824, 1_048_576),
   shutdownTimeout: integer(0, 600_000, 5000),
+  // 0 keeps latency first; see GroupCommitter's CommitPacing.
+  commitDelay: integer(0, 100, 0),
   // --- limits (each bounds what one client can make the broker hold) ---
   // Deno KV keys stop at 2,048 bytes, and a topic name is part of several keys.
   maxTopicBytes: integer(1, 1024, 256),
@@ -137,6 +139,11 @@ const HELP: Record<SettingName, SettingHelp> = {
     "bytes queued to a slow client before it is dropped",
   ],
   shutdownTimeout: ["ms", range(0, 600_000), "time given to connections to finish on shutdown"],
+  commitDelay: [
+    "ms",
+    range(0, 100),
+    "least time between two store commits while fewer than 32 writes wait (0 = none)",
+  ],
   maxTopicBytes: ["bytes", range(1, 1024), "longest topic name in UTF-8 bytes"],
   maxConnections: ["n", range(1, 1_000_000), "open connections in all; more are refused"],
   maxConnectionsPerAddress: ["n", range(1, 1_000_000), "open connections from one address"],

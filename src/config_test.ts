@@ -52,6 +52,7 @@ Deno.test("no flags and no environment give the defaults", () => {
     deadLetterMax: 10_000,
     writeBufferBytes: 1_048_576,
     shutdownTimeout: 5000,
+    commitDelay: 0,
     maxTopicBytes: 256,
     maxConnections: 10_000,
     maxConnectionsPerAddress: 1_000,

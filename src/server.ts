@@ -81,7 +81,7 @@ export async function startBroker(
   );
   // TLS files are read before anything is opened: a bad one leaves nothing to undo.
   const tls = await loadTls(config);
-  const dir: DataDir = await openDataDir(config.dataDir);
+  const dir: DataDir = await openDataDir(config.dataDir, { delayMs: config.commitDelay });
   log.info("Store opened at {path}", { path: dir.path });
   let broker: Broker;
   try {

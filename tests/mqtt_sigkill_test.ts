@@ -84,7 +84,8 @@ class Run {
   threshold = Infinity;
   broker: ChildBroker | null = null;
 
-  constructor(readonly seed: number) {}
+  /** `brokerArgs`: flags added to every start of the broker. */
+  constructor(readonly seed: number, readonly brokerArgs: string[] = []) {}
 
   fail(err: Error): void {
     this.failure ??= err;
@@ -510,8 +511,8 @@ class Subscriber {
 }
 
 /** Starts the broker with MQTT on any free port (a new one after each restart). */
-function startBroker(dataDir: string): Promise<ChildBroker> {
-  return ChildBroker.start(dataDir, ["--mqtt-port=-1"]);
+function startBroker(dataDir: string, args: string[] = []): Promise<ChildBroker> {
+  return ChildBroker.start(dataDir, ["--mqtt-port=-1", ...args]);
 }
 
 /** With `MQTT_SIGKILL_DEBUG`: the killed broker's log, and its store but the message log. */
@@ -558,7 +559,7 @@ async function phase(
   n: number,
   last: boolean,
 ): Promise<PhaseReport> {
-  const broker = await startBroker(dataDir);
+  const broker = await startBroker(dataDir, run.brokerArgs);
   const rand = prng(run.seed + n);
   const [lo, hi] = KILL_AFTER;
   const threshold = last ? Infinity : lo + Math.floor(rand() * (hi - lo));
@@ -625,7 +626,7 @@ async function phase(
  * nothing is sent again: every completion was stored.
  */
 async function quietAfterRestart(run: Run, dataDir: string, pub: Publisher, sub: Subscriber) {
-  const broker = await startBroker(dataDir);
+  const broker = await startBroker(dataDir, run.brokerArgs);
   run.started(broker, Infinity);
   const clients: RawClient[] = [];
   let stopped = false;
@@ -647,9 +648,9 @@ async function quietAfterRestart(run: Run, dataDir: string, pub: Publisher, sub:
   }
 }
 
-async function sigkillRun(version: 4 | 5): Promise<void> {
+async function sigkillRun(version: 4 | 5, brokerArgs: string[] = []): Promise<void> {
   const seed = Number(Deno.env.get("MQTT_SIGKILL_SEED") ?? Math.floor(Math.random() * 2 ** 31));
-  const run = new Run(seed);
+  const run = new Run(seed, brokerArgs);
   const pub = new Publisher(run, version);
   const sub = new Subscriber(run, version);
   const dataDir = await Deno.makeTempDir({ prefix: "mb-mqtt-sigkill-" });
@@ -692,6 +693,12 @@ Deno.test({
   name:
     "MQTT 5.0 SIGKILL twice during a QoS 2 stream: every message reaches the subscriber exactly once, in order",
   fn: () => sigkillRun(5),
+});
+
+Deno.test({
+  name:
+    "MQTT 5.0 SIGKILL twice during a QoS 2 stream with a commit delay (--commit-delay 5): still exactly once, in order",
+  fn: () => sigkillRun(5, ["--commit-delay", "5"]),
 });
 
 Deno.test({
@@ -798,7 +805,7 @@ Deno.test("MQTT SIGKILL after out-of-order PUBCOMPs: a message sent after the re
   const pubProps = { sessionExpiryInterval: 3600 };
   /** One broker life: `body` gets the broker's MQTT port, clients are closed after. */
   const life = async (body: (port: number, clients: Scripted[]) => Promise<void>) => {
-    const broker = await startBroker(dataDir);
+    const broker = await startBroker(dataDir, run.brokerArgs);
     run.started(broker, Infinity);
     const clients: Scripted[] = [];
     try {

@@ -10,6 +10,7 @@
  * @module
  */
 import { join } from "node:path";
+import { type CommitPacing, NO_PACING } from "./group_commit.ts";
 import { KvStore } from "./kv_store.ts";
 
 /** Raised when another live process holds the data directory. */
@@ -40,7 +41,10 @@ const LOCK_WAIT_MS = 300;
  * Creates `dir` if needed (owner-only permissions), locks it, and opens its store.
  * @throws DataDirLockedError when another process holds the lock.
  */
-export async function openDataDir(dir: string): Promise<DataDir> {
+export async function openDataDir(
+  dir: string,
+  pacing: CommitPacing = NO_PACING,
+): Promise<DataDir> {
   await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
   const lockFile = await Deno.open(join(dir, "broker.lock"), {
     create: true,
@@ -62,7 +66,7 @@ export async function openDataDir(dir: string): Promise<DataDir> {
   const path = join(dir, "broker.kv");
   let store: KvStore;
   try {
-    store = await KvStore.open(path);
+    store = await KvStore.open(path, pacing);
     await Deno.chmod(path, 0o600).catch(() => {});
   } catch (err) {
     lockFile.close();

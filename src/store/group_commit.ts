@@ -13,6 +13,13 @@
  * token), so a second process that took the store over makes our commits fail instead
  * of interleaving with its own.
  *
+ * By default an atomic starts as soon as the previous one has committed, whatever is
+ * queued: latency first. With a commit delay ({@link CommitPacing}) a small queue waits
+ * until the delay has passed since the previous atomic began, so that the operations
+ * arriving meanwhile share its fsync: fewer commits and less CPU at moderate rates, for
+ * up to the delay (plus a timer's lateness) of latency. A quiet committer, a queue of
+ * {@link PACED_BATCH} operations or more, and {@link GroupCommitter.drain} never wait.
+ *
  * Appends to a log ({@link Mutation} `append`) are not written one key each: the
  * appends of one log that share an atomic become one value, a segment (an array of the
  * appended values in sequence order) under `[...log, seq of its last value]`, split
@@ -175,6 +182,21 @@ export class FencedError extends Error {
   }
 }
 
+/** How the committer spaces its atomics (PostgreSQL's `commit_delay` is the same idea). */
+export interface CommitPacing {
+  /**
+   * Least milliseconds between the starts of two atomics while fewer than
+   * {@link PACED_BATCH} operations wait; 0 starts each at once.
+   */
+  delayMs: number;
+}
+
+/** No pacing: an atomic starts as soon as the previous one has committed. */
+export const NO_PACING: CommitPacing = { delayMs: 0 };
+
+/** A queue this long starts its atomic at once, paced or not: it already shares one. */
+export const PACED_BATCH = 32;
+
 /** The fencing token every atomic checks. */
 export interface Fence {
   key: Deno.KvKey;
@@ -229,17 +251,26 @@ export class GroupCommitter {
   #running: Promise<void> | null = null;
   #stats: CommitStats = { atomics: 0, operations: 0, mutations: 0 };
   #onSegment: SegmentObserver | undefined;
+  #delayMs: number;
+  /** When the last atomic began (`performance.now()`), read only when paced. */
+  #lastStart = Number.NEGATIVE_INFINITY;
+  /** Starts the loop once a paced queue's wait is over. */
+  #paceTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Set while {@link drain} runs: nothing waits. */
+  #draining = false;
 
   constructor(
     kv: Deno.Kv,
     fence: Fence,
     limits: BatchLimits = DEFAULT_LIMITS,
     onSegment?: SegmentObserver,
+    pacing: CommitPacing = NO_PACING,
   ) {
     this.#kv = kv;
     this.#fence = fence;
     this.#limits = limits;
     this.#onSegment = onSegment;
+    this.#delayMs = pacing.delayMs;
   }
 
   /** Counters since start. */
@@ -326,24 +357,64 @@ export class GroupCommitter {
       return;
     }
     this.#queue.push({ mutations, bytes, keyBytes, settle, segments, sources });
-    // The first operation of a quiet period starts the loop on a microtask, so that
-    // everything submitted in the same turn joins its atomic.
-    this.#running ??= Promise.resolve().then(() => this.#run());
+    this.#start();
   }
 
-  /** Resolves when every operation submitted so far has been settled. */
+  /**
+   * Resolves when every operation submitted so far has been settled; a paced queue is
+   * written at once.
+   */
   async drain(): Promise<void> {
-    while (this.#running) await this.#running;
+    this.#draining = true;
+    try {
+      this.#start();
+      while (this.#running) await this.#running;
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  /**
+   * Starts the loop unless it runs (it takes what is queued): on a microtask, so that
+   * everything submitted in the same turn joins the atomic, or, when paced, once the
+   * wait is over.
+   */
+  #start(): void {
+    if (this.#running || this.#queue.length === 0) return;
+    const wait = this.#wait();
+    if (wait > 0) {
+      this.#paceTimer ??= setTimeout(() => {
+        this.#paceTimer = undefined;
+        this.#start();
+      }, wait);
+      return;
+    }
+    if (this.#paceTimer !== undefined) {
+      clearTimeout(this.#paceTimer);
+      this.#paceTimer = undefined;
+    }
+    this.#running = Promise.resolve().then(() => this.#run());
+  }
+
+  /** Milliseconds the queue should still wait before its atomic starts (≤ 0: none). */
+  #wait(): number {
+    if (this.#delayMs === 0 || this.#draining || this.#queue.length >= PACED_BATCH) return 0;
+    return this.#lastStart + this.#delayMs - performance.now();
   }
 
   async #run(): Promise<void> {
     try {
       while (this.#queue.length > 0) {
+        if (this.#delayMs > 0) {
+          if (this.#wait() > 0) break; // started again by #start below
+          this.#lastStart = performance.now();
+        }
         const batch = this.#takeBatch();
         await this.#write(batch);
       }
     } finally {
       this.#running = null;
+      this.#start();
     }
   }
 

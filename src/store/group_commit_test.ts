@@ -4,18 +4,39 @@ import {
   FencedError,
   GroupCommitter,
   type Mutation,
+  PACED_BATCH,
   type Pool,
   PoolSlot,
 } from "./group_commit.ts";
 
 const OWNER: Deno.KvKey = ["meta", "owner"];
 
-/** A real in-memory KV with an owner key, and a committer fenced on it. */
-async function setup(): Promise<{ kv: Deno.Kv; gc: GroupCommitter; fence: Fence }> {
+/**
+ * A real in-memory KV with an owner key, and a committer fenced on it (with a commit
+ * delay of `delayMs`, none by default).
+ */
+async function setup(delayMs = 0): Promise<{ kv: Deno.Kv; gc: GroupCommitter; fence: Fence }> {
   const kv = await Deno.openKv(":memory:");
   const res = await kv.set(OWNER, { token: "t1" });
   const fence = { key: OWNER, versionstamp: res.versionstamp };
-  return { kv, gc: new GroupCommitter(kv, fence), fence };
+  return { kv, gc: new GroupCommitter(kv, fence, undefined, undefined, { delayMs }), fence };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Resolves with `p`'s value, or rejects if it takes longer than `ms`. */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what} took over ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function set(key: Deno.KvKey, value: unknown): Mutation {
@@ -323,6 +344,73 @@ Deno.test("drain() waits for every operation submitted, also those submitted dur
     assert.ok(gc.stats.atomics >= 1 && gc.stats.atomics <= 2);
     // drain() with nothing submitted returns at once.
     await gc.drain();
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("without a commit delay, an operation after a commit starts its own atomic at once", async () => {
+  const { kv, gc } = await setup();
+  try {
+    for (let i = 0; i < 5; i++) await gc.commit([set(["s", i], i)]);
+    assert.equal(gc.stats.atomics, 5);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("with a commit delay, operations arriving one by one soon after an atomic share the next", async () => {
+  const { kv, gc } = await setup(50);
+  try {
+    // The first operation of a quiet committer goes at once, delay or not.
+    await within(gc.commit([set(["p", 0], 0)]), 40, "the first commit");
+    const startedAt = performance.now();
+    const later: Promise<void>[] = [];
+    for (let i = 1; i <= 4; i++) {
+      later.push(gc.commit([set(["p", i], i)]));
+      await sleep(2);
+    }
+    await Promise.all(later);
+    // All four waited for the delay since the first atomic began, and went in one.
+    assert.equal(gc.stats.atomics, 2);
+    assert.equal(gc.stats.operations, 5);
+    assert.ok(performance.now() - startedAt >= 40, "the paced atomic waited for the delay");
+    assert.equal(await countKeys(kv, ["p"]), 5);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("with a commit delay, a queue of PACED_BATCH operations starts its atomic at once", async () => {
+  const { kv, gc } = await setup(60_000);
+  try {
+    await within(gc.commit([set(["q", 0], 0)]), 2_000, "the first commit");
+    // One fewer would wait a minute; this many go now.
+    const ops = [];
+    for (let i = 1; i <= PACED_BATCH; i++) ops.push(gc.commit([set(["q", i], i)]));
+    await within(Promise.all(ops), 2_000, `a queue of ${PACED_BATCH}`);
+    assert.equal(gc.stats.atomics, 2);
+    assert.equal(await countKeys(kv, ["q"]), PACED_BATCH + 1);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("drain() writes a paced queue at once and leaves no timer behind", async () => {
+  const { kv, gc } = await setup(60_000);
+  try {
+    await within(gc.commit([set(["r", 0], 0)]), 2_000, "the first commit");
+    let done = false;
+    const waiting = gc.commit([set(["r", 1], 1)]).then(() => done = true);
+    await sleep(5);
+    assert.equal(done, false, "a small queue waits for the delay");
+    await within(gc.drain(), 2_000, "drain()");
+    await Promise.resolve(); // the operation's reaction is queued before drain() returns
+    assert.equal(done, true, "drain() returned with the operation written");
+    await waiting;
+    assert.equal(gc.stats.atomics, 2);
+    assert.equal((await kv.get(["r", 1])).value, 1);
+    // The test's op and timer sanitizers fail it if the pacing timer were still armed.
   } finally {
     kv.close();
   }

@@ -53,15 +53,18 @@
  * @module
  */
 import {
+  type CommitPacing,
   DEFAULT_LIMITS,
   estimateSize,
   type Fence,
   FencedError,
   GroupCommitter,
   type Mutation,
+  NO_PACING,
   type Pool,
   PoolSegment,
   PoolSlot,
+  type SegmentObserver,
 } from "./group_commit.ts";
 import { SegmentIndex } from "./segment_index.ts";
 import type { Settle } from "../ordered_replies.ts";
@@ -174,15 +177,16 @@ export class KvStore implements BrokerStore {
     unadded: (slot) => this.#pendingSlots.delete((slot.value as CompactPending)[0]),
   };
 
-  private constructor(kv: Deno.Kv, fence: Fence) {
+  private constructor(kv: Deno.Kv, fence: Fence, pacing: CommitPacing) {
     this.#kv = kv;
     this.#fence = fence;
-    this.#gc = new GroupCommitter(kv, fence, DEFAULT_LIMITS, (log, first, last, values) => {
+    const onSegment: SegmentObserver = (log, first, last, values) => {
       const topic = log[1] as string;
       let index = this.#segments.get(topic);
       if (!index) this.#segments.set(topic, index = new SegmentIndex(first));
       index.add(last, payloadSize(values));
-    });
+    };
+    this.#gc = new GroupCommitter(kv, fence, DEFAULT_LIMITS, onSegment, pacing);
   }
 
   /**
@@ -190,13 +194,13 @@ export class KvStore implements BrokerStore {
    * schema version (migrating a version 1 store to version 2) and takes ownership by
    * rewriting the owner key.
    */
-  static async open(path: string): Promise<KvStore> {
+  static async open(path: string, pacing: CommitPacing = NO_PACING): Promise<KvStore> {
     const kv = await Deno.openKv(path);
     try {
       await KvStore.#settleSchema(kv);
       const owner = { token: crypto.randomUUID(), pid: Deno.pid, at: Date.now() };
       const res = await kv.set(["meta", "owner"], owner);
-      return new KvStore(kv, { key: ["meta", "owner"], versionstamp: res.versionstamp });
+      return new KvStore(kv, { key: ["meta", "owner"], versionstamp: res.versionstamp }, pacing);
     } catch (err) {
       kv.close();
       throw err;
