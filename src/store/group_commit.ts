@@ -256,8 +256,8 @@ export class GroupCommitter {
   #lastStart = Number.NEGATIVE_INFINITY;
   /** Starts the loop once a paced queue's wait is over. */
   #paceTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Set while {@link drain} runs: nothing waits. */
-  #draining = false;
+  /** How many {@link drain} calls are running: while any is, nothing waits. */
+  #draining = 0;
 
   constructor(
     kv: Deno.Kv,
@@ -365,12 +365,12 @@ export class GroupCommitter {
    * written at once.
    */
   async drain(): Promise<void> {
-    this.#draining = true;
+    this.#draining++;
     try {
       this.#start();
       while (this.#running) await this.#running;
     } finally {
-      this.#draining = false;
+      this.#draining--;
     }
   }
 
@@ -398,7 +398,7 @@ export class GroupCommitter {
 
   /** Milliseconds the queue should still wait before its atomic starts (≤ 0: none). */
   #wait(): number {
-    if (this.#delayMs === 0 || this.#draining || this.#queue.length >= PACED_BATCH) return 0;
+    if (this.#delayMs === 0 || this.#draining > 0 || this.#queue.length >= PACED_BATCH) return 0;
     return this.#lastStart + this.#delayMs - performance.now();
   }
 
