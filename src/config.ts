@@ -11,6 +11,7 @@
  */
 import { parseArgs } from "node:util";
 import { z } from "zod";
+import { PACED_BATCH } from "./store/group_commit.ts";
 
 /** The log levels a broker accepts, lowest first (LogTape's names). */
 export const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"] as const;
@@ -142,7 +143,7 @@ const HELP: Record<SettingName, SettingHelp> = {
   commitDelay: [
     "ms",
     range(0, 100),
-    "least time between two store commits while fewer than 32 writes wait (0 = none)",
+    `least time between two store commits while fewer than ${PACED_BATCH} writes wait (0 = none)`,
   ],
   maxTopicBytes: ["bytes", range(1, 1024), "longest topic name in UTF-8 bytes"],
   maxConnections: ["n", range(1, 1_000_000), "open connections in all; more are refused"],
