@@ -19,6 +19,9 @@ export const LOG_LEVELS = ["trace", "debug", "info", "warning", "error", "fatal"
 /** The log output formats: readable text, or one JSON object per line. */
 export const LOG_FORMATS = ["pretty", "json"] as const;
 
+/** The values of a switch. */
+export const ON_OFF = ["on", "off"] as const;
+
 // Strictly decimal: "10s", "1e3", "0x10", "", " 5" are all refused rather than
 // half-parsed, so a typo never silently becomes a different number.
 const DECIMAL = /^-?[0-9]+$/;
@@ -60,6 +63,8 @@ export const brokerConfigSchema = z.object({
   shutdownTimeout: integer(0, 600_000, 5000),
   // 0 keeps latency first; see GroupCommitter's CommitPacing.
   commitDelay: integer(0, 100, 0),
+  // See TopicOptions.earlyDelivery.
+  earlyDelivery: z.enum(ON_OFF).default("on"),
   // --- limits (each bounds what one client can make the broker hold) ---
   // Deno KV keys stop at 2,048 bytes, and a topic name is part of several keys.
   maxTopicBytes: integer(1, 1024, 256),
@@ -144,6 +149,11 @@ const HELP: Record<SettingName, SettingHelp> = {
     "ms",
     range(0, 100),
     `least time between two store commits while fewer than ${PACED_BATCH} writes wait (0 = none)`,
+  ],
+  earlyDelivery: [
+    "switch",
+    `one of ${ON_OFF.join(", ")}`,
+    "QoS 0/1 messages reach subscribers before their commit (publishers are acknowledged after it)",
   ],
   maxTopicBytes: ["bytes", range(1, 1024), "longest topic name in UTF-8 bytes"],
   maxConnections: ["n", range(1, 1_000_000), "open connections in all; more are refused"],

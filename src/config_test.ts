@@ -53,6 +53,7 @@ Deno.test("no flags and no environment give the defaults", () => {
     writeBufferBytes: 1_048_576,
     shutdownTimeout: 5000,
     commitDelay: 0,
+    earlyDelivery: "on",
     maxTopicBytes: 256,
     maxConnections: 10_000,
     maxConnectionsPerAddress: 1_000,
@@ -216,7 +217,7 @@ Deno.test("range edges are accepted", () => {
   assert.equal(config.shutdownTimeout, 0);
 });
 
-Deno.test("an unknown log level or format lists the choices", () => {
+Deno.test("an unknown log level, format or switch value lists the choices", () => {
   assert.equal(
     configError(["--log-level", "loud"]).message,
     'invalid --log-level (BROKER_LOG_LEVEL): expected one of trace, debug, info, warning, error, fatal, got "loud"',
@@ -225,6 +226,12 @@ Deno.test("an unknown log level or format lists the choices", () => {
     configError([], envOfMap({ BROKER_LOG_FORMAT: "xml" })).message,
     'invalid --log-format (BROKER_LOG_FORMAT): expected one of pretty, json, got "xml"',
   );
+  assert.equal(
+    configError(["--early-delivery", "yes"]).message,
+    'invalid --early-delivery (BROKER_EARLY_DELIVERY): expected one of on, off, got "yes"',
+  );
+  assert.equal(configOf(["--early-delivery", "off"]).earlyDelivery, "off");
+  assert.equal(configOf([], envOfMap({ BROKER_EARLY_DELIVERY: "off" })).earlyDelivery, "off");
 });
 
 Deno.test("an empty data directory or hostname is refused", () => {

@@ -89,6 +89,7 @@ export async function startBroker(
       retry: { retryIntervalMs: config.retryInterval, retryLimit: config.retryLimit },
       deadLetterMax: config.deadLetterMax,
       topicHooks: options.topicHooks,
+      earlyDelivery: config.earlyDelivery === "on",
       supervisorPolicy: options.supervisorPolicy,
       retentionIntervalMs: options.retentionIntervalMs,
       maxTopicBytes: config.maxTopicBytes,

@@ -43,6 +43,8 @@ export interface BrokerOptions {
   retentionIntervalMs?: number;
   /** Test hooks for topics (failure injection). */
   topicHooks?: TopicHooks;
+  /** Plain QoS 0/1 messages reach subscribers before their commit (TopicOptions). */
+  earlyDelivery?: boolean;
   /** Restart policy of the topic supervisor. */
   supervisorPolicy?: Partial<RestartPolicy>;
   /** Who may publish and subscribe where; everyone everywhere if absent. */
@@ -226,13 +228,11 @@ export class Broker {
   topic(name: string): Promise<Topic> {
     let t = this.#topics.get(name);
     if (!t) {
-      t = Topic.start(
-        name,
-        this.store,
-        this.topicSupervisor,
-        this.options.topicHooks,
-        this.#reach,
-      );
+      t = Topic.start(name, this.store, this.topicSupervisor, {
+        hooks: this.options.topicHooks,
+        reach: this.#reach,
+        earlyDelivery: this.options.earlyDelivery,
+      });
       this.#topics.set(name, t);
       t.then((topic) => {
         this.#started.set(name, topic);
@@ -724,7 +724,7 @@ export class Broker {
       // Dead letters are kept by count, read or not, so that a new subscriber of the
       // channel finds the recent ones; other topics keep what a subscription needs.
       const floor = topic.topic === DEAD_LETTER_TOPIC
-        ? topic.nextSeq - this.options.deadLetterMax
+        ? Math.min(topic.nextSeq - this.options.deadLetterMax, topic.settledTo + 1)
         : topic.retentionFloor();
       if (floor > topic.trimmedTo) {
         this.#payloadBytes -= await this.store.trimLog(

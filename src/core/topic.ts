@@ -3,9 +3,24 @@
  *
  * Appends go through the topic's mailbox, which hands out sequence numbers in arrival
  * order and submits each append to the store's group commit without waiting for it;
- * the commits land in submission order, and subscribers are woken only after the
- * commit that made a message durable. The newest messages stay in memory so that live
+ * the commits land in submission order, and the appender is told only after the commit
+ * that made its message durable. The newest messages stay in memory so that live
  * subscribers read them without touching the store.
+ *
+ * When a message becomes readable depends on its QoS. A QoS 2 message, and any append
+ * that commits more than the message (a retained message, a will, a QoS 2 receipt, new
+ * positions), is readable once its commit landed. With early delivery on
+ * ({@link TopicOptions.earlyDelivery}) a plain QoS 0 or 1 message is readable as soon as
+ * it has its sequence number and every message before it is readable: subscribers get
+ * it while its commit is still in flight, as RabbitMQ's consumers get a message before
+ * its publisher confirm. Nothing accepted can be lost that way, since the publisher is
+ * acknowledged only after the commit; what a crash can do is make a subscriber see a
+ * message the store never got, which a QoS 1 publisher, unacknowledged, sends again:
+ * a duplicate, which "at least once" allows. Anything written because of such a message
+ * (a subscriber's position past it) is submitted after its append, so it lands in the
+ * same atomic or a later one; and a position stored past a message a crash lost only
+ * moves the head past that number at start ({@link Topic.start}), never onto a
+ * message. Retention never goes past the messages committed so far.
  *
  * A QoS 0 message that no durable subscription needs is not written at all: QoS 0 is
  * "at most once", and only sessions that end with their connection would read it. It
@@ -86,6 +101,24 @@ export interface TopicHooks {
   beforeAppend?(topic: string): void;
 }
 
+/** How a topic is run. */
+export interface TopicOptions {
+  hooks?: TopicHooks;
+  /** Who subscribes to the topic through filters. */
+  reach?: Reach;
+  /**
+   * Plain QoS 0 and 1 messages become readable before their commit (see the module's
+   * documentation); off, every message waits for its commit. Default off.
+   */
+  earlyDelivery?: boolean;
+}
+
+/** Whether an append commits nothing but its message. */
+function isEmpty(effects: AppendEffects): boolean {
+  for (const _ in effects) return false;
+  return true;
+}
+
 /** Shared result of `#materialise` when no subscriber got a new position; never added to. */
 const NONE_REACHED: string[] = [];
 
@@ -130,6 +163,7 @@ export class Topic implements Restartable {
   #supervisor: Supervisor;
   #hooks: TopicHooks;
   #reach: Reach | undefined;
+  #earlyDelivery: boolean;
   #mailbox: Mailbox<AppendMsg>;
   #state: "running" | "restarting" | "down" | "stopped" = "running";
   #held: AppendMsg[] = [];
@@ -159,19 +193,23 @@ export class Topic implements Restartable {
   });
   /** Log entries below this are deleted (by retention) or never existed. */
   trimmedTo = 0;
+  /** Every message up to this one is readable (released, or early). */
+  #readableTo = 0;
+  /** Every append up to this one has committed (or was kept in memory only). */
+  #settledTo = 0;
 
   private constructor(
     name: string,
     store: BrokerStore,
     supervisor: Supervisor,
-    hooks: TopicHooks,
-    reach: Reach | undefined,
+    options: TopicOptions,
   ) {
     this.topic = name;
-    this.#reach = reach;
+    this.#reach = options.reach;
     this.#store = store;
     this.#supervisor = supervisor;
-    this.#hooks = hooks;
+    this.#hooks = options.hooks ?? {};
+    this.#earlyDelivery = options.earlyDelivery ?? false;
     this.#mailbox = new Mailbox((m) => this.#handle(m), (err, m) => {
       m.settle.reject(err);
       this.#fail(err);
@@ -183,10 +221,9 @@ export class Topic implements Restartable {
     name: string,
     store: BrokerStore,
     supervisor: Supervisor,
-    hooks: TopicHooks = {},
-    reach?: Reach,
+    options: TopicOptions = {},
   ): Promise<Topic> {
-    const t = new Topic(name, store, supervisor, hooks, reach);
+    const t = new Topic(name, store, supervisor, options);
     await t.#load(true);
     return t;
   }
@@ -199,6 +236,11 @@ export class Topic implements Restartable {
   /** The sequence number the next message will get. */
   get nextSeq(): number {
     return this.#nextSeq;
+  }
+
+  /** Every append up to this sequence number has committed (or was kept in memory only). */
+  get settledTo(): number {
+    return this.#settledTo;
   }
 
   /** Messages the topic holds (an upper bound: sequence numbers may have gaps). */
@@ -236,6 +278,7 @@ export class Topic implements Restartable {
       if (s.position > this.#nextSeq) this.#nextSeq = s.position;
     }
     this.#cacheFrom = this.#nextSeq;
+    this.#readableTo = this.#settledTo = this.#nextSeq - 1;
   }
 
   /** Appends a message; resolves with it once it is durable. */
@@ -300,11 +343,24 @@ export class Topic implements Restartable {
     const release = this.#releases.enqueue(
       new Topic.#Release(this, m.settle, message, reached, memoryOnly),
     );
-    if (memoryOnly) {
-      release.resolve();
-      return;
+    if (memoryOnly) release.resolve();
+    else this.#store.appendWith(message, effects, release);
+    // Readable now only once the append is submitted: whatever a subscriber's answer
+    // writes then goes into the store after it.
+    if (
+      this.#earlyDelivery && this.#readableTo === message.seq - 1 && reached.length === 0 &&
+      (input.qos === 0 || input.qos === 1) && !input.retain && isEmpty(effects)
+    ) {
+      release.early = true;
+      this.#readable(message);
     }
-    this.#store.appendWith(message, effects, release);
+  }
+
+  /** Makes `message`, the one after {@link #readableTo}, readable and wakes subscribers. */
+  #readable(message: StoredMessage): void {
+    this.#readableTo = message.seq;
+    this.#remember(message);
+    for (const s of this.#subscribers) s.wake();
   }
 
   /**
@@ -315,6 +371,8 @@ export class Topic implements Restartable {
    */
   static readonly #Release = class Release extends Ticket<void> {
     readonly epoch: number;
+    /** Made readable before its commit. */
+    early = false;
 
     constructor(
       readonly topic: Topic,
@@ -334,9 +392,9 @@ export class Topic implements Restartable {
       // Committed (or kept in memory) whatever happened since: counted and retained.
       t.#reach?.appended?.(message, !this.memoryOnly);
       if (this.epoch !== t.#epoch) return; // a restart reloaded the state since
-      t.#remember(message);
+      t.#settledTo = message.seq;
       if (this.reached.length > 0) t.#reach?.materialised(t, this.reached, message.seq);
-      for (const s of t.#subscribers) s.wake();
+      if (!this.early) t.#readable(message);
     }
 
     override fail(err: unknown): void {
@@ -495,9 +553,12 @@ export class Topic implements Restartable {
     this.#durable.delete(subscriber);
   }
 
-  /** Messages below this sequence number can be deleted: no subscription needs them. */
+  /**
+   * Messages below this sequence number can be deleted: no subscription needs them, and
+   * their appends have committed (a deletion must not pass a write still in flight).
+   */
   retentionFloor(): number {
-    let floor = this.#nextSeq;
+    let floor = this.#settledTo + 1;
     for (const p of this.#positions.values()) if (p < floor) floor = p;
     return floor;
   }
@@ -541,6 +602,7 @@ export class Topic implements Restartable {
     if (handedOut > this.#nextSeq) {
       this.#nextSeq = handedOut;
       this.#cacheFrom = handedOut;
+      this.#readableTo = this.#settledTo = handedOut - 1;
     }
     this.#state = "running";
     const held = this.#held;

@@ -28,7 +28,7 @@ async function withTopic(
   });
   let topic: Topic | undefined;
   try {
-    topic = await Topic.start(name, store, sup, hooks);
+    topic = await Topic.start(name, store, sup, { hooks });
     await fn({ store, sup, topic });
   } finally {
     topic?.stop();
@@ -418,5 +418,84 @@ Deno.test("the memory keeps what an attached subscriber has not completed, not w
     topic.trackPosition("stored", 1);
     await Promise.all(Array.from({ length: 100 }, (_, i) => topic.append(input(`o${i + 1}`))));
     assert.ok(topic.memoryFrom > 3140 - 64, `memory still from ${topic.memoryFrom}`);
+  });
+});
+
+/**
+ * A topic whose store holds every commit after its first for a minute (a commit delay),
+ * or until `flush()`: appends stay in flight for as long as a test needs.
+ */
+async function withHeldCommits(
+  earlyDelivery: boolean,
+  fn: (env: Env & { wakes: () => number }) => Promise<void>,
+): Promise<void> {
+  const store = await KvStore.open(":memory:", { delayMs: 60_000 });
+  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
+  let topic: Topic | undefined;
+  try {
+    await store.barrier(); // the commit that starts the minute
+    topic = await Topic.start("t", store, sup, { earlyDelivery });
+    let wakes = 0;
+    topic.attach({ position: 1, wake: () => wakes++ });
+    await fn({ store, sup, topic, wakes: () => wakes });
+  } finally {
+    topic?.stop();
+    sup.close();
+    await store.flush();
+    store.close();
+  }
+}
+
+function qos1(text: string, extra: Partial<AppendInput> = {}): AppendInput {
+  return { ...input(text), qos: 1, ...extra };
+}
+
+Deno.test("early delivery: a plain QoS 1 message is readable before its commit, its appender told after", async () => {
+  await withHeldCommits(true, async ({ store, topic, wakes }) => {
+    let acked = false;
+    const a = topic.append(qos1("a")).then(() => acked = true);
+    await until(() => topic.readCached(1) !== null);
+    assert.equal(textOf(topic.readCached(1) as StoredMessage), "a");
+    assert.equal(wakes(), 1);
+    assert.equal(acked, false, "the appender waits for the commit");
+    assert.deepEqual(await store.readLog("t", 1, 10), [], "not in the store yet");
+    assert.equal(topic.retentionFloor(), 1, "retention stays behind the commits in flight");
+    // A QoS 2 message and a retained one wait for their commits, and so does a plain
+    // QoS 1 message after them: the order of the topic holds.
+    const rest = [
+      topic.append(input("b")),
+      topic.append(qos1("r", { retain: true })),
+      topic.append(qos1("c")),
+    ];
+    await delay(30);
+    assert.equal(topic.readCached(2), null);
+    assert.equal(wakes(), 1);
+    await store.flush();
+    await Promise.all([a, ...rest]);
+    assert.equal(acked, true);
+    assert.deepEqual([2, 3, 4].map((seq) => textOf(topic.readCached(seq) as StoredMessage)), [
+      "b",
+      "r",
+      "c",
+    ]);
+    assert.equal(wakes(), 4);
+    assert.equal(topic.retentionFloor(), 5);
+    const log = await store.readLog("t", 1, 10);
+    assert.deepEqual(log.map((m) => [m.seq, textOf(m)]), [[1, "a"], [2, "b"], [3, "r"], [4, "c"]]);
+  });
+});
+
+Deno.test("early delivery off: a QoS 1 message is readable only after its commit", async () => {
+  await withHeldCommits(false, async ({ store, topic, wakes }) => {
+    const a = topic.append(qos1("a"));
+    const b = topic.append(qos0("b"));
+    await delay(30);
+    assert.equal(topic.readCached(1), null);
+    assert.equal(wakes(), 0);
+    await store.flush();
+    await Promise.all([a, b]);
+    assert.equal(textOf(topic.readCached(1) as StoredMessage), "a");
+    assert.equal(textOf(topic.readCached(2) as StoredMessage), "b");
+    assert.equal(wakes(), 2);
   });
 });
