@@ -141,10 +141,15 @@ Deno.test("MQTT QoS 1 with early delivery: nothing acknowledged is lost across t
       const kill = new Promise<void>((resolve) => onKill = resolve);
       pump(pub);
       if (threshold === undefined) break;
-      await Promise.race([
-        kill,
-        until(() => false, `a message delivered before its PUBACK, after ${threshold} PUBACKs`),
-      ]);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(new Error(`no message delivered before its PUBACK after ${threshold} PUBACKs`)),
+          20_000,
+        );
+      });
+      await Promise.race([kill, timeout]).finally(() => clearTimeout(timer));
       await broker.process.status;
       pub.end(true);
       await consumer.close();

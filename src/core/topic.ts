@@ -113,6 +113,20 @@ export interface TopicOptions {
   earlyDelivery?: boolean;
 }
 
+/**
+ * The highest sequence number a subscription's stored acknowledgements name (a PUBREC or
+ * a completion above its position), or 0. Such a number may belong to a message that was
+ * delivered early and never committed: handed out again, it would take the new message
+ * for one already acknowledged (sent as PUBREL only, or skipped).
+ */
+function highestHeld(s: SubscriptionRecord): number {
+  let high = s.received?.seq ?? 0;
+  const pending = s.pending ?? [];
+  for (let i = 0; i < pending.length; i += 2) high = Math.max(high, pending[i] as number);
+  for (const seq of s.completed ?? []) high = Math.max(high, seq);
+  return high;
+}
+
 /** Whether an append commits nothing but its message. */
 function isEmpty(effects: AppendEffects): boolean {
   for (const _ in effects) return false;
@@ -273,9 +287,11 @@ export class Topic implements Restartable {
     for (const s of await this.#store.loadTopicSubscriptions(this.topic)) {
       this.#positions.set(s.subscriber, s.position);
       this.#durable.add(s.subscriber);
-      // Messages kept in memory only left no trace in the head: never hand out a
-      // sequence number a stored position has already passed.
-      if (s.position > this.#nextSeq) this.#nextSeq = s.position;
+      // Messages kept in memory only, and early deliveries whose commit a crash lost,
+      // left no trace in the head: never hand out again a sequence number a stored
+      // subscription has passed or holds an acknowledgement for.
+      const passed = Math.max(s.position, highestHeld(s) + 1);
+      if (passed > this.#nextSeq) this.#nextSeq = passed;
     }
     this.#cacheFrom = this.#nextSeq;
     this.#readableTo = this.#settledTo = this.#nextSeq - 1;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { getLogger } from "../log.ts";
 import { KvStore } from "../store/kv_store.ts";
-import type { StoredMessage } from "../store/store.ts";
+import type { StoredMessage, SubscriptionRecord } from "../store/store.ts";
 import { Supervisor } from "../supervisor.ts";
 import { type AppendInput, Topic, type TopicHooks, TopicUnavailableError } from "./topic.ts";
 
@@ -383,6 +383,40 @@ Deno.test("a stored position ahead of the stored head moves the head past it at 
     sup.close();
     await store.flush();
     store.close();
+  }
+});
+
+Deno.test("the head starts past every sequence number a stored acknowledgement names", async () => {
+  // An early delivery's PUBREC or completion can be stored (a `latest` record built while
+  // the message's append waited in a later atomic) and the message lost to a crash.
+  const cases: [Partial<SubscriptionRecord>, number][] = [
+    [{ received: { seq: 7, id: 70 } }, 8],
+    [{ pending: [5, 50, 9, 90] }, 10],
+    [{ completed: [6, 11] }, 12],
+  ];
+  for (const [held, expected] of cases) {
+    const store = await KvStore.open(":memory:");
+    const sup = new Supervisor("topics", getLogger("supervisor", "test"));
+    let topic: Topic | undefined;
+    try {
+      await store.ensureTopic({ name: "t", nextSeq: 4, createdAt: 1 });
+      await store.saveSubscription({
+        subscriber: "c",
+        topic: "t",
+        position: 4,
+        received: null,
+        createdAt: 2,
+        window: 100,
+        ...held,
+      });
+      topic = await Topic.start("t", store, sup);
+      assert.equal((await topic.append(input("x"))).seq, expected, JSON.stringify(held));
+    } finally {
+      topic?.stop();
+      sup.close();
+      await store.flush();
+      store.close();
+    }
   }
 });
 
