@@ -63,6 +63,8 @@ export const brokerConfigSchema = z.object({
   shutdownTimeout: integer(0, 600_000, 5000),
   // 0 keeps latency first; see GroupCommitter's CommitPacing.
   commitDelay: integer(0, 100, 0),
+  // Only writes nobody waits for (GroupCommitter.submit's `deferrable`): on by default.
+  streamCommitDelay: integer(0, 100, 2),
   // See TopicOptions.earlyDelivery.
   earlyDelivery: z.enum(ON_OFF).default("on"),
   // --- limits (each bounds what one client can make the broker hold) ---
@@ -149,6 +151,11 @@ const HELP: Record<SettingName, SettingHelp> = {
     "ms",
     range(0, 100),
     `least time between two store commits while fewer than ${PACED_BATCH} writes wait (0 = none)`,
+  ],
+  streamCommitDelay: [
+    "ms",
+    range(0, 100),
+    "the same while the queue holds only messages delivered already whose publishers have more in flight",
   ],
   earlyDelivery: [
     "switch",

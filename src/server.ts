@@ -81,7 +81,10 @@ export async function startBroker(
   );
   // TLS files are read before anything is opened: a bad one leaves nothing to undo.
   const tls = await loadTls(config);
-  const dir: DataDir = await openDataDir(config.dataDir, { delayMs: config.commitDelay });
+  const dir: DataDir = await openDataDir(config.dataDir, {
+    delayMs: config.commitDelay,
+    streamDelayMs: config.streamCommitDelay,
+  });
   log.info("Store opened at {path}", { path: dir.path });
   let broker: Broker;
   try {

@@ -185,3 +185,21 @@ Deno.test("a clean QoS 0 subscriber far behind messages kept in memory only skip
   sub.close();
   await pub.endAsync();
 });
+
+Deno.test("the stream delay never holds a publisher that waits for each PUBACK", async () => {
+  await using b = await startTestBroker({ mqttPort: -1, streamCommitDelay: 100 });
+  const pub = await mqtt.connectAsync(`mqtt://127.0.0.1:${b.mqttPort}`, {
+    clientId: "one-by-one",
+    reconnectPeriod: 0,
+  });
+  try {
+    // Each message is its own commit, started at once: held for the delay, the 20 would
+    // take two seconds.
+    const started = performance.now();
+    for (let i = 0; i < 20; i++) await pub.publishAsync("stream/one-by-one", `m${i}`, { qos: 1 });
+    const took = performance.now() - started;
+    assert.ok(took < 1000, `20 publishes one at a time took ${took.toFixed(0)} ms`);
+  } finally {
+    await pub.endAsync(true);
+  }
+});

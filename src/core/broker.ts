@@ -79,6 +79,8 @@ export interface PublishInput {
   props?: MessageProps;
   /** Store an inbound QoS 2 receipt under this session and packet identifier. */
   receipt?: { sid: string; tag: number };
+  /** See AppendInput.pipelined. */
+  pipelined?: boolean;
   /** This is the will of that session: its record goes in the same atomic. */
   willOf?: string;
 }
@@ -619,6 +621,7 @@ export class Broker {
       props: input.props,
       receipt: input.receipt,
       willOf: input.willOf,
+      pipelined: input.pipelined,
     };
   }
 

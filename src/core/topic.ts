@@ -68,6 +68,11 @@ export interface AppendInput {
   receipt?: { sid: string; tag: number };
   /** Publishing this session's will: its record is deleted in the same atomic. */
   willOf?: string;
+  /**
+   * The publisher has more messages in flight and sends on without waiting for this
+   * one's acknowledgement: an early delivery's commit may then wait to share an atomic.
+   */
+  pipelined?: boolean;
 }
 
 /**
@@ -359,17 +364,20 @@ export class Topic implements Restartable {
     const release = this.#releases.enqueue(
       new Topic.#Release(this, m.settle, message, reached, memoryOnly),
     );
-    if (memoryOnly) release.resolve();
-    else this.#store.appendWith(message, effects, release);
+    const early = this.#earlyDelivery && this.#readableTo === message.seq - 1 &&
+      reached.length === 0 && (input.qos === 0 || input.qos === 1) && !input.retain &&
+      isEmpty(effects);
+    release.early = early;
+    if (!memoryOnly) {
+      // Its subscribers have it already: the commit only answers the publisher, which
+      // waits for nothing at QoS 0 and, pipelining, goes on meanwhile.
+      const deferrable = early && (input.qos === 0 || input.pipelined === true);
+      this.#store.appendWith(message, effects, release, deferrable);
+    }
     // Readable now only once the append is submitted: whatever a subscriber's answer
     // writes then goes into the store after it.
-    if (
-      this.#earlyDelivery && this.#readableTo === message.seq - 1 && reached.length === 0 &&
-      (input.qos === 0 || input.qos === 1) && !input.retain && isEmpty(effects)
-    ) {
-      release.early = true;
-      this.#readable(message);
-    }
+    if (early) this.#readable(message);
+    if (memoryOnly) release.resolve();
   }
 
   /** Makes `message`, the one after {@link #readableTo}, readable and wakes subscribers. */

@@ -533,3 +533,36 @@ Deno.test("early delivery off: a QoS 1 message is readable only after its commit
     assert.equal(wakes(), 2);
   });
 });
+
+Deno.test("an early delivery's commit waits for the stream delay only when nobody waits for it", async () => {
+  const store = await KvStore.open(":memory:", { delayMs: 0, streamDelayMs: 60_000 });
+  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
+  let topic: Topic | undefined;
+  const settled = new Set<string>();
+  const append = (text: string, extra: Partial<AppendInput>) =>
+    topic!.append({ ...input(text), ...extra }).then(() => settled.add(text));
+  try {
+    topic = await Topic.start("t", store, sup, { earlyDelivery: true });
+    await store.barrier(); // a commit that began just now: the delay counts from it
+    // A pipelined QoS 1 message, and QoS 0 ones (logged, for a stored subscription):
+    // delivered already, so their commits wait.
+    topic.trackPosition("stored", 1);
+    const waiting = [append("pipelined", { qos: 1, pipelined: true }), append("q0", { qos: 0 })];
+    await delay(30);
+    assert.equal(textOf(topic.readCached(1) as StoredMessage), "pipelined");
+    assert.deepEqual([...settled], [], "their commits wait");
+    // A publisher that waits for its PUBACK: its commit starts at once, with theirs.
+    void append("waited for", { qos: 1 });
+    await until(() => settled.size === 3);
+    await Promise.all(waiting);
+    // A retained message is not delivered before its commit, so nothing defers it.
+    await store.barrier();
+    void append("retained", { qos: 1, pipelined: true, retain: true });
+    await until(() => settled.has("retained"));
+  } finally {
+    topic?.stop();
+    sup.close();
+    await store.flush();
+    store.close();
+  }
+});

@@ -19,6 +19,9 @@
  * arriving meanwhile share its fsync: fewer commits and less CPU at moderate rates, for
  * up to the delay (plus a timer's lateness) of latency. A quiet committer, a queue of
  * {@link PACED_BATCH} operations or more, and {@link GroupCommitter.drain} never wait.
+ * A queue of deferrable operations only (nobody waits for them but a client that goes
+ * on meanwhile: see {@link GroupCommitter.submit}) waits the same way for the stream
+ * delay, which is on by default; one operation that is not deferrable ends that wait.
  *
  * Appends to a log ({@link Mutation} `append`) are not written one key each: the
  * appends of one log that share an atomic become one value, a segment (an array of the
@@ -189,6 +192,8 @@ export interface CommitPacing {
    * {@link PACED_BATCH} operations wait; 0 starts each at once.
    */
   delayMs: number;
+  /** The same while every queued operation is deferrable; 0 starts each at once. */
+  streamDelayMs?: number;
 }
 
 /** No pacing: an atomic starts as soon as the previous one has committed. */
@@ -212,6 +217,7 @@ interface Op {
   segments: PoolSegment[] | undefined;
   /** The sources of its `latest` mutations. */
   sources: Snapshot[] | undefined;
+  deferrable: boolean;
 }
 
 /**
@@ -252,6 +258,9 @@ export class GroupCommitter {
   #stats: CommitStats = { atomics: 0, operations: 0, mutations: 0 };
   #onSegment: SegmentObserver | undefined;
   #delayMs: number;
+  #streamDelayMs: number;
+  /** Queued operations that are not deferrable. */
+  #urgent = 0;
   /** When the last atomic began (`performance.now()`), read only when paced. */
   #lastStart = Number.NEGATIVE_INFINITY;
   /** Starts the loop once a paced queue's wait is over. */
@@ -271,6 +280,7 @@ export class GroupCommitter {
     this.#limits = limits;
     this.#onSegment = onSegment;
     this.#delayMs = pacing.delayMs;
+    this.#streamDelayMs = pacing.streamDelayMs ?? 0;
   }
 
   /** Counters since start. */
@@ -290,9 +300,12 @@ export class GroupCommitter {
 
   /**
    * {@link commit} told through `settle` instead of a promise (never synchronously,
-   * also when the operation is refused at once).
+   * also when the operation is refused at once). `deferrable`: no one waits for this
+   * operation but a client that goes on meanwhile (a publisher with more messages in
+   * flight, whose message its subscribers already have), so it may wait for the stream
+   * delay ({@link CommitPacing.streamDelayMs}).
    */
-  submit(mutations: Mutation[], settle: Settle<void>): void {
+  submit(mutations: Mutation[], settle: Settle<void>, deferrable = false): void {
     let bytes = 0;
     let keyBytes = 0;
     let segments: PoolSegment[] | undefined;
@@ -356,7 +369,8 @@ export class GroupCommitter {
       );
       return;
     }
-    this.#queue.push({ mutations, bytes, keyBytes, settle, segments, sources });
+    this.#queue.push({ mutations, bytes, keyBytes, settle, segments, sources, deferrable });
+    if (!deferrable) this.#urgent++;
     this.#start();
   }
 
@@ -398,14 +412,15 @@ export class GroupCommitter {
 
   /** Milliseconds the queue should still wait before its atomic starts (≤ 0: none). */
   #wait(): number {
-    if (this.#delayMs === 0 || this.#draining > 0 || this.#queue.length >= PACED_BATCH) return 0;
-    return this.#lastStart + this.#delayMs - performance.now();
+    if (this.#draining > 0 || this.#queue.length >= PACED_BATCH) return 0;
+    const delay = this.#urgent > 0 ? this.#delayMs : Math.max(this.#delayMs, this.#streamDelayMs);
+    return delay === 0 ? 0 : this.#lastStart + delay - performance.now();
   }
 
   async #run(): Promise<void> {
     try {
       while (this.#queue.length > 0) {
-        if (this.#delayMs > 0) {
+        if (this.#delayMs > 0 || this.#streamDelayMs > 0) {
           if (this.#wait() > 0) break; // started again by #start below
           this.#lastStart = performance.now();
         }
@@ -447,6 +462,7 @@ export class GroupCommitter {
       count += op.mutations.length;
       bytes += op.bytes + extra;
       keyBytes += op.keyBytes;
+      if (!op.deferrable) this.#urgent--;
       n++;
     }
     return this.#queue.splice(0, n);

@@ -397,6 +397,42 @@ Deno.test("with a commit delay, a quiet committer and a queue of PACED_BATCH ope
   }
 });
 
+Deno.test("deferrable operations wait for the stream delay, until one that is not arrives", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const res = await kv.set(OWNER, { token: "t1" });
+  const fence = { key: OWNER, versionstamp: res.versionstamp };
+  const gc = new GroupCommitter(kv, fence, undefined, undefined, {
+    delayMs: 0,
+    streamDelayMs: 60_000,
+  });
+  try {
+    await within(gc.commit([set(["d", 0], 0)]), 2_000, "the first commit");
+    // Not deferrable: no commit delay applies to it, so it starts at once.
+    await within(gc.commit([set(["d", 1], 1)]), 2_000, "an operation that is not deferrable");
+    let done = false;
+    const deferred = Promise.withResolvers<void>();
+    gc.submit([set(["d", 2], 2)], deferred, true);
+    const waiting = deferred.promise.then(() => done = true);
+    await sleep(20);
+    assert.equal(done, false, "a deferrable operation waits for the stream delay");
+    // One that is not deferrable ends the wait, and both share its atomic.
+    await within(gc.commit([set(["d", 3], 3)]), 2_000, "the one that ends the wait");
+    await waiting;
+    assert.equal(gc.stats.atomics, 3);
+    // PACED_BATCH deferrable operations go at once.
+    const batch = Array.from({ length: PACED_BATCH }, (_, i) => {
+      const settle = Promise.withResolvers<void>();
+      gc.submit([set(["e", i], i)], settle, true);
+      return settle.promise;
+    });
+    await within(Promise.all(batch), 2_000, `${PACED_BATCH} deferrable operations`);
+    assert.equal(await countKeys(kv, ["e"]), PACED_BATCH);
+  } finally {
+    await gc.drain();
+    kv.close();
+  }
+});
+
 Deno.test("drain() writes a paced queue at once and leaves no timer behind", async () => {
   const { kv, gc } = await setup(60_000);
   try {

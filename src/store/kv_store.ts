@@ -445,6 +445,7 @@ export class KvStore implements BrokerStore {
     message: StoredMessage,
     effects: AppendEffects | undefined,
     settle: Settle<void>,
+    deferrable = false,
   ): void {
     // No head record: the log's last entry is the topic's floor (see TopicRecord).
     const log = this.#logKey(message.topic);
@@ -476,7 +477,7 @@ export class KvStore implements BrokerStore {
 
     // The hot path (no new positions) hands the operation over without a promise.
     if (!effects?.positions?.length) {
-      this.#gc.submit(m, settle);
+      this.#gc.submit(m, settle, deferrable);
       return;
     }
     this.#appendWithPositions(effects.positions.map(subscriptionMutations), m).then(

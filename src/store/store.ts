@@ -230,11 +230,16 @@ export interface BrokerStore {
    * released, a receipt, the retained message, new positions).
    */
   append(message: StoredMessage, effects?: AppendEffects): Promise<void>;
-  /** {@link append} told through `settle` (never synchronously) instead of a promise. */
+  /**
+   * {@link append} told through `settle` (never synchronously) instead of a promise.
+   * `deferrable`: nobody waits for this commit but a publisher that goes on meanwhile
+   * (the message is delivered already), so it may wait to share a later atomic.
+   */
   appendWith(
     message: StoredMessage,
     effects: AppendEffects | undefined,
     settle: Settle<void>,
+    deferrable?: boolean,
   ): void;
 
   /** Creates or rewrites a subscription and the subscriber's index entry. */

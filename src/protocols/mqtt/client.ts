@@ -83,6 +83,11 @@ const encoder = new TextEncoder();
 
 /** Messages of one connection submitted and not yet committed before it stops reading. */
 const MAX_UNCOMMITTED = 1000;
+/**
+ * A publisher that sent nothing for this long before its QoS 1 PUBLISHes were answered
+ * waited for the answers: as many as it had in flight is its window (see #window).
+ */
+const STALL_MS = 1;
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** A closing of the connection with a reason, thrown from packet handlers. */
@@ -128,6 +133,15 @@ export class MqttClient implements SessionOutput, PacketConsumer {
   #inAliases: Map<number, string> | undefined;
   /** Inbound QoS 1/2 PUBLISHes not yet acknowledged. */
   #inboundPending = 0;
+  /** When the last QoS 1 PUBLISH arrived (`performance.now()`). */
+  #lastPublishAt = 0;
+  /**
+   * The most QoS 1 PUBLISHes this publisher was seen to have in flight while it waited for
+   * their PUBACKs (its own window), 0 while unknown. A PUBLISH sent with others in flight
+   * and fewer than that is pipelined: the publisher goes on without waiting for its
+   * PUBACK, so the commit that answers it may wait to share an atomic (the stream delay).
+   */
+  #window = 0;
   /** Submissions in arrival order: each waits for the one before it. */
   #submitting: Promise<unknown> | null = null;
   #submitsWaiting = 0;
@@ -625,6 +639,12 @@ export class MqttClient implements SessionOutput, PacketConsumer {
       return;
     }
     if (qos === 2) session.receipts.add(tag);
+    let pipelined = false;
+    if (qos === 1) {
+      const inFlight = this.#inboundPending;
+      pipelined = inFlight > 1 && (this.#window === 0 || inFlight < this.#window);
+      this.#lastPublishAt = performance.now();
+    }
     const format: PayloadFormat = props.payloadFormatIndicator ? "text" : "binary";
     const input = {
       topic,
@@ -638,6 +658,7 @@ export class MqttClient implements SessionOutput, PacketConsumer {
         : Date.now() + props.messageExpiryInterval * 1000,
       props: messageProps(props),
       receipt: qos === 2 && session.durable ? { sid: this.#sid, tag } : undefined,
+      pipelined,
     };
     const source = this.#source ??= {
       origin: `mqtt ${this.#clientId} ${this.link.remote}`,
@@ -671,6 +692,11 @@ export class MqttClient implements SessionOutput, PacketConsumer {
   /** PUBACK (QoS 1) or PUBREC (QoS 2) for an inbound PUBLISH; nothing at QoS 0. */
   #ackPublish(qos: Qos, tag: number, code: number): void {
     if (qos === 0) return;
+    if (
+      // One in flight says nothing: a publisher that waits for each PUBACK is never held.
+      qos === 1 && this.#inboundPending > Math.max(this.#window, 1) &&
+      performance.now() - this.#lastPublishAt >= STALL_MS
+    ) this.#window = this.#inboundPending;
     this.#inboundPending--;
     const packet: Record<string, unknown> = {
       cmd: qos === 1 ? "puback" : "pubrec",
