@@ -17,10 +17,12 @@
  * acknowledged only after the commit; what a crash can do is make a subscriber see a
  * message the store never got, which a QoS 1 publisher, unacknowledged, sends again:
  * a duplicate, which "at least once" allows. Anything written because of such a message
- * (a subscriber's position past it) is submitted after its append, so it lands in the
- * same atomic or a later one; and a position stored past a message a crash lost only
- * moves the head past that number at start ({@link Topic.start}), never onto a
- * message. Retention never goes past the messages committed so far.
+ * (a subscriber's acknowledgement, its position past it) is submitted after its append,
+ * so it lands in the same atomic or a later one; only a subscription record built from
+ * its live state when an atomic starts can get ahead, and a position or acknowledgement
+ * stored past a message a crash lost only moves the head past that number at start
+ * ({@link Topic.start}), never onto another message. Retention never goes past the
+ * messages committed so far.
  *
  * A QoS 0 message that no durable subscription needs is not written at all: QoS 0 is
  * "at most once", and only sessions that end with their connection would read it. It
@@ -417,8 +419,12 @@ export class Topic implements Restartable {
       t.#reach?.appended?.(message, !this.memoryOnly);
       if (this.epoch !== t.#epoch) return; // a restart reloaded the state since
       t.#settledTo = message.seq;
+      if (this.early) return; // readable already (and it reached no new subscriber)
+      t.#readableTo = message.seq;
+      t.#remember(message);
+      // New subscribers find the message in memory, then everyone is woken.
       if (this.reached.length > 0) t.#reach?.materialised(t, this.reached, message.seq);
-      if (!this.early) t.#readable(message);
+      for (const s of t.#subscribers) s.wake();
     }
 
     override fail(err: unknown): void {
