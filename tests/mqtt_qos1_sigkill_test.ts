@@ -25,7 +25,7 @@
  */
 import assert from "node:assert/strict";
 import mqtt from "mqtt";
-import { ChildBroker, json, type LineClient, loginConsumer } from "./helpers.ts";
+import { ChildBroker, json, type LineClient, loginConsumer, waitFor } from "./helpers.ts";
 
 const TOPIC = "sigkill/qos1";
 const CONSUMER = "qos1-consumer";
@@ -35,15 +35,6 @@ const WINDOW = 16;
 /** PUBACKs the publisher has had before each kill may happen. */
 const KILL_AFTER = [150, 350];
 const BROKER_ARGS = ["--mqtt-port=-1", "--commit-delay", "20", "--retry-interval", "60000"];
-
-/** Resolves when `cond()` holds; fails with `what` after `timeoutMs`. */
-async function until(cond: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 Deno.test("MQTT QoS 1 with early delivery: nothing acknowledged is lost across two SIGKILLs", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "mb-qos1-sigkill-" });
@@ -164,8 +155,8 @@ Deno.test("MQTT QoS 1 with early delivery: nothing acknowledged is lost across t
       consumer = await connectConsumer(); // the durable subscription resumes
       consuming = consume(consumer);
     }
-    await until(() => acked.size === TOTAL, "every PUBACK");
-    await until(() => new Set(received).size === TOTAL, "every number at the consumer")
+    await waitFor(() => acked.size === TOTAL, "every PUBACK", 20_000);
+    await waitFor(() => new Set(received).size === TOTAL, "every number at the consumer", 20_000)
       .catch(() => {}); // the assertions below say what is missing
 
     assert.equal(kills, KILL_AFTER.length, "both kills happened");

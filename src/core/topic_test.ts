@@ -1,9 +1,16 @@
 import assert from "node:assert/strict";
 import { getLogger } from "../log.ts";
+import type { CommitPacing } from "../store/group_commit.ts";
 import { KvStore } from "../store/kv_store.ts";
 import type { StoredMessage, SubscriptionRecord } from "../store/store.ts";
 import { Supervisor } from "../supervisor.ts";
-import { type AppendInput, Topic, type TopicHooks, TopicUnavailableError } from "./topic.ts";
+import {
+  type AppendInput,
+  Topic,
+  type TopicHooks,
+  type TopicOptions,
+  TopicUnavailableError,
+} from "./topic.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -32,6 +39,36 @@ async function withTopic(
     await fn({ store, sup, topic });
   } finally {
     topic?.stop();
+    sup.close();
+    await store.flush();
+    store.close();
+  }
+}
+
+/**
+ * A real in-memory store (paced as given) and a supervisor, for tests that start their
+ * topics themselves with `start`; the topics are stopped and everything closed after.
+ */
+async function withStore(
+  fn: (env: {
+    store: KvStore;
+    sup: Supervisor;
+    start: (options?: TopicOptions) => Promise<Topic>;
+  }) => Promise<void>,
+  pacing?: CommitPacing,
+): Promise<void> {
+  const store = await KvStore.open(":memory:", pacing);
+  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
+  const started: Topic[] = [];
+  const start = async (options?: TopicOptions) => {
+    const topic = await Topic.start("t", store, sup, options);
+    started.push(topic);
+    return topic;
+  };
+  try {
+    await fn({ store, sup, start });
+  } finally {
+    for (const topic of started) topic.stop();
     sup.close();
     await store.flush();
     store.close();
@@ -362,10 +399,7 @@ Deno.test("after a restart a topic never hands out again the numbers of messages
 });
 
 Deno.test("a stored position ahead of the stored head moves the head past it at start", async () => {
-  const store = await KvStore.open(":memory:");
-  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
-  let topic: Topic | undefined;
-  try {
+  await withStore(async ({ store, start }) => {
     // What a broker leaves behind when its last messages were kept in memory only and a
     // persistent subscriber then subscribed at the topic's end.
     await store.ensureTopic({ name: "t", nextSeq: 3, createdAt: 1 });
@@ -376,14 +410,9 @@ Deno.test("a stored position ahead of the stored head moves the head past it at 
       received: null,
       createdAt: 2,
     });
-    topic = await Topic.start("t", store, sup);
+    const topic = await start();
     assert.equal((await topic.append(input("x"))).seq, 40);
-  } finally {
-    topic?.stop();
-    sup.close();
-    await store.flush();
-    store.close();
-  }
+  });
 });
 
 Deno.test("the head starts past every sequence number a stored acknowledgement names", async () => {
@@ -395,10 +424,7 @@ Deno.test("the head starts past every sequence number a stored acknowledgement n
     [{ completed: [6, 11] }, 12],
   ];
   for (const [held, expected] of cases) {
-    const store = await KvStore.open(":memory:");
-    const sup = new Supervisor("topics", getLogger("supervisor", "test"));
-    let topic: Topic | undefined;
-    try {
+    await withStore(async ({ store, start }) => {
       await store.ensureTopic({ name: "t", nextSeq: 4, createdAt: 1 });
       await store.saveSubscription({
         subscriber: "c",
@@ -409,14 +435,9 @@ Deno.test("the head starts past every sequence number a stored acknowledgement n
         window: 100,
         ...held,
       });
-      topic = await Topic.start("t", store, sup);
+      const topic = await start();
       assert.equal((await topic.append(input("x"))).seq, expected, JSON.stringify(held));
-    } finally {
-      topic?.stop();
-      sup.close();
-      await store.flush();
-      store.close();
-    }
+    });
   }
 });
 
@@ -463,21 +484,13 @@ async function withHeldCommits(
   earlyDelivery: boolean,
   fn: (env: Env & { wakes: () => number }) => Promise<void>,
 ): Promise<void> {
-  const store = await KvStore.open(":memory:", { delayMs: 60_000 });
-  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
-  let topic: Topic | undefined;
-  try {
+  await withStore(async ({ store, sup, start }) => {
     await store.barrier(); // the commit that starts the minute
-    topic = await Topic.start("t", store, sup, { earlyDelivery });
+    const topic = await start({ earlyDelivery });
     let wakes = 0;
     topic.attach({ position: 1, wake: () => wakes++ });
     await fn({ store, sup, topic, wakes: () => wakes });
-  } finally {
-    topic?.stop();
-    sup.close();
-    await store.flush();
-    store.close();
-  }
+  }, { delayMs: 60_000 });
 }
 
 function qos1(text: string, extra: Partial<AppendInput> = {}): AppendInput {
@@ -535,14 +548,11 @@ Deno.test("early delivery off: a QoS 1 message is readable only after its commit
 });
 
 Deno.test("an early delivery's commit waits for the stream delay only when nobody waits for it", async () => {
-  const store = await KvStore.open(":memory:", { delayMs: 0, streamDelayMs: 60_000 });
-  const sup = new Supervisor("topics", getLogger("supervisor", "test"));
-  let topic: Topic | undefined;
-  const settled = new Set<string>();
-  const append = (text: string, extra: Partial<AppendInput>) =>
-    topic!.append({ ...input(text), ...extra }).then(() => settled.add(text));
-  try {
-    topic = await Topic.start("t", store, sup, { earlyDelivery: true });
+  await withStore(async ({ store, start }) => {
+    const topic = await start({ earlyDelivery: true });
+    const settled = new Set<string>();
+    const append = (text: string, extra: Partial<AppendInput>) =>
+      topic.append({ ...input(text), ...extra }).then(() => settled.add(text));
     await store.barrier(); // a commit that began just now: the delay counts from it
     // A pipelined QoS 1 message, and QoS 0 ones (logged, for a stored subscription):
     // delivered already, so their commits wait.
@@ -559,10 +569,5 @@ Deno.test("an early delivery's commit waits for the stream delay only when nobod
     await store.barrier();
     void append("retained", { qos: 1, pipelined: true, retain: true });
     await until(() => settled.has("retained"));
-  } finally {
-    topic?.stop();
-    sup.close();
-    await store.flush();
-    store.close();
-  }
+  }, { delayMs: 0, streamDelayMs: 60_000 });
 });

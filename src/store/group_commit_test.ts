@@ -15,11 +15,15 @@ const OWNER: Deno.KvKey = ["meta", "owner"];
  * A real in-memory KV with an owner key, and a committer fenced on it (with a commit
  * delay of `delayMs`, none by default).
  */
-async function setup(delayMs = 0): Promise<{ kv: Deno.Kv; gc: GroupCommitter; fence: Fence }> {
+async function setup(
+  delayMs = 0,
+  streamDelayMs = 0,
+): Promise<{ kv: Deno.Kv; gc: GroupCommitter; fence: Fence }> {
   const kv = await Deno.openKv(":memory:");
   const res = await kv.set(OWNER, { token: "t1" });
   const fence = { key: OWNER, versionstamp: res.versionstamp };
-  return { kv, gc: new GroupCommitter(kv, fence, undefined, undefined, { delayMs }), fence };
+  const pacing = { delayMs, streamDelayMs };
+  return { kv, gc: new GroupCommitter(kv, fence, undefined, undefined, pacing), fence };
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -398,13 +402,7 @@ Deno.test("with a commit delay, a quiet committer and a queue of PACED_BATCH ope
 });
 
 Deno.test("deferrable operations wait for the stream delay, until one that is not arrives", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const res = await kv.set(OWNER, { token: "t1" });
-  const fence = { key: OWNER, versionstamp: res.versionstamp };
-  const gc = new GroupCommitter(kv, fence, undefined, undefined, {
-    delayMs: 0,
-    streamDelayMs: 60_000,
-  });
+  const { kv, gc } = await setup(0, 60_000);
   try {
     await within(gc.commit([set(["d", 0], 0)]), 2_000, "the first commit");
     // Not deferrable: no commit delay applies to it, so it starts at once.
