@@ -45,6 +45,7 @@ interface MqttPlan {
     pubs: MqttPublisherResult[];
     seconds: number;
     pacingLag?: Latencies;
+    latencies: Latencies;
   }) => string[];
 }
 
@@ -201,7 +202,7 @@ async function runMqttPlan(
     const sent = pubs.reduce((n, p) => n + p.sent, 0);
     const summary = latencies.summary();
     await dumpLatencies(name, broker.name, t0, latencies, pacingLag);
-    notes.push(...plan.notes?.({ pubs, seconds, pacingLag }) ?? []);
+    notes.push(...plan.notes?.({ pubs, seconds, pacingLag, latencies }) ?? []);
     const c = completeness(streams);
     if (plan.qos === 0) {
       notes.push(
@@ -382,6 +383,21 @@ export const mqttPairs: Scenario = {
 };
 
 /**
+ * Each message's latency less its send lag, when the two line up: one publisher whose
+ * messages all arrived once and in order, so that the n-th arrival is the n-th sent.
+ * Splits a paced run's latency into the broker's part and the generator's (its timing,
+ * and waits for PUBACKs when its window is full).
+ */
+function transitTimes(latencies: Latencies, sendLag: Latencies): Latencies | undefined {
+  const l = latencies.samples();
+  const s = sendLag.samples();
+  if (l.length === 0 || l.length !== s.length) return undefined;
+  const out = new Latencies(l.length);
+  for (let i = 0; i < l.length; i++) out.add((l[i] as number) - (s[i] as number));
+  return out;
+}
+
+/**
  * QoS 1 at a fixed rate, one publisher → one subscriber, for `duration` seconds: latency
  * from each message's due time, so a broker that falls behind shows as latency.
  */
@@ -408,10 +424,11 @@ export const mqttRate: Scenario = {
         window: o.window,
         rate: o.mqttRate,
       }],
-      notes: ({ pubs, seconds, pacingLag }) => {
+      notes: ({ pubs, seconds, pacingLag, latencies }) => {
         const windowFull = pubs.reduce((n, p) => n + p.windowFull, 0);
         const sent = pubs.reduce((n, p) => n + p.sent, 0);
         const lag = pacingLag?.summary();
+        const transit = pacingLag && transitTimes(latencies, pacingLag)?.summary();
         const out = [
           `offered ${o.mqttRate} msg/s for ${o.duration} s: ${sent} sent, all delivered in ${
             seconds.toFixed(2)
@@ -422,6 +439,13 @@ export const mqttRate: Scenario = {
             `send lag (send − due: the generator's timing, and waits for a full window): p50 ${
               lag.p50.toFixed(3)
             } ms, p99 ${lag.p99.toFixed(3)} ms (part of the latency)`,
+          );
+        }
+        if (transit) {
+          out.push(
+            `transit (delivery − send: the broker's part): p50 ${transit.p50.toFixed(3)} ms, p99 ${
+              transit.p99.toFixed(3)
+            } ms`,
           );
         }
         const late = seconds > o.duration + 1;
