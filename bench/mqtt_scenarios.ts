@@ -384,7 +384,8 @@ export const mqttPairs: Scenario = {
 
 /**
  * Each message's latency less its send lag, when the two line up: one publisher whose
- * messages all arrived once and in order, so that the n-th arrival is the n-th sent.
+ * messages all arrived once and in order (the run's completeness check says whether they
+ * did), so that the n-th arrival is the n-th sent.
  * Splits a paced run's latency into the broker's part and the generator's (its timing,
  * and waits for PUBACKs when its window is full).
  */
