@@ -398,21 +398,35 @@ Deno.test("after a restart a topic never hands out again the numbers of messages
   });
 });
 
-Deno.test("a stored position ahead of the stored head moves the head past it at start", async () => {
+/**
+ * The sequence number a topic started over a stored head at `nextSeq` and one stored
+ * subscription (position 4 unless `held` says otherwise) hands its first append.
+ */
+async function firstSeqAfterStart(
+  nextSeq: number,
+  held: Partial<SubscriptionRecord>,
+): Promise<number> {
+  let seq = 0;
   await withStore(async ({ store, start }) => {
-    // What a broker leaves behind when its last messages were kept in memory only and a
-    // persistent subscriber then subscribed at the topic's end.
-    await store.ensureTopic({ name: "t", nextSeq: 3, createdAt: 1 });
+    await store.ensureTopic({ name: "t", nextSeq, createdAt: 1 });
     await store.saveSubscription({
-      subscriber: "late",
+      subscriber: "c",
       topic: "t",
-      position: 40,
+      position: 4,
       received: null,
       createdAt: 2,
+      ...held,
     });
     const topic = await start();
-    assert.equal((await topic.append(input("x"))).seq, 40);
+    seq = (await topic.append(input("x"))).seq;
   });
+  return seq;
+}
+
+Deno.test("a stored position ahead of the stored head moves the head past it at start", async () => {
+  // What a broker leaves behind when its last messages were kept in memory only and a
+  // persistent subscriber then subscribed at the topic's end.
+  assert.equal(await firstSeqAfterStart(3, { position: 40 }), 40);
 });
 
 Deno.test("the head starts past every sequence number a stored acknowledgement names", async () => {
@@ -424,20 +438,8 @@ Deno.test("the head starts past every sequence number a stored acknowledgement n
     [{ completed: [6, 11] }, 12],
   ];
   for (const [held, expected] of cases) {
-    await withStore(async ({ store, start }) => {
-      await store.ensureTopic({ name: "t", nextSeq: 4, createdAt: 1 });
-      await store.saveSubscription({
-        subscriber: "c",
-        topic: "t",
-        position: 4,
-        received: null,
-        createdAt: 2,
-        window: 100,
-        ...held,
-      });
-      const topic = await start();
-      assert.equal((await topic.append(input("x"))).seq, expected, JSON.stringify(held));
-    });
+    const seq = await firstSeqAfterStart(4, { window: 100, ...held });
+    assert.equal(seq, expected, JSON.stringify(held));
   }
 });
 
