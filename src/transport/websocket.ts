@@ -8,6 +8,7 @@
  * @module
  */
 
+import { clearImmediate, setImmediate } from "node:timers";
 import { addressText, concat, errorText, withTimeout } from "./connection.ts";
 import type { ConnectionLimits } from "./connection_limits.ts";
 import {
@@ -102,7 +103,7 @@ export class WsPacketConnection implements PacketLink {
 
   #output: Uint8Array[] = [];
   #outputBytes = 0;
-  #flushTimer: ReturnType<typeof setTimeout> | undefined;
+  #flushTimer: ReturnType<typeof setImmediate> | undefined;
 
   #closing = false;
   #closeReason: string | undefined;
@@ -286,12 +287,14 @@ export class WsPacketConnection implements PacketLink {
       });
       return;
     }
-    // A timer rather than a microtask: it also gathers replies to the other packets of
-    // the frame being handled, which the reader yields over several microtasks.
-    this.#flushTimer ??= setTimeout(() => {
+    // After this task rather than on a microtask: it also gathers replies to the other
+    // packets of the frame being handled, which the reader yields over several
+    // microtasks. Not `setTimeout(…, 0)`: Deno fires that one to two milliseconds late,
+    // which every reply would wait.
+    this.#flushTimer ??= setImmediate(() => {
       this.#flushTimer = undefined;
       this.#flush();
-    }, 0);
+    });
   }
 
   /**
@@ -427,7 +430,7 @@ export class WsPacketConnection implements PacketLink {
   #clearTimers(): void {
     if (this.#idleTimer !== undefined) clearTimeout(this.#idleTimer);
     this.#idleTimer = undefined;
-    if (this.#flushTimer !== undefined) clearTimeout(this.#flushTimer);
+    if (this.#flushTimer !== undefined) clearImmediate(this.#flushTimer);
     this.#flushTimer = undefined;
   }
 
