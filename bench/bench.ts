@@ -37,6 +37,8 @@ const HELP = `deno task bench [flags]        (bench/README.md has the details)
   --window N        QoS 1/2 messages in flight per publisher (default 100)
   --warmup N        MQTT: messages of an unmeasured 1 → 1 run before each scenario
                     (default 50000; 0 for none)
+  --paced-warmup S  MQTT: seconds of an unmeasured run at a paced scenario's own rate after
+                    that (mqtt-rate; default 3; 0 for none)
   --jsonl-warmup N  JSON-line: messages per publisher of an unmeasured run of the same
                     shape before each scenario (default 5000; 0 for none)
   --consumer-window N  JSON-line messages outstanding per consumer and topic, the SUB's
@@ -66,6 +68,7 @@ const { values } = parseArgs({
     window: { type: "string", default: "100" },
     "consumer-window": { type: "string", default: "100" },
     warmup: { type: "string", default: "50000" },
+    "paced-warmup": { type: "string", default: "3" },
     "jsonl-warmup": { type: "string", default: "5000" },
     timeout: { type: "string", default: "60" },
     "qos0-messages": { type: "string", default: "300000" },
@@ -108,6 +111,9 @@ const options: ScenarioOptions = {
   window: int("window", 10_000),
   consumerWindow: int("consumer-window", 1024),
   warmup: values.warmup === "0" ? 0 : int("warmup", 10_000_000),
+  pacedWarmup: values["paced-warmup"] === "0"
+    ? 0
+    : positive("paced-warmup", values["paced-warmup"], 600),
   jsonlWarmup: values["jsonl-warmup"] === "0" ? 0 : int("jsonl-warmup", 1_000_000),
   timeout: positive("timeout", values.timeout, 3600),
   qos0Messages: int("qos0-messages", 100_000_000),

@@ -136,6 +136,11 @@ async function runMqttPlan(
   }, o.timeout * 1000);
   try {
     if (o.warmup > 0) await warmUp(broker, name, plan.qos, o.warmup, o.window);
+    const rate = plan.publishers.find((p) => p.rate !== undefined)?.rate;
+    if (rate !== undefined && o.pacedWarmup > 0) {
+      const count = Math.max(1, Math.round(rate * o.pacedWarmup));
+      await warmUp(broker, `${name}-paced`, plan.qos, count, o.window, rate);
+    }
     collectGeneratorGarbage();
     const idle = await memory(broker.pid);
     const streams = plan.subscribers.map((s) =>
@@ -241,7 +246,10 @@ async function runMqttPlan(
  * Runs `count` messages of `qos` from one publisher to one subscriber on a topic of
  * their own, unmeasured, before a scenario: a broker that compiles its code as it runs
  * (V8's tiers) is then measured as it serves a steady load, not while it warms up.
- * Every broker gets the same warm-up; what it measures is thrown away.
+ * Every broker gets the same warm-up; what it measures is thrown away. With `rate`, the
+ * publisher is paced as a paced scenario's is: a paced load takes paths (timers, small
+ * batches) that an unpaced one leaves cold, and V8 compiles them on a thread that shares
+ * the broker's core.
  */
 async function warmUp(
   broker: BrokerUnderTest,
@@ -249,10 +257,11 @@ async function warmUp(
   qos: 0 | 1 | 2,
   count: number,
   window: number,
+  rate?: number,
 ): Promise<void> {
   const port = broker.mqttPort as number;
   const plan = oneToOne(`${name}-warmup`, qos, count, window);
-  const [sub, pub] = [plan.subscribers[0]!, plan.publishers[0]!];
+  const [sub, pub] = [plan.subscribers[0]!, { ...plan.publishers[0]!, rate }];
   const subSock = await MqttSocket.connect(port, sub.clientId);
   const pubSock = await MqttSocket.connect(port, pub.clientId);
   try {

@@ -26,6 +26,11 @@ export interface ScenarioOptions {
   consumerWindow: number;
   /** MQTT: messages of an unmeasured 1 → 1 run before each scenario (0: none). */
   warmup: number;
+  /**
+   * MQTT: seconds of an unmeasured run at a paced scenario's own rate, after the
+   * {@link warmup} (0: none).
+   */
+  pacedWarmup: number;
   /** JSON-line: messages per publisher of an unmeasured run of the same shape first (0: none). */
   jsonlWarmup: number;
   /** Seconds after which a scenario's sockets are closed, whatever is left undelivered. */
