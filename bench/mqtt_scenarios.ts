@@ -135,11 +135,11 @@ async function runMqttPlan(
     for (const s of sockets) s.close();
   }, o.timeout * 1000);
   try {
-    if (o.warmup > 0) await warmUp(broker, name, plan.qos, o.warmup, o.window);
+    if (o.warmup > 0) await warmUp(broker, name, plan.qos, o.warmup, o.window, o.timeout);
     const rate = plan.publishers.find((p) => p.rate !== undefined)?.rate;
     if (rate !== undefined && o.pacedWarmup > 0) {
       const count = Math.max(1, Math.round(rate * o.pacedWarmup));
-      await warmUp(broker, `${name}-paced`, plan.qos, count, o.window, rate);
+      await warmUp(broker, `${name}-paced`, plan.qos, count, o.window, o.timeout, rate);
     }
     collectGeneratorGarbage();
     const idle = await memory(broker.pid);
@@ -249,7 +249,8 @@ async function runMqttPlan(
  * Every broker gets the same warm-up; what it measures is thrown away. With `rate`, the
  * publisher is paced as a paced scenario's is: a paced load takes paths (timers, small
  * batches) that an unpaced one leaves cold, and V8 compiles them on a thread that shares
- * the broker's core.
+ * the broker's core. Bounded like a scenario: its sockets are closed after `timeoutS`,
+ * and it then fails.
  */
 async function warmUp(
   broker: BrokerUnderTest,
@@ -257,6 +258,7 @@ async function warmUp(
   qos: 0 | 1 | 2,
   count: number,
   window: number,
+  timeoutS: number,
   rate?: number,
 ): Promise<void> {
   const port = broker.mqttPort as number;
@@ -264,6 +266,12 @@ async function warmUp(
   const [sub, pub] = [plan.subscribers[0]!, { ...plan.publishers[0]!, rate }];
   const subSock = await MqttSocket.connect(port, sub.clientId);
   const pubSock = await MqttSocket.connect(port, pub.clientId);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    subSock.close();
+    pubSock.close();
+  }, timeoutS * 1000);
   try {
     await subSock.subscribe(sub.topic, qos);
     const problems = new Problems();
@@ -285,10 +293,12 @@ async function warmUp(
         },
       ),
     ]);
+    if (timedOut) throw new Error(`${broker.name}: warm-up not done after ${timeoutS} s`);
     if (problems.count > 0 && qos > 0) {
       throw new Error(`${broker.name}: warm-up failed: ${problems.lines.join("; ")}`);
     }
   } finally {
+    clearTimeout(timer);
     subSock.close();
     pubSock.close();
   }
