@@ -122,25 +122,25 @@ async function runMqttPlan(
   const problems = new Problems();
   const expected = plan.subscribers.reduce((n, s) => n + s.expected, 0);
   const latencies = new Latencies(expected * 2);
-  const paced = plan.publishers.some((p) => p.rate !== undefined);
-  const pacingLag = paced
+  const rate = plan.publishers.find((p) => p.rate !== undefined)?.rate;
+  const pacingLag = rate !== undefined
     ? new Latencies(plan.publishers.reduce((n, p) => n + p.count, 0))
     : undefined;
   const perTopic = new Map(plan.publishers.map((p) => [p.topic, p.count]));
   const sockets: MqttSocket[] = [];
   const notes: string[] = [];
+  // Each warm-up is bounded by the timeout of its own, the measured part by the one below.
+  if (o.warmup > 0) await warmUp(broker, name, plan.qos, o.warmup, o.window, o.timeout);
+  if (rate !== undefined && o.pacedWarmup > 0) {
+    const count = Math.max(1, Math.round(rate * o.pacedWarmup));
+    await warmUp(broker, `${name}-paced`, plan.qos, count, o.window, o.timeout, rate);
+  }
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
     for (const s of sockets) s.close();
   }, o.timeout * 1000);
   try {
-    if (o.warmup > 0) await warmUp(broker, name, plan.qos, o.warmup, o.window, o.timeout);
-    const rate = plan.publishers.find((p) => p.rate !== undefined)?.rate;
-    if (rate !== undefined && o.pacedWarmup > 0) {
-      const count = Math.max(1, Math.round(rate * o.pacedWarmup));
-      await warmUp(broker, `${name}-paced`, plan.qos, count, o.window, o.timeout, rate);
-    }
     collectGeneratorGarbage();
     const idle = await memory(broker.pid);
     const streams = plan.subscribers.map((s) =>
