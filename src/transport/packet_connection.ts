@@ -67,7 +67,8 @@ export class PacketConnection extends SocketConnection implements PacketLink {
   constructor(conn: Deno.TcpConn | Deno.TlsConn, options: PacketConnectionOptions) {
     super(conn, options);
     // Level 4 until the CONNECT: the codec parses a CONNECT of any level and takes its level.
-    // Each chunk is a fresh copy of a read (`readNext`): packets are parsed from views of it.
+    // Packets are parsed from views of each chunk: a fresh copy of a read for `packets()`
+    // and `batches()`, a lent one for `consume()` (see PacketConsumer.packetsArrived).
     this.#parser = createPacketParser(4, options.maxPacketBytes, { chunksAreFresh: true });
     this.#onIdle = options.onIdle;
   }

@@ -9,7 +9,12 @@ import type { OutboundPacket, PacketEvent, ProtocolVersion } from "./mqtt_codec.
 
 /** What {@link PacketLink.consume} hands the input to. */
 export interface PacketConsumer {
-  /** The items of one read (or frame), in order; a promise holds the next read back. */
+  /**
+   * The items of one read (or frame), in order; a promise holds the next read back. The
+   * byte arrays in them (payloads, binary properties) may be views of a buffer that the
+   * next read fills again: whatever is kept longer is copied before this returns, or
+   * before the promise resolves.
+   */
   packetsArrived(batch: PacketEvent[]): Promise<void> | void;
   /** Once, after the last batch: null at the end of input, else what went wrong. */
   inputEnded(error: unknown): void;
