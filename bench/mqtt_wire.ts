@@ -11,6 +11,7 @@
  *
  * @module
  */
+import { joinBytes } from "../src/transport/connection.ts";
 import { encodePacket } from "../src/transport/mqtt_codec.ts";
 
 /** MQTT control packet types (the high nibble of the first byte). */
@@ -209,7 +210,6 @@ export class MqttSocket {
   /** The write loop while it runs: it resolves once everything queued is written. */
   #writing: Promise<void> | null = null;
   #pending: Uint8Array[] = [];
-  #pendingBytes = 0;
   #closed = false;
   /** A write failed (the peer closed, or we did). */
   writeFailed = false;
@@ -287,7 +287,6 @@ export class MqttSocket {
    */
   send(bytes: Uint8Array): Promise<void> {
     this.#pending.push(bytes);
-    this.#pendingBytes += bytes.length;
     return this.#writing ??= this.#writeLoop();
   }
 
@@ -297,9 +296,8 @@ export class MqttSocket {
       await Promise.resolve();
       while (this.#pending.length > 0) {
         const parts = this.#pending;
-        const bytes = parts.length === 1 ? parts[0]! : joinParts(parts, this.#pendingBytes);
+        const bytes = parts.length === 1 ? parts[0]! : joinBytes(parts);
         this.#pending = [];
-        this.#pendingBytes = 0;
         if (this.writeFailed) continue;
         try {
           let n = 0;
@@ -410,15 +408,4 @@ export class MqttSocket {
   get closed(): boolean {
     return this.#closed;
   }
-}
-
-/** `parts` (`total` bytes in all) one after the other in one array. */
-function joinParts(parts: readonly Uint8Array[], total: number): Uint8Array {
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }

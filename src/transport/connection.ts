@@ -57,14 +57,11 @@ const MAX_SCRATCH_BUFFERS = 64;
 
 /**
  * A scratch buffer for joining `queue` (`patched`: with identifiers to write in), or
- * undefined when it needs none (one part, written as it is) or is too large for one (a
- * new array is made).
+ * undefined when it needs none (one part, written as it is). Output larger than the
+ * buffer gets a new array of its own from {@link joinBytes}.
  */
 function takeScratch(queue: readonly Uint8Array[], patched: boolean): Uint8Array | undefined {
   if (queue.length === 1 && !patched) return undefined;
-  let total = 0;
-  for (let i = 0; i < queue.length; i++) total += queue[i]!.length;
-  if (total > SCRATCH_BYTES) return undefined;
   return scratchBuffers.pop() ?? new Uint8Array(SCRATCH_BYTES);
 }
 
@@ -479,12 +476,12 @@ export function concat(
 
 /**
  * `parts` one after the other in a new array (always a copy, even of one part), or at
- * the start of `into` when given (which must be large enough): the view of it returned.
+ * the start of `into` when they fit in it: the view of it returned.
  */
 export function joinBytes(parts: readonly Uint8Array[], into?: Uint8Array): Uint8Array {
   let total = 0;
   for (const part of parts) total += part.length;
-  const out = into ? into.subarray(0, total) : new Uint8Array(total);
+  const out = into && total <= into.length ? into.subarray(0, total) : new Uint8Array(total);
   let offset = 0;
   for (const part of parts) {
     const n = part.length;
