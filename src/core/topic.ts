@@ -86,7 +86,11 @@ export interface AppendInput {
 export interface Reach {
   /** Subscribers whose filters match `topic`; `durable` ones get a stored position. */
   subscribersOf(topic: string): readonly { sid: string; durable: boolean }[];
-  /** Called after the commit that created positions for `sids` at `seq`. */
+  /**
+   * Called once `sids` have their new positions at `seq`: after the commit that stored
+   * them, or, when none is stored and the message is delivered early, as it becomes
+   * readable.
+   */
   materialised(topic: Topic, sids: string[], seq: number): void;
   /**
    * Called after the commit of every append (retained messages, counters), in order;
@@ -366,9 +370,10 @@ export class Topic implements Restartable {
     const release = this.#releases.enqueue(
       new Topic.#Release(this, m.settle, message, reached, memoryOnly),
     );
+    // A subscriber reached here for the first time may take the message early too when
+    // its new position is kept in memory only (a durable one's is in `effects`).
     const early = this.#earlyDelivery && this.#readableTo === message.seq - 1 &&
-      reached.length === 0 && (input.qos === 0 || input.qos === 1) && !input.retain &&
-      isEmpty(effects);
+      (input.qos === 0 || input.qos === 1) && !input.retain && isEmpty(effects);
     release.early = early;
     if (!memoryOnly) {
       // Its subscribers have it already: the commit only answers the publisher, which
@@ -378,7 +383,10 @@ export class Topic implements Restartable {
     }
     // Readable now only once the append is submitted: whatever a subscriber's answer
     // writes then goes into the store after it.
-    if (early) this.#readable(message);
+    if (early) {
+      this.#readable(message);
+      if (reached.length > 0) this.#reach?.materialised(this, reached, message.seq);
+    }
     if (memoryOnly) release.resolve();
   }
 
@@ -419,7 +427,7 @@ export class Topic implements Restartable {
       t.#reach?.appended?.(message, !this.memoryOnly);
       if (this.epoch !== t.#epoch) return; // a restart reloaded the state since
       t.#settledTo = message.seq;
-      if (this.early) return; // readable already (and it reached no new subscriber)
+      if (this.early) return; // readable already, and its new subscribers have it
       t.#readableTo = message.seq;
       t.#remember(message);
       // New subscribers find the message in memory, then everyone is woken.

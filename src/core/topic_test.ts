@@ -573,3 +573,36 @@ Deno.test("an early delivery's commit waits for the stream delay only when nobod
     await until(() => settled.has("retained"));
   }, { delayMs: 0, streamDelayMs: 60_000 });
 });
+
+Deno.test("early delivery: a subscriber reached for the first time gets the message before its commit, unless its position is stored", async () => {
+  await withStore(async ({ store, start }) => {
+    await store.barrier(); // the commit that starts the minute
+    let subs: { sid: string; durable: boolean }[] = [{ sid: "clean", durable: false }];
+    const materialised: [string, number, boolean][] = [];
+    const topic: Topic = await start({
+      earlyDelivery: true,
+      reach: {
+        subscribersOf: () => subs,
+        materialised: (_t, sids, seq) => {
+          for (const sid of sids) materialised.push([sid, seq, topic.readCached(seq) !== null]);
+        },
+      },
+    });
+    const a = topic.append(qos1("a"));
+    await until(() => materialised.length === 1);
+    assert.deepEqual(materialised, [["clean", 1, true]], "reached with the message in memory");
+    assert.deepEqual(await store.readLog("t", 1, 10), [], "before its commit");
+    // A subscriber whose new position is stored waits for the commit that stores it.
+    subs = [...subs, { sid: "durable", durable: true }];
+    const b = topic.append(qos1("b"));
+    await delay(30);
+    assert.equal(topic.readCached(2), null);
+    assert.equal(materialised.length, 1);
+    await store.flush();
+    await Promise.all([a, b]);
+    assert.deepEqual(materialised, [["clean", 1, true], ["durable", 2, true]]);
+    assert.deepEqual((await store.loadTopicSubscriptions("t")).map((s) => s.subscriber), [
+      "durable",
+    ]);
+  }, { delayMs: 60_000 });
+});
