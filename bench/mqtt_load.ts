@@ -84,7 +84,7 @@ export async function mqttPublish(
     endedAt: now(),
   };
   const out = new OutBuffer(enc.size * Math.min(window, count) + 1024);
-  const flush = () => out.length > 0 ? sock.send(out.take()) : Promise.resolve();
+  const flush = () => out.length > 0 ? sock.sendOut(out) : Promise.resolve();
 
   try {
     if (qos === 0) {
@@ -328,7 +328,7 @@ export async function mqttSubscribe(
         break;
       }
       if (batchAt >= 0) lastAt = batchAt;
-      if (out.length > 0) sock.send(out.take());
+      if (out.length > 0) sock.sendOut(out);
     }
     r.endedAt = quiet ? lastAt : now();
   } catch (err) {

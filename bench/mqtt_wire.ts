@@ -11,7 +11,6 @@
  *
  * @module
  */
-import { joinBytes } from "../src/transport/connection.ts";
 import { encodePacket } from "../src/transport/mqtt_codec.ts";
 
 /** MQTT control packet types (the high nibble of the first byte). */
@@ -193,11 +192,9 @@ export class OutBuffer {
     writeAck(this.reserve(ACK_BYTES), this.length, type, id);
     this.length += ACK_BYTES;
   }
-  /** A copy of what was written, and the buffer emptied. */
-  take(): Uint8Array {
-    const bytes = this.#buf.slice(0, this.length);
-    this.length = 0;
-    return bytes;
+  /** What was written, as a view that the next write into this buffer overwrites. */
+  view(): Uint8Array {
+    return this.#buf.subarray(0, this.length);
   }
 }
 
@@ -209,7 +206,15 @@ export class MqttSocket {
   #end = 0;
   /** The write loop while it runs: it resolves once everything queued is written. */
   #writing: Promise<void> | null = null;
-  #pending: Uint8Array[] = [];
+  /**
+   * Bytes queued since the write in progress began, and the buffer that write is from
+   * (free again once it is done): the two swap at each write, so that a steady load
+   * allocates no array per write. Every array costs the generator's collector work on
+   * its own core (see bench/README.md, "The load generator").
+   */
+  #queued = new Uint8Array(16 * 1024);
+  #queuedLength = 0;
+  #spare = new Uint8Array(16 * 1024);
   #closed = false;
   /** A write failed (the peer closed, or we did). */
   writeFailed = false;
@@ -279,31 +284,48 @@ export class MqttSocket {
   }
 
   /**
-   * Queues `bytes` behind earlier writes; resolves once all are written. Whatever is
-   * queued while a write is in progress leaves in one write after it, not one write
-   * each: a generator that fell behind (a paced publisher after a stall, sending one or
-   * two messages per tick) catches up at once instead of one event-loop turn per tick,
-   * which held messages back for milliseconds after they were counted as sent.
+   * Queues a copy of `bytes` behind earlier writes (the caller may reuse its array at
+   * once); resolves once all are written. Whatever is queued while a write is in
+   * progress leaves in one write after it, not one write each: a generator that fell
+   * behind (a paced publisher after a stall, sending one or two messages per tick)
+   * catches up at once instead of one event-loop turn per tick, which held messages
+   * back for milliseconds after they were counted as sent.
    */
   send(bytes: Uint8Array): Promise<void> {
-    this.#pending.push(bytes);
+    const end = this.#queuedLength + bytes.length;
+    if (end > this.#queued.length) {
+      const bigger = new Uint8Array(Math.max(end, this.#queued.length * 2));
+      bigger.set(this.#queued.subarray(0, this.#queuedLength));
+      this.#queued = bigger;
+    }
+    this.#queued.set(bytes, this.#queuedLength);
+    this.#queuedLength = end;
     return this.#writing ??= this.#writeLoop();
+  }
+
+  /** {@link send} of what `out` holds; `out` is emptied. */
+  sendOut(out: OutBuffer): Promise<void> {
+    const sent = this.send(out.view());
+    out.length = 0;
+    return sent;
   }
 
   async #writeLoop(): Promise<void> {
     try {
       // Everything sent in this turn joins the first write.
       await Promise.resolve();
-      while (this.#pending.length > 0) {
-        const parts = this.#pending;
-        const bytes = parts.length === 1 ? parts[0]! : joinBytes(parts);
-        this.#pending = [];
+      while (this.#queuedLength > 0) {
+        const buf = this.#queued;
+        const length = this.#queuedLength;
+        this.#queued = this.#spare;
+        this.#queuedLength = 0;
+        this.#spare = buf; // written below; nothing is queued into it until then
         if (this.writeFailed) continue;
         try {
           let n = 0;
-          while (n < bytes.length) {
+          while (n < length) {
             MqttSocket.writes++;
-            n += await this.#conn.write(bytes.subarray(n));
+            n += await this.#conn.write(buf.subarray(n, length));
           }
         } catch {
           this.writeFailed = true;
@@ -323,7 +345,8 @@ export class MqttSocket {
     if (this.#end === this.#buf.length) this.#makeRoom();
     let n: number | null;
     try {
-      n = await this.#conn.read(this.#buf.subarray(this.#end));
+      // The whole buffer when it is empty (the usual case): no view made per read.
+      n = await this.#conn.read(this.#end === 0 ? this.#buf : this.#buf.subarray(this.#end));
     } catch {
       return false;
     }

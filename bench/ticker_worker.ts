@@ -2,17 +2,17 @@
 /// <reference lib="deno.worker" />
 /**
  * The worker behind {@link Ticker} (`ticker.ts`): sleeps with `Atomics.wait`, which is
- * precise to tens of µs where a timer fires a millisecond or two late, and posts a tick
- * at `startAt + k × period` (wall-clock ms, so the ticks fall on the pacer's due times),
- * skipping ticks while the previous one is not yet taken (a busy main thread is never
- * flooded). Stops when the shared stop flag is set, or after `maxTicks`.
+ * precise to tens of µs where a timer fires a millisecond or two late, and at
+ * `startAt + k × period` (wall-clock ms, so the ticks fall on the pacer's due times)
+ * rings the shared slot that the main thread's `Atomics.waitAsync` waits on.
+ * Stops when the shared stop flag is set, or after `maxTicks`.
  *
  * @module
  */
 
 /** Shared Int32Array slots. */
 const STOP = 0;
-const TAKEN = 1;
+const BELL = 1;
 
 interface Start {
   shared: SharedArrayBuffer;
@@ -32,7 +32,7 @@ self.onmessage = (e: MessageEvent<Start>) => {
     const wait = startAt + (k * periodUs) / 1000 - wallMs();
     // Waits on the stop slot: a stop wakes it at once.
     if (wait > 0) Atomics.wait(flags, STOP, 0, wait);
-    if (Atomics.compareExchange(flags, TAKEN, 1, 0) === 1) self.postMessage(k);
+    Atomics.notify(flags, BELL);
   }
   self.postMessage("done");
   self.close();
