@@ -130,11 +130,14 @@ export interface PacketParser {
  * @param protocolVersion level of packets before any CONNECT
  * @param maxPacketBytes largest whole packet accepted (fixed header included), as v5's
  *   Maximum Packet Size counts it; bounds what a peer can make us buffer
- * @param options.chunksAreFresh the caller hands over each chunk for good (a fresh
- *   array per read, never written again): a packet that lies wholly in one chunk is then
- *   parsed from a view of it rather than from a copy, and its byte fields (payload,
- *   correlation data, a will's payload) stay views of the chunk, so a caller that keeps
- *   one must copy it. Without it every packet gets a frame of its own.
+ * @param options.chunksAreFresh the caller leaves each chunk unchanged for as long as
+ *   the packets parsed from it are in use (a fresh array per read, or a read buffer lent
+ *   to a consumer that copies what it keeps before the next read): a packet that lies
+ *   wholly in one chunk is then parsed from a view of it rather than from a copy, and its
+ *   byte fields (payload, correlation data, a will's payload) stay views of the chunk, so
+ *   a caller that keeps one must copy it. Nothing is kept across calls but copies (a
+ *   packet split over chunks is framed in an array of its own). Without it every packet
+ *   gets a frame of its own.
  * @example
  * ```ts
  * const parser = createPacketParser(4, 65536);
