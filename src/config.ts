@@ -64,7 +64,7 @@ export const brokerConfigSchema = z.object({
   // 0 keeps latency first; see GroupCommitter's CommitPacing.
   commitDelay: integer(0, 100, 0),
   // Only writes nobody waits for (GroupCommitter.submit's `deferrable`): on by default.
-  streamCommitDelay: integer(0, 100, 2),
+  streamCommitDelay: integer(0, 100, 4),
   // See TopicOptions.earlyDelivery.
   earlyDelivery: z.enum(ON_OFF).default("on"),
   // --- limits (each bounds what one client can make the broker hold) ---

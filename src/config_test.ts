@@ -53,7 +53,7 @@ Deno.test("no flags and no environment give the defaults", () => {
     writeBufferBytes: 1_048_576,
     shutdownTimeout: 5000,
     commitDelay: 0,
-    streamCommitDelay: 2,
+    streamCommitDelay: 4,
     earlyDelivery: "on",
     maxTopicBytes: 256,
     maxConnections: 10_000,
