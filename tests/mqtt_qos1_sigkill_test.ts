@@ -74,38 +74,56 @@ Deno.test("MQTT QoS 1 with early delivery: nothing acknowledged is lost across t
     }
   };
 
+  /**
+   * Answers one line the consumer got: PUBREC for a PUB, PUBCOMP for a PUBREL. Returns
+   * false once the broker has been killed (at a PUB its publisher has had no PUBACK for).
+   */
+  const handle = async (c: LineClient, line: string): Promise<boolean> => {
+    if (line === "OK") return true;
+    const m = JSON.parse(line);
+    if (m.type === "PUB") {
+      const n = Number(m.msg);
+      received.push(n);
+      receivedBy.at(-1)?.add(n);
+      // The moment that matters: the broker has not acknowledged this message to
+      // its publisher, so its commit may still be in flight.
+      if (!killing && acked.size >= killAt && n > maxAcked) {
+        killing = true;
+        killAt = Number.POSITIVE_INFINITY; // set again once a new publisher runs
+        kills++;
+        broker.process.kill("SIGKILL");
+        onKill();
+        return false;
+      }
+      await c.send(json({ type: "PUBREC", msgId: m.msgId, topic: m.topic })).catch(() => {});
+    } else if (m.type === "PUBREL") {
+      await c.send(json({ type: "PUBCOMP", msgId: m.msgId })).catch(() => {});
+    }
+    return true;
+  };
+
   /** Completes every message the consumer gets, until its connection ends. */
   const consume = async (c: LineClient) => {
     for (;;) {
       const line = await c.next(30_000).catch(() => null);
-      if (line === null) return;
-      if (line === "OK") continue;
-      const m = JSON.parse(line);
-      if (m.type === "PUB") {
-        const n = Number(m.msg);
-        received.push(n);
-        receivedBy.at(-1)?.add(n);
-        // The moment that matters: the broker has not acknowledged this message to
-        // its publisher, so its commit may still be in flight.
-        if (!killing && acked.size >= killAt && n > maxAcked) {
-          killing = true;
-          kills++;
-          broker.process.kill("SIGKILL");
-          onKill();
-          return;
-        }
-        await c.send(json({ type: "PUBREC", msgId: m.msgId, topic: m.topic })).catch(() => {});
-      } else if (m.type === "PUBREL") {
-        await c.send(json({ type: "PUBCOMP", msgId: m.msgId })).catch(() => {});
-      }
+      if (line === null || !(await handle(c, line))) return;
     }
   };
 
+  /**
+   * Logs the consumer in and subscribes. After a restart its durable subscription
+   * resumes at login, so a PUBREL (for a message it had received) or a PUB may come
+   * before the SUB's OK: those are answered as they come.
+   */
   const connectConsumer = async () => {
     const c = await loginConsumer(broker.consumerPort, CONSUMER);
     await c.send(json({ type: "SUB", topic: TOPIC, window: 100 }));
-    await c.expect("OK");
-    return c;
+    for (;;) {
+      const line = await c.next(10_000);
+      if (line === null) throw new Error("the connection closed before the SUB's OK");
+      if (line === "OK") return c;
+      await handle(c, line);
+    }
   };
 
   const connectPublisher = async () => {
