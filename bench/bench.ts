@@ -30,8 +30,8 @@ const HELP = `deno task bench [flags]        (bench/README.md has the details)
 }
                     (default all; with --vs, mqtt)
   --vs LIST         other brokers, separated by commas: ${Object.keys(OTHER_BROKERS).join(", ")}
-  --rounds N        runs of each scenario per broker, alternating brokers; each round runs
-                    every scenario (default 1)
+  --rounds N        runs of each scenario per broker, alternating brokers (each round starts
+                    with the next broker); each round runs every scenario (default 1)
   --pin CORE|none   core the brokers are pinned to with taskset (default 0)
   --timeout S       seconds after which a scenario's sockets are closed (default 60)
   --window N        QoS 1/2 messages in flight per publisher (default 100)
@@ -222,7 +222,7 @@ console.log(
   }; ${rounds} round(s)`,
 );
 
-// --- run: each round runs every scenario, each on every broker in turn (A, B, A, B, ...).
+// --- run: each round runs every scenario, each on every broker in turn.
 // Rounds outermost: a figure compared across scenarios (JSON-line against MQTT QoS 2) is
 // then taken within the same minute as the one it is compared with, not minutes apart,
 // when the machine may run at another speed.
@@ -248,7 +248,11 @@ for (let round = 1; round <= rounds; round++) {
         });
       }
     }
-    for (const c of contenders) {
+    // Each round starts with the next broker (A, B in round 1, B, A in round 2, ...), so
+    // that none always runs first after a scenario's start, or always right after the same
+    // other broker's shutdown.
+    const shift = (round - 1) % contenders.length;
+    for (const c of [...contenders.slice(shift), ...contenders.slice(0, shift)]) {
       const why = c.other?.unsupported[scenario.name];
       if (why) {
         skipped.set(`${scenario.name}|${c.name}`, why);
