@@ -268,9 +268,12 @@ export async function startMessageBroker(o: StartOptions = {}): Promise<BrokerUn
         if (m && Number(m[1]) === 0) console.log("  store: no commit");
         else if (m) {
           const [atomics, ops, keys] = [Number(m[1]), Number(m[2]), Number(m[3])];
+          // How long the commits took (the warm-up's included), which PUBACKs wait for.
+          const t = stats?.match(/p50 ([\d.]+) ms, p99 ([\d.]+) ms, max ([\d.]+) ms; (\d+) slow/);
+          const times = t ? `; commit time p50 ${t[1]} ms, p99 ${t[2]} ms, max ${t[3]} ms` : "";
           console.log(
             `  store: ${atomics} commits, ${(ops / atomics).toFixed(1)} operations and ` +
-              `${(keys / atomics).toFixed(1)} keys per commit`,
+              `${(keys / atomics).toFixed(1)} keys per commit${times}`,
           );
         }
       }

@@ -376,7 +376,7 @@ export async function startBroker(
       path: config.mqttWsPath,
     });
   }
-  const sys = startSys(broker, config.mqttSysInterval, () => mqttClients.size);
+  const sys = startSys(broker, config.mqttSysInterval, () => mqttClients.size, dir.store);
 
   let stopping: Promise<void> | null = null;
   const stop = async () => {
@@ -398,10 +398,17 @@ export async function startBroker(
     await Promise.allSettled([...mqttClients.values()].map((c) => c.finished));
     await broker.close();
     const c = dir.store.commitStats;
+    const t = dir.store.commitTimes;
     dir.close();
     log.info(
-      "Stopped; store closed after {atomics} commits of {operations} operations and {mutations} keys written",
-      { ...c },
+      "Stopped; store closed after {atomics} commits of {operations} operations and {mutations} keys written; " +
+        "commit time p50 {p50} ms, p99 {p99} ms, max {max} ms; {slow} slow",
+      {
+        ...c,
+        p50: round2(t.percentile(0.5)),
+        p99: round2(t.percentile(0.99)),
+        max: round2(t.maxMs),
+      },
     );
   };
   return {
@@ -456,4 +463,9 @@ async function loadTls(config: BrokerConfig): Promise<TlsPem | undefined> {
     );
   }
   return await readTlsFiles(config.tlsCert, config.tlsKey);
+}
+
+/** `ms` to two decimals, for a log line. */
+function round2(ms: number): number {
+  return Math.round(ms * 100) / 100;
 }

@@ -385,6 +385,35 @@ Deno.test("websocket: MQTT.js over ws:// at both levels meets TCP clients and JS
 
 // --- $SYS -----------------------------------------------------------------------------------
 
+Deno.test("$SYS: the store's commits, counted and timed", async () => {
+  await using b = await mqttBroker({ mqttSysInterval: 1 });
+  await using pub = await client(b, 5, "commits-pub");
+  for (let i = 0; i < 5; i++) await pub.publish("durable/t", `m${i}`, { qos: 1 });
+  await using sys = await client(b, 5, "commits-sys");
+  await sys.subscribe("$SYS/broker/store/commits/#", { qos: 0 });
+  const figures = new Map<string, string>();
+  const deadline = Date.now() + 3500;
+  // The retained copies first, then a live round: read until a round has every figure.
+  while (figures.size < 5 || Number(figures.get("count")) < 5) {
+    const m = await sys.next(Math.max(1, deadline - Date.now()));
+    figures.set(m.topic.slice("$SYS/broker/store/commits/".length), m.text);
+  }
+  assert.deepEqual([...figures.keys()].sort(), [
+    "count",
+    "latency/max",
+    "latency/p50",
+    "latency/p99",
+    "slow",
+  ]);
+  assert.equal(figures.get("slow"), "0");
+  const [p50, p99, max] = ["latency/p50", "latency/p99", "latency/max"].map((name) => {
+    assert.match(figures.get(name) as string, /^\d+\.\d\d$/, name);
+    return Number(figures.get(name));
+  });
+  assert.ok((max as number) > 0, `the slowest commit took ${max} ms`);
+  assert.ok((p50 as number) <= (p99 as number) && (p99 as number) <= (max as number));
+});
+
 Deno.test("$SYS: a subscriber of $SYS/broker/# gets the broker's figures every interval", async () => {
   await using b = await mqttBroker({ mqttSysInterval: 1 });
   for (const v of LEVELS) {

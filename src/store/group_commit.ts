@@ -33,7 +33,9 @@
  *
  * @module
  */
+import { getLogger } from "../log.ts";
 import type { Settle } from "../ordered_replies.ts";
+import { CommitTimes } from "./commit_times.ts";
 
 /** One write of an operation. */
 export type Mutation =
@@ -236,7 +238,20 @@ export interface CommitStats {
   atomics: number;
   operations: number;
   mutations: number;
+  /** Atomics that took {@link GroupCommitter.slowCommitMs} or longer. */
+  slow: number;
 }
+
+/**
+ * A commit this long (ms) is logged as slow: every acknowledgement behind it waits for
+ * the disk. A healthy local disk commits in about a millisecond.
+ */
+export const SLOW_COMMIT_MS = 200;
+
+/** Least milliseconds between two warnings of slow commits; those between are counted. */
+const SLOW_WARNING_INTERVAL_MS = 10_000;
+
+const log = getLogger("store");
 
 /**
  * Gathers operations into shared atomics.
@@ -255,7 +270,14 @@ export class GroupCommitter {
   #limits: BatchLimits;
   #queue: Op[] = [];
   #running: Promise<void> | null = null;
-  #stats: CommitStats = { atomics: 0, operations: 0, mutations: 0 };
+  #stats: CommitStats = { atomics: 0, operations: 0, mutations: 0, slow: 0 };
+  #times = new CommitTimes();
+  /** Slow commits since the last warning, and the longest of them. */
+  #slowUnlogged = 0;
+  #slowestUnlogged = 0;
+  #lastSlowWarning = Number.NEGATIVE_INFINITY;
+  /** See {@link SLOW_COMMIT_MS}. */
+  slowCommitMs = SLOW_COMMIT_MS;
   #onSegment: SegmentObserver | undefined;
   #delayMs: number;
   #streamDelayMs: number;
@@ -286,6 +308,11 @@ export class GroupCommitter {
   /** Counters since start. */
   get stats(): Readonly<CommitStats> {
     return this.#stats;
+  }
+
+  /** How long each atomic took, from its start to Deno KV's answer (fsync included). */
+  get times(): CommitTimes {
+    return this.#times;
   }
 
   /**
@@ -548,12 +575,16 @@ export class GroupCommitter {
       }
     }
     let error: unknown = null;
+    const started = performance.now();
     try {
       const res = await atomic.commit();
       if (!res.ok) error = new FencedError();
     } catch (err) {
       error = err;
     }
+    const took = performance.now() - started;
+    this.#times.record(took);
+    if (took >= this.slowCommitMs) this.#slow(took, merged.size);
     if (error) {
       if (added) { for (const [pool, slots] of added) for (const s of slots) pool.unadded?.(s); }
       for (const op of batch) op.settle.reject(error);
@@ -577,6 +608,29 @@ export class GroupCommitter {
       }
     }
     for (const op of batch) op.settle.resolve();
+  }
+
+  /** Counts a slow commit, and logs it unless a warning was logged in the last 10 s. */
+  #slow(ms: number, keys: number): void {
+    this.#stats.slow++;
+    this.#slowUnlogged++;
+    this.#slowestUnlogged = Math.max(this.#slowestUnlogged, ms);
+    const now = performance.now();
+    if (now - this.#lastSlowWarning < SLOW_WARNING_INTERVAL_MS) return;
+    log.warning(
+      "Store commit took {ms} ms ({keys} keys): acknowledgements wait for the disk; " +
+        "{count} commit(s) of {threshold} ms or more since the last such warning, the slowest {slowest} ms",
+      {
+        ms: Math.round(ms),
+        keys,
+        count: this.#slowUnlogged,
+        threshold: this.slowCommitMs,
+        slowest: Math.round(this.#slowestUnlogged),
+      },
+    );
+    this.#lastSlowWarning = now;
+    this.#slowUnlogged = 0;
+    this.#slowestUnlogged = 0;
   }
 }
 

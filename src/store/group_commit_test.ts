@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { resetLogging, setupLogging } from "../log.ts";
 import {
   type Fence,
   FencedError,
@@ -612,6 +613,42 @@ Deno.test("operations that share a `latest` source count its size once per atomi
     assert.equal(gc.stats.atomics, 1);
     assert.equal((await kv.get(["pos"])).value, "record");
   } finally {
+    kv.close();
+  }
+});
+
+Deno.test("each atomic's duration is recorded; the slowest is exact and bounds the percentiles", async () => {
+  const { kv, gc } = await setup();
+  try {
+    for (let i = 0; i < 20; i++) await gc.commit([set(["k", i], i)]);
+    const t = gc.times;
+    assert.equal(t.count, gc.stats.atomics);
+    assert.equal(t.count, 20);
+    assert.ok(t.maxMs > 0, `slowest ${t.maxMs} ms`);
+    const p50 = t.percentile(0.5);
+    assert.ok(p50 > 0 && p50 <= t.percentile(0.99) && t.percentile(0.99) <= t.maxMs);
+    assert.equal(gc.stats.slow, 0, "no commit of :memory: takes 200 ms");
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("slow commits are counted, and warned of at most once per 10 s", async () => {
+  const lines: string[] = [];
+  const { kv, gc } = await setup();
+  try {
+    await setupLogging({ level: "info", format: "json", write: (line) => lines.push(line) });
+    gc.slowCommitMs = 0; // every commit counts as slow
+    for (let i = 0; i < 5; i++) await gc.commit([set(["k", i], i), set(["j", i], i)]);
+    assert.equal(gc.stats.slow, 5);
+    const warnings = lines.map((l) => JSON.parse(l)).filter((r) => r.level === "WARN");
+    assert.equal(warnings.length, 1, JSON.stringify(warnings));
+    assert.equal(warnings[0].logger, "broker.store");
+    assert.equal(warnings[0].properties.keys, 2);
+    assert.equal(warnings[0].properties.count, 1);
+    assert.match(warnings[0].message, /^Store commit took \d+ ms \(2 keys\)/);
+  } finally {
+    await resetLogging();
     kv.close();
   }
 });

@@ -66,6 +66,7 @@ import {
   PoolSlot,
   type SegmentObserver,
 } from "./group_commit.ts";
+import type { CommitTimes } from "./commit_times.ts";
 import { SegmentIndex } from "./segment_index.ts";
 import type { Settle } from "../ordered_replies.ts";
 import type { z } from "zod";
@@ -236,6 +237,11 @@ export class KvStore implements BrokerStore {
   /** Group-commit counters. */
   get commitStats() {
     return this.#gc.stats;
+  }
+
+  /** How long the store's commits took (see {@link GroupCommitter.times}). */
+  get commitTimes(): CommitTimes {
+    return this.#gc.times;
   }
 
   async reserveIds(count: number): Promise<number> {

@@ -8,6 +8,8 @@
  */
 import type { Broker } from "../../core/broker.ts";
 import { getLogger } from "../../log.ts";
+import type { CommitStats } from "../../store/group_commit.ts";
+import type { CommitTimes } from "../../store/commit_times.ts";
 
 const log = getLogger("sys");
 const encoder = new TextEncoder();
@@ -15,13 +17,29 @@ const encoder = new TextEncoder();
 /** The version reported in `$SYS/broker/version`. */
 export const BROKER_VERSION = "MessageBroker 0.2.0";
 
-/** Starts the `$SYS` publisher; `intervalSec` 0 turns it off. */
+/** The store's commit figures, when the broker has a store that keeps them. */
+export interface CommitFigures {
+  readonly commitStats: Readonly<CommitStats>;
+  readonly commitTimes: CommitTimes;
+}
+
+/** Milliseconds to two decimals, as text. */
+const ms = (value: number) => (Math.round(value * 100) / 100).toFixed(2);
+
+/**
+ * Starts the `$SYS` publisher; `intervalSec` 0 turns it off. With `store`, also the
+ * store's commits (a commit's duration is what every acknowledgement behind it waits):
+ * `store/commits/count` and `…/slow` since start, `…/latency/p50` and `…/latency/p99` over
+ * the last interval, `…/latency/max` since start, in milliseconds.
+ */
 export function startSys(
   broker: Broker,
   intervalSec: number,
   connectedClients: () => number,
+  store?: CommitFigures,
 ): { stop(): Promise<void>; publishNow(): Promise<void> } {
   const startedAt = Date.now();
+  let timesMark = store?.commitTimes.snapshot();
   let running: Promise<void> | null = null;
   let stopped = false;
   const publishNow = async () => {
@@ -41,6 +59,15 @@ export function startSys(
       "retained messages/count": broker.retained.size,
       "subscriptions/count": broker.filterIndex.size,
     };
+    if (store) {
+      const times = store.commitTimes;
+      figures["store/commits/count"] = store.commitStats.atomics;
+      figures["store/commits/slow"] = store.commitStats.slow;
+      figures["store/commits/latency/p50"] = ms(times.percentile(0.5, timesMark));
+      figures["store/commits/latency/p99"] = ms(times.percentile(0.99, timesMark));
+      figures["store/commits/latency/max"] = ms(times.maxMs);
+      timesMark = times.snapshot();
+    }
     for (const [name, value] of Object.entries(figures)) {
       if (stopped) return;
       await broker.publish({
