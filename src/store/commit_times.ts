@@ -1,6 +1,6 @@
 /**
  * How long the store's commits take: a histogram with four buckets per doubling, from
- * 1 µs to about 18 minutes, so that a percentile is read with at most 19 % error in a
+ * 1 µs to about an hour, so that a percentile is read with at most 19 % error in a
  * fixed 512 bytes, however many commits it counts.
  *
  * @module
@@ -31,7 +31,7 @@ function upperMs(i: number): number {
  * const t = new CommitTimes();
  * t.record(0.8);
  * t.record(12);
- * t.percentile(0.5); // 0.84: the upper bound of the bucket that holds 0.8
+ * t.percentile(0.5); // 0.86: the upper bound of the bucket that holds 0.8
  * ```
  */
 export class CommitTimes {
