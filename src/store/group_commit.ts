@@ -619,7 +619,8 @@ export class GroupCommitter {
     if (now - this.#lastSlowWarning < SLOW_WARNING_INTERVAL_MS) return;
     log.warning(
       "Store commit took {ms} ms ({keys} keys): acknowledgements wait for the disk; " +
-        "{count} commit(s) of {threshold} ms or more since the last such warning, the slowest {slowest} ms",
+        "{count} commit(s) of {threshold} ms or more since the last such warning, " +
+        "the slowest {slowest} ms",
       {
         ms: Math.round(ms),
         keys,

@@ -183,10 +183,10 @@ export abstract class SocketConnection {
    * may keep views of it; with `TO_SELF`, a view of the read buffer lent until the next
    * `readNext`, see {@link chunkArrived}), or with null at the end of input: end of file,
    * a read error (reset, closed by us), a close, or {@link stopReading}, which answers a
-   * pending read at once. One read at a time. Not `conn.readable`: that closes the whole socket on EOF
-   * or cancel (so no error reply could follow), and it hides its pending read, which
-   * `closed` must wait for. A callback rather than a promise: no promise per read, and no
-   * race with the stop signal.
+   * pending read at once. One read at a time. Not `conn.readable`: that closes the whole
+   * socket on EOF or cancel (so no error reply could follow), and it hides its pending
+   * read, which `closed` must wait for. A callback rather than a promise: no promise per
+   * read, and no race with the stop signal.
    */
   protected readNext(deliver: ((chunk: Uint8Array | null) => void) | typeof TO_SELF): void {
     if (this.#inputStopped || this.#closing) {
