@@ -1,7 +1,8 @@
 /**
  * The MQTT load (3.1.1 over raw sockets, see `mqtt_wire.ts`): publishers that keep a
  * window of QoS 1/2 PUBLISHes in flight (refilled as PUBACKs / PUBCOMPs arrive), blast
- * QoS 0 in window-sized writes, or send at a fixed rate; subscribers that acknowledge
+ * QoS 0 in window-sized writes (a paced publisher runs in a worker of its own:
+ * `paced_publisher.ts`); subscribers that acknowledge
  * every delivery (PUBACK, or PUBREC then PUBCOMP on the PUBREL) and record each one's
  * sequence number and latency. Every loop ends by itself: after its count, at the end of
  * the stream, or when the scenario's deadline closes the socket.
@@ -29,7 +30,6 @@ import {
   PUBREL,
 } from "./mqtt_wire.ts";
 import type { Latencies, Stream } from "./stats.ts";
-import { Ticker } from "./ticker.ts";
 
 export { Problems };
 
@@ -64,17 +64,16 @@ export interface MqttPublisherResult {
 /**
  * Publishes `plan.count` messages on a connected `sock`. QoS 1/2: a window of PUBLISHes
  * in flight, packet identifiers `seq % 65535 + 1`; every acknowledgement is checked
- * against what is in flight. Paced (`plan.rate`): a pacer sends what is due, stamped
- * with its due time; `pacingLag` gets send time − due time (the generator's own
- * precision). Ends with DISCONNECT and closes the socket.
+ * against what is in flight. Not paced: a plan with a `rate` runs in `PacedPublisher`
+ * (`paced_publisher.ts`). Ends with DISCONNECT and closes the socket.
  */
 export async function mqttPublish(
   sock: MqttSocket,
   plan: MqttPublisherPlan,
   problems: Problems,
-  pacingLag?: Latencies,
 ): Promise<MqttPublisherResult> {
-  const { clientId, topic, qos, count, window, rate } = plan;
+  const { clientId, topic, qos, count, window } = plan;
+  if (plan.rate !== undefined) throw new RangeError("a paced plan runs in PacedPublisher");
   const enc = new PublishEncoder(topic, qos);
   const r: MqttPublisherResult = {
     sent: 0,
@@ -152,62 +151,20 @@ export async function mqttPublish(
       }
     };
 
-    // Paced: ticks on the due times (every interval, or a fraction of it so that they are
-    // at most 1 ms apart, or a multiple so that they are at least 50 µs apart), and every
-    // read, send what is due.
-    let ticker: Ticker | undefined;
-    let windowWasFull = false;
-    let sendDue = () => {};
-    if (rate !== undefined) {
-      const interval = 1000 / rate;
-      ticker = new Ticker();
-      await ticker.ready;
-      const start = now();
-      sendDue = () => {
-        const t = now();
-        const due = Math.min(count, Math.floor((t - start) / interval) + 1);
-        while (r.sent < due && r.sent - r.completed < window) {
-          const dueAt = start + r.sent * interval;
-          pacingLag?.add(t - dueAt);
-          queue(r.sent, Math.round(dueAt * 1000));
-        }
-        // Counted once per stretch of time the window holds a due message back.
-        const full = r.sent < due;
-        if (full && !windowWasFull) r.windowFull++;
-        windowWasFull = full;
-        if (r.sent >= count) ticker?.stop();
-        flush();
-      };
-      const intervalUs = interval * 1000;
-      const periodUs = intervalUs > 1000
-        ? intervalUs / Math.ceil(intervalUs / 1000)
-        : intervalUs * Math.ceil(50 / intervalUs);
-      // Bounded: ticks for the whole load and as long again.
-      ticker.start(start, periodUs, Math.ceil((2 * count * intervalUs) / periodUs) + 1000, sendDue);
-      sendDue();
-    }
-
-    if (rate === undefined) {
-      const at = Math.round(now() * 1000);
-      while (r.sent < Math.min(window, count)) queue(r.sent, at);
-      await flush();
-    }
-    try {
-      while (r.completed < count) {
-        const open = await sock.read(onPacket);
-        if (!open) {
-          problems.add(`publisher ${clientId}: connection closed after ${r.completed} acks`);
-          break;
-        }
-        if (r.completed === count) r.endedAt = now();
-        if (rate === undefined) refill();
-        else sendDue();
-        flush();
+    const at = Math.round(now() * 1000);
+    while (r.sent < Math.min(window, count)) queue(r.sent, at);
+    await flush();
+    while (r.completed < count) {
+      const open = await sock.read(onPacket);
+      if (!open) {
+        problems.add(`publisher ${clientId}: connection closed after ${r.completed} acks`);
+        break;
       }
-      await flush();
-    } finally {
-      await ticker?.stop();
+      if (r.completed === count) r.endedAt = now();
+      refill();
+      flush();
     }
+    await flush();
     if (r.downgraded > 0) {
       problems.add(`publisher ${clientId}: ${r.downgraded} QoS 2 PUBLISHes answered by PUBACK`);
     }

@@ -21,6 +21,7 @@ import {
   Problems,
 } from "./mqtt_load.ts";
 import { MqttSocket } from "./mqtt_wire.ts";
+import { PacedPublisher } from "./paced_publisher.ts";
 import { collectGeneratorGarbage, cpuMicros, type Memory, memory } from "./proc_stats.ts";
 import {
   brokerUsPerMessage,
@@ -111,6 +112,18 @@ async function dumpLatencies(
   if (sendLag) await write(`${base}.send.txt`, sendLag);
 }
 
+/** A paced publisher in its worker, any other on the generator's main thread. */
+function publishWith(
+  sock: MqttSocket | PacedPublisher,
+  plan: MqttPublisherPlan,
+  problems: Problems,
+  pacingLag: Latencies | undefined,
+): Promise<MqttPublisherResult> {
+  return sock instanceof PacedPublisher
+    ? sock.publish(plan, problems, pacingLag)
+    : mqttPublish(sock, plan, problems);
+}
+
 async function runMqttPlan(
   name: string,
   broker: BrokerUnderTest,
@@ -127,7 +140,7 @@ async function runMqttPlan(
     ? new Latencies(plan.publishers.reduce((n, p) => n + p.count, 0))
     : undefined;
   const perTopic = new Map(plan.publishers.map((p) => [p.topic, p.count]));
-  const sockets: MqttSocket[] = [];
+  const sockets: { close(): void }[] = [];
   const notes: string[] = [];
   // Each warm-up is bounded by the timeout of its own, the measured part by the one below.
   if (o.warmup > 0) await warmUp(broker, name, plan.qos, o.warmup, o.window, o.timeout);
@@ -164,7 +177,9 @@ async function runMqttPlan(
     const pubSockets = await limited(
       50,
       plan.publishers.map((p) => async () => {
-        const sock = await MqttSocket.connect(port, p.clientId);
+        const sock = p.rate !== undefined
+          ? await PacedPublisher.connect(port, p.clientId)
+          : await MqttSocket.connect(port, p.clientId);
         sockets.push(sock);
         return sock;
       }),
@@ -175,7 +190,7 @@ async function runMqttPlan(
     const self0 = await cpuMicros("self");
     const t0 = performance.timeOrigin + performance.now();
     const publishing = Promise.all(
-      plan.publishers.map((p, i) => mqttPublish(pubSockets[i]!, p, problems, pacingLag)),
+      plan.publishers.map((p, i) => publishWith(pubSockets[i]!, p, problems, pacingLag)),
     ).finally(() => publishersDone = true);
     const control = {
       publishersDone: () => publishersDone,
@@ -265,7 +280,9 @@ async function warmUp(
   const plan = oneToOne(`${name}-warmup`, qos, count, window);
   const [sub, pub] = [plan.subscribers[0]!, { ...plan.publishers[0]!, rate }];
   const subSock = await MqttSocket.connect(port, sub.clientId);
-  const pubSock = await MqttSocket.connect(port, pub.clientId);
+  const pubSock = rate !== undefined
+    ? await PacedPublisher.connect(port, pub.clientId)
+    : await MqttSocket.connect(port, pub.clientId);
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -277,7 +294,7 @@ async function warmUp(
     const problems = new Problems();
     let done = false;
     await Promise.all([
-      mqttPublish(pubSock, pub, problems, undefined).finally(() => done = true),
+      publishWith(pubSock, pub, problems, undefined).finally(() => done = true),
       mqttSubscribe(
         subSock,
         sub.clientId,
