@@ -143,29 +143,39 @@ export const LIBC_PATHS: readonly string[] = [
   "/lib64/libc.so.6",
 ];
 
-let trim: (() => void) | null | undefined;
+/** The glibc that {@link releaseNativeMemory} opens: undefined until first looked for. */
+let libcPath: string | null | undefined;
 
 /**
  * Asks glibc to give its free memory back to the system (`malloc_trim(0)`). False, and
  * nothing done, where that is not possible: not Linux, no glibc at the known paths (musl),
- * or no `--allow-ffi` for them (asked without a prompt: never granted by one).
+ * or no `--allow-ffi` for them (asked without a prompt: never granted by one). The
+ * library is opened for the call and closed after it: the call is rare (after a crowd
+ * has come or gone), and nothing stays loaded between two.
  */
 export function releaseNativeMemory(): boolean {
-  trim ??= openTrim();
-  if (trim === null) return false;
-  trim();
+  libcPath ??= findLibc();
+  if (libcPath === null) return false;
+  const lib = openLibc(libcPath);
+  try {
+    lib.symbols.malloc_trim(0n);
+  } finally {
+    lib.close();
+  }
   return true;
 }
 
-function openTrim(): (() => void) | null {
+function openLibc(path: string) {
+  return Deno.dlopen(path, { malloc_trim: { parameters: ["usize"], result: "i32" } });
+}
+
+function findLibc(): string | null {
   if (Deno.build.os !== "linux") return null;
   for (const path of LIBC_PATHS) {
     try {
       if (Deno.permissions.querySync({ name: "ffi", path }).state !== "granted") continue;
-      const lib = Deno.dlopen(path, {
-        malloc_trim: { parameters: ["usize"], result: "i32" },
-      });
-      return () => void lib.symbols.malloc_trim(0n);
+      openLibc(path).close();
+      return path;
     } catch {
       // Not there, or not glibc: the next path.
     }
