@@ -34,6 +34,7 @@ import {
   PUBREL,
   writeAck,
 } from "./mqtt_wire.ts";
+import { LIBC_PATHS } from "../src/memory_reducer.ts";
 
 /** What the main thread asks for. */
 export type PacedRequest =
@@ -60,7 +61,6 @@ export interface PacedDone {
   problems: string[];
 }
 
-const LIBC_PATHS = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6"];
 const AF_INET = 2;
 const SOCK_STREAM = 1;
 const IPPROTO_TCP = 6;
