@@ -16,8 +16,10 @@
  */
 import { Problems } from "./jsonl_load.ts";
 import {
+  InFlight,
   type MqttSocket,
   OutBuffer,
+  type PacketHandler,
   PAYLOAD_BYTES,
   payloadSeq,
   payloadTime,
@@ -102,14 +104,13 @@ export async function mqttPublish(
       return r;
     }
 
-    /** 0: free; 1: sent, awaiting PUBACK / PUBREC; 2: PUBREL sent, awaiting PUBCOMP. */
-    const state = new Uint8Array(65_536);
+    const flight = new InFlight(
+      qos,
+      (id) => out.ack(PUBREL, id),
+      (text) => problems.add(`publisher ${clientId}: ${text}`),
+    );
     const queue = (seq: number, atMicros: number) => {
-      const id = (seq % 65_535) + 1;
-      if (state[id] !== 0) {
-        problems.add(`publisher ${clientId}: packet id ${id} still in flight (window too big)`);
-      }
-      state[id] = 1;
+      const id = flight.send(seq);
       out.length = enc.write(out.reserve(enc.size), out.length, id, seq, atMicros);
       r.sent++;
     };
@@ -122,33 +123,10 @@ export async function mqttPublish(
       const at = Math.round(now() * 1000);
       for (let i = 0; i < room; i++) queue(r.sent, at);
     };
-    const complete = () => {
-      r.completed++;
-    };
-    const onPacket = (type: number, _flags: number, buf: Uint8Array, body: number) => {
-      const id = (buf[body]! << 8) | buf[body + 1]!;
-      if (type === PUBACK) {
-        if (state[id] !== 1) problems.add(`publisher ${clientId}: PUBACK ${id} not in flight`);
-        else {
-          state[id] = 0;
-          if (qos === 2) r.downgraded++;
-          complete();
-        }
-      } else if (type === PUBREC) {
-        if (state[id] !== 1) problems.add(`publisher ${clientId}: PUBREC ${id} not in flight`);
-        else {
-          state[id] = 2;
-          out.ack(PUBREL, id);
-        }
-      } else if (type === PUBCOMP) {
-        if (state[id] !== 2) problems.add(`publisher ${clientId}: PUBCOMP ${id} not released`);
-        else {
-          state[id] = 0;
-          complete();
-        }
-      } else if (type !== PINGRESP) {
-        problems.add(`publisher ${clientId}: unexpected packet type ${type}`);
-      }
+    const onPacket: PacketHandler = (type, flags, buf, body) => {
+      flight.onPacket(type, flags, buf, body);
+      r.completed = flight.completed;
+      r.downgraded = flight.downgraded;
     };
 
     const at = Math.round(now() * 1000);

@@ -172,6 +172,101 @@ export type PacketHandler = (
   end: number,
 ) => void;
 
+/**
+ * Calls `handler` for every whole packet in `buf[at..end)` and returns the offset of the
+ * first one not all there yet (`end` when none is).
+ * @throws {Error} on a Remaining Length of more than 4 bytes
+ */
+export function splitFrames(
+  buf: Uint8Array,
+  at: number,
+  end: number,
+  handler: PacketHandler,
+): number {
+  while (end - at >= 2) {
+    const first = buf[at]!;
+    let remaining = 0;
+    let multiplier = 1;
+    let i = at + 1;
+    let complete = false;
+    for (; i < end && i < at + 5; i++) {
+      const b = buf[i]!;
+      remaining += (b & 0x7f) * multiplier;
+      multiplier *= 128;
+      if ((b & 0x80) === 0) {
+        complete = true;
+        i++;
+        break;
+      }
+    }
+    if (!complete) {
+      if (i >= at + 5) throw new Error("malformed Remaining Length from the broker");
+      break;
+    }
+    const frameEnd = i + remaining;
+    if (frameEnd > end) break;
+    handler(first >> 4, first & 0x0f, buf, i, frameEnd);
+    at = frameEnd;
+  }
+  return at;
+}
+
+/**
+ * The messages one QoS 1/2 publisher has in flight, by packet identifier (`seq % 65535 +
+ * 1`): every acknowledgement is checked against them. `release(id)` writes the PUBREL
+ * that a PUBREC asks for; `problem` hears of anything out of place.
+ */
+export class InFlight {
+  /** 0: free; 1: sent, awaiting PUBACK / PUBREC; 2: PUBREL sent, awaiting PUBCOMP. */
+  readonly #state = new Uint8Array(65_536);
+  /** PUBACKs (QoS 1) or PUBCOMPs (QoS 2) received. */
+  completed = 0;
+  /** QoS 2 PUBLISHes answered by PUBACK. */
+  downgraded = 0;
+
+  constructor(
+    readonly qos: 1 | 2,
+    readonly release: (id: number) => void,
+    readonly problem: (text: string) => void,
+  ) {}
+
+  /** Message `seq` goes out: its packet identifier, now in flight. */
+  send(seq: number): number {
+    const id = (seq % 65_535) + 1;
+    if (this.#state[id] !== 0) this.problem(`packet id ${id} still in flight (window too big)`);
+    this.#state[id] = 1;
+    return id;
+  }
+
+  /** A packet from the broker (a {@link PacketHandler}). */
+  onPacket(type: number, _flags: number, buf: Uint8Array, body: number): void {
+    const id = (buf[body]! << 8) | buf[body + 1]!;
+    const state = this.#state;
+    if (type === PUBACK) {
+      if (state[id] !== 1) this.problem(`PUBACK ${id} not in flight`);
+      else {
+        state[id] = 0;
+        if (this.qos === 2) this.downgraded++;
+        this.completed++;
+      }
+    } else if (type === PUBREC) {
+      if (state[id] !== 1) this.problem(`PUBREC ${id} not in flight`);
+      else {
+        state[id] = 2;
+        this.release(id);
+      }
+    } else if (type === PUBCOMP) {
+      if (state[id] !== 2) this.problem(`PUBCOMP ${id} not released`);
+      else {
+        state[id] = 0;
+        this.completed++;
+      }
+    } else if (type !== PINGRESP) {
+      this.problem(`unexpected packet type ${type}`);
+    }
+  }
+}
+
 /** A growable output buffer for the packets answered to one read. */
 export class OutBuffer {
   #buf: Uint8Array;
@@ -218,10 +313,6 @@ export class MqttSocket {
   #closed = false;
   /** A write failed (the peer closed, or we did). */
   writeFailed = false;
-  /** System reads and writes done, and packets read: the generator's batching. */
-  static reads = 0;
-  static writes = 0;
-  static packets = 0;
 
   private constructor(conn: Deno.TcpConn, bufferBytes: number) {
     this.#conn = conn;
@@ -324,7 +415,6 @@ export class MqttSocket {
         try {
           let n = 0;
           while (n < length) {
-            MqttSocket.writes++;
             n += await this.#conn.write(buf.subarray(n, length));
           }
         } catch {
@@ -351,64 +441,23 @@ export class MqttSocket {
       return false;
     }
     if (n === null) return false;
-    MqttSocket.reads++;
     this.#end += n;
-    const buf = this.#buf;
-    let at = this.#start;
-    const end = this.#end;
-    while (end - at >= 2) {
-      const first = buf[at]!;
-      let remaining = 0;
-      let multiplier = 1;
-      let i = at + 1;
-      let complete = false;
-      for (; i < end && i < at + 5; i++) {
-        const b = buf[i]!;
-        remaining += (b & 0x7f) * multiplier;
-        multiplier *= 128;
-        if ((b & 0x80) === 0) {
-          complete = true;
-          i++;
-          break;
-        }
-      }
-      if (!complete) {
-        if (i >= at + 5) throw new Error("malformed Remaining Length from the broker");
-        break;
-      }
-      const frameEnd = i + remaining;
-      if (frameEnd > end) {
-        // A frame larger than the buffer: grow it so that the frame can be read whole.
-        if (frameEnd - at > buf.length) {
-          this.#start = at;
-          this.#grow(frameEnd - at);
-          return true;
-        }
-        break;
-      }
-      MqttSocket.packets++;
-      handler(first >> 4, first & 0x0f, buf, i, frameEnd);
-      at = frameEnd;
-    }
-    this.#start = at;
+    this.#start = splitFrames(this.#buf, this.#start, this.#end, handler);
     if (this.#start === this.#end) this.#start = this.#end = 0;
     return true;
   }
 
+  /** Room at the end of a full buffer: what is read moved to its start, or a buffer twice as large. */
   #makeRoom(): void {
     if (this.#start > 0) {
       this.#buf.copyWithin(0, this.#start, this.#end);
-      this.#end -= this.#start;
-      this.#start = 0;
-    } else this.#grow(this.#buf.length * 2);
-  }
-
-  #grow(size: number): void {
-    const bigger = new Uint8Array(Math.max(size, this.#buf.length * 2));
-    bigger.set(this.#buf.subarray(this.#start, this.#end));
+    } else {
+      const bigger = new Uint8Array(this.#buf.length * 2);
+      bigger.set(this.#buf.subarray(this.#start, this.#end));
+      this.#buf = bigger;
+    }
     this.#end -= this.#start;
     this.#start = 0;
-    this.#buf = bigger;
   }
 
   /** Sends DISCONNECT (after queued writes), then closes. Never throws. */

@@ -26,12 +26,13 @@ import {
   CONNACK,
   connectPacket,
   DISCONNECT,
-  PINGRESP,
+  InFlight,
+  type PacketHandler,
   PUBACK,
-  PUBCOMP,
+  PUBLISH,
   PublishEncoder,
-  PUBREC,
   PUBREL,
+  splitFrames,
   writeAck,
 } from "./mqtt_wire.ts";
 import { LIBC_PATHS } from "../src/memory_reducer.ts";
@@ -103,13 +104,11 @@ function errno(): number {
 }
 const wallMs = () => performance.timeOrigin + performance.now();
 
-type OnPacket = (type: number, buf: Uint8Array, body: number, end: number) => void;
-
 /** What {@link publish} needs of a connection. */
 interface Wire {
   send(bytes: Uint8Array): boolean;
   wait(ms: number): boolean;
-  drain(onPacket: OnPacket): boolean;
+  drain(onPacket: PacketHandler): boolean;
 }
 
 /** A blocking TCP socket to 127.0.0.1 with a read buffer of whole and partial packets. */
@@ -120,6 +119,7 @@ class RawSocket implements Wire {
   #end = 0;
   readonly #pollfd = new Uint8Array(8);
   readonly #timeout = new BigInt64Array(2);
+  readonly #timeoutBytes = new Uint8Array(this.#timeout.buffer);
 
   constructor(port: number) {
     const fd = libc.socket(AF_INET, SOCK_STREAM, 0);
@@ -160,15 +160,15 @@ class RawSocket implements Wire {
     const ns = BigInt(Math.max(0, Math.round(ms * 1e6)));
     this.#timeout[0] = ns / 1_000_000_000n;
     this.#timeout[1] = ns % 1_000_000_000n;
-    const r = libc.ppoll(this.#pollfd, 1n, new Uint8Array(this.#timeout.buffer), null);
+    const r = libc.ppoll(this.#pollfd, 1n, this.#timeoutBytes, null);
     return r > 0;
   }
 
   /**
-   * Reads what has arrived without blocking and calls `onPacket(type, buf, body, end)`
-   * for each whole packet. Returns false once the peer closed the connection.
+   * Reads what has arrived without blocking and calls `onPacket` for each whole packet.
+   * Returns false once the peer closed the connection.
    */
-  drain(onPacket: OnPacket): boolean {
+  drain(onPacket: PacketHandler): boolean {
     for (;;) {
       if (this.#start === this.#end) this.#start = this.#end = 0;
       if (this.#end === this.#in.length) {
@@ -189,27 +189,8 @@ class RawSocket implements Wire {
       }
       if (n === 0) return false;
       this.#end += n;
-      this.#parse(onPacket);
+      this.#start = splitFrames(this.#in, this.#start, this.#end, onPacket);
       if (n < room) return true;
-    }
-  }
-
-  #parse(onPacket: OnPacket): void {
-    const buf = this.#in;
-    while (this.#end - this.#start >= 2) {
-      let length = 0;
-      let shift = 0;
-      let at = this.#start + 1;
-      for (;;) {
-        if (at >= this.#end) return; // the length is not all here yet
-        const b = buf[at++]!;
-        length += (b & 0x7f) << shift;
-        shift += 7;
-        if ((b & 0x80) === 0) break;
-      }
-      if (at + length > this.#end) return;
-      onPacket(buf[this.#start]! >> 4, buf, at, at + length);
-      this.#start = at + length;
     }
   }
 
@@ -231,36 +212,22 @@ class Echo implements Wire {
   send(bytes: Uint8Array): boolean {
     const acks = new Uint8Array(bytes.length);
     let n = 0;
-    for (let at = 0; at < bytes.length;) {
-      let length = 0;
-      let shift = 0;
-      let i = at + 1;
-      for (;;) {
-        const b = bytes[i++]!;
-        length += (b & 0x7f) << shift;
-        shift += 7;
-        if ((b & 0x80) === 0) break;
-      }
-      if (bytes[at]! >> 4 === 3) {
-        const topicLength = (bytes[i]! << 8) | bytes[i + 1]!;
-        const idAt = i + 2 + topicLength;
-        writeAck(acks, n, PUBACK, (bytes[idAt]! << 8) | bytes[idAt + 1]!);
-        n += ACK_BYTES;
-      }
-      at = i + length;
-    }
+    splitFrames(bytes, 0, bytes.length, (type, _flags, buf, body) => {
+      if (type !== PUBLISH) return;
+      const idAt = body + 2 + ((buf[body]! << 8) | buf[body + 1]!);
+      writeAck(acks, n, PUBACK, (buf[idAt]! << 8) | buf[idAt + 1]!);
+      n += ACK_BYTES;
+    });
     this.#acks = acks.subarray(0, n);
     return true;
   }
   wait(): boolean {
     return this.#acks.length > 0;
   }
-  drain(onPacket: OnPacket): boolean {
+  drain(onPacket: PacketHandler): boolean {
     const acks = this.#acks;
     this.#acks = new Uint8Array(0);
-    for (let at = 0; at < acks.length; at += ACK_BYTES) {
-      onPacket(acks[at]! >> 4, acks, at + 2, at + 4);
-    }
+    splitFrames(acks, 0, acks.length, onPacket);
     return true;
   }
 }
@@ -307,7 +274,7 @@ function connect(port: number, clientId: string): RawSocket {
   while (code < 0) {
     if (wallMs() > deadline) throw new Error("no CONNACK within 10 s");
     if (!s.wait(100)) continue;
-    const open = s.drain((type, buf, body) => {
+    const open = s.drain((type, _flags, buf, body) => {
       code = type === CONNACK ? buf[body + 1]! : 256 + type;
     });
     if (!open && code < 0) throw new Error("connection closed before CONNACK");
@@ -327,52 +294,26 @@ function publish(s: Wire, plan: Extract<PacedRequest, { type: "publish" }>): Pac
   const problem = (text: string) => {
     if (problems.length < 10) problems.push(text);
   };
-  /** 0: free; 1: sent, awaiting PUBACK / PUBREC; 2: PUBREL sent, awaiting PUBCOMP. */
-  const state = new Uint8Array(65_536);
   const out = new Uint8Array(enc.size * Math.min(window, count) + ACK_BYTES * window + 64);
   let length = 0;
+  const flight = new InFlight(qos, (id) => {
+    writeAck(out, length, PUBREL, id);
+    length += ACK_BYTES;
+  }, problem);
+  const onPacket: PacketHandler = (type, flags, buf, body) =>
+    flight.onPacket(type, flags, buf, body);
   let sent = 0;
-  let completed = 0;
   let windowFull = 0;
   let windowWasFull = false;
-  let downgraded = 0;
   let endedAt = wallMs();
-  const onPacket = (type: number, buf: Uint8Array, body: number) => {
-    const id = (buf[body]! << 8) | buf[body + 1]!;
-    if (type === PUBACK) {
-      if (state[id] !== 1) problem(`PUBACK ${id} not in flight`);
-      else {
-        state[id] = 0;
-        if (qos === 2) downgraded++;
-        completed++;
-      }
-    } else if (type === PUBREC) {
-      if (state[id] !== 1) problem(`PUBREC ${id} not in flight`);
-      else {
-        state[id] = 2;
-        writeAck(out, length, PUBREL, id);
-        length += ACK_BYTES;
-      }
-    } else if (type === PUBCOMP) {
-      if (state[id] !== 2) problem(`PUBCOMP ${id} not released`);
-      else {
-        state[id] = 0;
-        completed++;
-      }
-    } else if (type !== PINGRESP) {
-      problem(`unexpected packet type ${type}`);
-    }
-  };
   const start = wallMs();
-  while (completed < count && Atomics.load(stop, 0) === 0) {
+  while (flight.completed < count && Atomics.load(stop, 0) === 0) {
     const t = wallMs();
     const due = Math.min(count, Math.floor((t - start) / interval) + 1);
-    while (sent < due && sent - completed < window) {
+    while (sent < due && sent - flight.completed < window) {
       const dueAt = start + sent * interval;
       lags[sent] = t - dueAt;
-      const id = (sent % 65_535) + 1;
-      if (state[id] !== 0) problem(`packet id ${id} still in flight (window too big)`);
-      state[id] = 1;
+      const id = flight.send(sent);
       length = enc.write(out, length, id, sent, Math.round(dueAt * 1000));
       sent++;
     }
@@ -390,13 +331,14 @@ function publish(s: Wire, plan: Extract<PacedRequest, { type: "publish" }>): Pac
     const next = sent < count && !full ? start + sent * interval - wallMs() : 50;
     if (next > 0 && !s.wait(Math.min(next, 50))) continue;
     const open = s.drain(onPacket);
-    if (completed === count) endedAt = wallMs();
+    if (flight.completed === count) endedAt = wallMs();
     if (!open) {
-      problem(`connection closed after ${completed} acks`);
+      problem(`connection closed after ${flight.completed} acks`);
       break;
     }
   }
   if (length > 0) s.send(out.subarray(0, length));
+  const { completed, downgraded } = flight;
   if (downgraded > 0) problem(`${downgraded} QoS 2 PUBLISHes answered by PUBACK`);
   return { type: "done", sent, completed, windowFull, downgraded, endedAt, lags, problems };
 }
