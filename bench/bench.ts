@@ -14,6 +14,7 @@
  */
 import { parseArgs } from "node:util";
 import { type BrokerUnderTest, startMessageBroker, which } from "./broker_process.ts";
+import { type FsyncLoad, startFsyncLoad } from "./fsync_load.ts";
 import { jsonlScenarios } from "./jsonl_scenarios.ts";
 import { mqttScenarios } from "./mqtt_scenarios.ts";
 import { CLOCK_TICKS_PER_SECOND } from "./proc_stats.ts";
@@ -47,6 +48,8 @@ const HELP = `deno task bench [flags]        (bench/README.md has the details)
   JSON-line: --messages N --rate MSG_PER_S
   MQTT: --qos0-messages N --qos1-messages N --qos2-messages N --mqtt-fanout-messages N
         --mqtt-pairs-messages N --mqtt-rate MSG_PER_S --idle-connections N
+  --fsync-load N    with --vs: N disk flushes a second on the brokers' core while each
+                    other broker runs (what MessageBroker's commits cost the machine; 0 = none)
   --install         print what each --vs broker needs, and whether it is found`;
 
 // `deno task bench -- --vs x` passes the "--" on: drop it.
@@ -78,6 +81,7 @@ const { values } = parseArgs({
     "mqtt-pairs-messages": { type: "string", default: "30000" },
     "mqtt-rate": { type: "string", default: "10000" },
     "idle-connections": { type: "string", default: "10000" },
+    "fsync-load": { type: "string", default: "0" },
     install: { type: "boolean", default: false },
     help: { type: "boolean", default: false },
   },
@@ -125,6 +129,7 @@ const options: ScenarioOptions = {
   idleConnections: int("idle-connections", 1_000_000),
 };
 const rounds = int("rounds", 100);
+const fsyncLoad = values["fsync-load"] === "0" ? 0 : int("fsync-load", 100_000);
 
 /** A /proc or /sys file's text via `cat` (Deno reads /proc only with --allow-all); "" if none. */
 async function cat(path: string): Promise<string> {
@@ -216,8 +221,16 @@ else {
     );
   }
 }
+/** Another broker's name in the report: with the flushes it paid, when it paid any. */
+const labelOf = (b: OtherBroker) => fsyncLoad > 0 ? `${b.name} + ${fsyncLoad} fsyncs/s` : b.name;
+if (fsyncLoad > 0 && others.length > 0) {
+  console.log(
+    `Beside each other broker, ${fsyncLoad} disk flushes a second (28 KiB written and fdatasync'd each) on ` +
+      `its core, in a temporary directory, from its start to its stop (--fsync-load).`,
+  );
+}
 console.log(
-  `Brokers: MessageBroker${others.map(([, b]) => `, ${b.name}`).join("")}; scenarios: ${
+  `Brokers: MessageBroker${others.map(([, b]) => `, ${labelOf(b)}`).join("")}; scenarios: ${
     chosen.map((s) => s.name).join(", ")
   }; ${rounds} round(s)`,
 );
@@ -229,7 +242,7 @@ console.log(
 const results: ScenarioResult[] = [];
 const skipped = new Map<string, string>();
 let ourFailure = false;
-const brokerNames = ["MessageBroker", ...others.map(([, b]) => b.name)];
+const brokerNames = ["MessageBroker", ...others.map(([, b]) => labelOf(b))];
 for (let round = 1; round <= rounds; round++) {
   for (const scenario of chosen) {
     const contenders: {
@@ -242,7 +255,7 @@ for (let round = 1; round <= rounds; round++) {
     if (scenario.protocol === "mqtt") {
       for (const [, b] of others) {
         contenders.push({
-          name: b.name,
+          name: labelOf(b),
           start: () => b.start({ pin }),
           other: b,
         });
@@ -260,9 +273,32 @@ for (let round = 1; round <= rounds; round++) {
         continue;
       }
       let broker: BrokerUnderTest | undefined;
+      let load: FsyncLoad | undefined;
       try {
         broker = await c.start();
+        if (c.other !== undefined && fsyncLoad > 0) {
+          load = await startFsyncLoad(
+            fsyncLoad,
+            hasTaskset ? pin : undefined,
+            3 * options.timeout + 60,
+          );
+          broker = { ...broker, name: c.name };
+        }
         const r = await scenario.run(broker, options);
+        if (load) {
+          const done = await load.stop();
+          load = undefined;
+          const cpu = done.cpuMicros === undefined
+            ? ""
+            : `; its CPU, start-up included, ${
+              (done.cpuMicros / done.fsyncs).toFixed(0)
+            } µs a flush`;
+          r.notes.push(
+            `fsync load beside it: ${done.fsyncs} flushes in ${done.seconds.toFixed(1)} s (${
+              Math.round(done.fsyncs / done.seconds)
+            }/s${cpu})`,
+          );
+        }
         printDetails(r);
         results.push(r);
         if (c.other === undefined && failed(r)) ourFailure = true;
@@ -271,6 +307,7 @@ for (let round = 1; round <= rounds; round++) {
         skipped.set(`${scenario.name}|${c.name}`, "did not run");
         console.error(`\n!!! ${scenario.name} on ${c.name} could not run: ${err}`);
       } finally {
+        await load?.stop().catch(() => {});
         await broker?.stop();
       }
     }
