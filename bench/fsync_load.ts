@@ -32,8 +32,6 @@ const SLOTS = 146;
 
 /** A running load. */
 export interface FsyncLoad {
-  /** The target rate, flushes a second. */
-  readonly rate: number;
   /** Stops it; what it did, and the CPU time it took (µs, undefined when unreadable). */
   stop(): Promise<{ fsyncs: number; seconds: number; cpuMicros?: number }>;
 }
@@ -70,7 +68,6 @@ export async function startFsyncLoad(
   }).spawn();
   const output = child.output();
   return {
-    rate,
     async stop() {
       const cpu = await cpuMicros(child.pid).catch(() => undefined);
       await Deno.writeTextFile(join(dir, STOP), "");

@@ -14,6 +14,7 @@ import type { JsonlContext, JsonlHooks } from "./protocols/jsonl/context.ts";
 import { serveConsumer } from "./protocols/jsonl/consumer.ts";
 import { servePublisher } from "./protocols/jsonl/publisher.ts";
 import { type DataDir, openDataDir } from "./store/data_dir.ts";
+import { roundMs } from "./store/commit_times.ts";
 import { errorText, type RestartPolicy } from "./supervisor.ts";
 import { ConnectionLimits } from "./transport/connection_limits.ts";
 import { MemoryReducer } from "./memory_reducer.ts";
@@ -405,9 +406,9 @@ export async function startBroker(
         "commit time p50 {p50} ms, p99 {p99} ms, max {max} ms; {slow} slow",
       {
         ...c,
-        p50: round2(t.percentile(0.5)),
-        p99: round2(t.percentile(0.99)),
-        max: round2(t.maxMs),
+        p50: roundMs(t.percentile(0.5)),
+        p99: roundMs(t.percentile(0.99)),
+        max: roundMs(t.maxMs),
       },
     );
   };
@@ -463,9 +464,4 @@ async function loadTls(config: BrokerConfig): Promise<TlsPem | undefined> {
     );
   }
   return await readTlsFiles(config.tlsCert, config.tlsKey);
-}
-
-/** `ms` to two decimals, for a log line. */
-function round2(ms: number): number {
-  return Math.round(ms * 100) / 100;
 }

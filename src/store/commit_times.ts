@@ -18,6 +18,11 @@ function bucketOf(ms: number): number {
   return Math.min(BUCKETS - 1, Math.ceil(Math.log2(us) * STEPS));
 }
 
+/** `ms` rounded to two decimals, as the broker reports commit times. */
+export function roundMs(ms: number): number {
+  return Math.round(ms * 100) / 100;
+}
+
 /** The upper bound of bucket `i`, in milliseconds. */
 function upperMs(i: number): number {
   return 2 ** (i / STEPS) / 1000;

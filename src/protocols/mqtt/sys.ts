@@ -9,7 +9,7 @@
 import type { Broker } from "../../core/broker.ts";
 import { getLogger } from "../../log.ts";
 import type { CommitStats } from "../../store/group_commit.ts";
-import type { CommitTimes } from "../../store/commit_times.ts";
+import { type CommitTimes, roundMs } from "../../store/commit_times.ts";
 
 const log = getLogger("sys");
 const encoder = new TextEncoder();
@@ -24,7 +24,7 @@ export interface CommitFigures {
 }
 
 /** Milliseconds to two decimals, as text. */
-const ms = (value: number) => (Math.round(value * 100) / 100).toFixed(2);
+const ms = (value: number) => roundMs(value).toFixed(2);
 
 /**
  * Starts the `$SYS` publisher; `intervalSec` 0 turns it off. With `store`, also the
