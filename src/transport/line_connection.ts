@@ -5,7 +5,13 @@
  * @module
  */
 
-import { addressText, errorText, withTimeout, writeStats } from "./connection.ts";
+import {
+  addressText,
+  type ConnectionOptions,
+  errorText,
+  withTimeout,
+  writeStats,
+} from "./connection.ts";
 import { type LineBatch, LineBatchStream } from "./lines.ts";
 
 /** One item of {@link LineConnection.lines}. */
@@ -35,23 +41,13 @@ export interface LineWriter {
   writeLine(buf: Uint8Array, at: number): number;
 }
 
-/** Limits of one connection; {@link LineServer} passes its options on. */
-export interface LineConnectionOptions {
+/**
+ * Limits of one connection; {@link LineServer} passes its options on. The idle timeout
+ * counts from the last input line.
+ */
+export interface LineConnectionOptions extends ConnectionOptions {
   /** Longest input line in bytes; bounds what a peer can make us buffer. */
   maxLineBytes: number;
-  /**
-   * Most output bytes queued but not yet written before the connection is
-   * closed, so a peer that stops reading cannot make us grow without bound.
-   */
-  writeBufferBytes: number;
-  /** Close after this long without an input line; 0 turns it off. Frees dead peers' slots. */
-  idleTimeoutMs: number;
-  /**
-   * How long {@link LineConnection.close} waits for queued output to be
-   * written before it closes the socket anyway (a peer may never read).
-   * Default 1000.
-   */
-  closeFlushTimeoutMs?: number;
 }
 
 /**

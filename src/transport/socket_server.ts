@@ -6,11 +6,19 @@
  * @module
  */
 
-import { addressText, errorText, type SocketConnection } from "./connection.ts";
+import { addressText, errorText } from "./connection.ts";
 import { closeQuietly, completeHandshake, type TlsPem } from "./tls.ts";
 
+/** What a {@link SocketServer} needs of the connection objects it hands out. */
+export interface AcceptedConnection {
+  /** Identifies the connection in error reports. */
+  readonly id: number;
+  /** Closes the connection, saying why. */
+  close(reason?: string): void;
+}
+
 /** Options of a {@link SocketServer}, whose connections are of type `C`. */
-export interface SocketServerOptions<C extends SocketConnection> {
+export interface SocketServerOptions<C extends AcceptedConnection> {
   /** Address to listen on, e.g. "127.0.0.1" or "0.0.0.0". */
   hostname: string;
   /** Port to listen on; 0 picks any free port (read it from {@link LineServer.port}). */
@@ -67,7 +75,7 @@ type Conn = Deno.TcpConn | Deno.TlsConn;
  * the connection object that {@link wrap} makes of it. Tracking live connections is
  * the caller's job. Subclasses say what a connection is.
  */
-export abstract class SocketServer<C extends SocketConnection> {
+export abstract class SocketServer<C extends AcceptedConnection> {
   readonly #opts: SocketServerOptions<C>;
   #listener: Deno.Listener<Conn, Deno.NetAddr> | undefined;
   #port: number | undefined;
