@@ -21,7 +21,7 @@ export interface AcceptedConnection {
 export interface SocketServerOptions<C extends AcceptedConnection> {
   /** Address to listen on, e.g. "127.0.0.1" or "0.0.0.0". */
   hostname: string;
-  /** Port to listen on; 0 picks any free port (read it from {@link LineServer.port}). */
+  /** Port to listen on; 0 picks any free port (read it from {@link SocketServer.port}). */
   port: number;
   /**
    * Called once per accepted socket. Throwing or rejecting reports the error
